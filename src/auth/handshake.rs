@@ -1,0 +1,319 @@
+//! Opening a session: `hello`, mutual authentication, and (by default) encryption.
+//!
+//! Encrypted sessions run Noise `NNpsk0` with the pre-shared key derived from the secret: the
+//! client's first message only decrypts for a server holding the key, the server's answer only
+//! for a client holding it, and both sides' ephemeral keys make every session's keys fresh.
+//!
+//! `--plaintext` sessions run the course's HMAC challenge-response made sound: both sides send
+//! a fresh 32-byte nonce, both prove the secret with HMAC-SHA256 over both nonces and their
+//! role, and proofs are compared in constant time. Nothing is encrypted afterwards.
+//!
+//! docs/protocol.md walks through both exchanges byte by byte.
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+use snow::{Builder, HandshakeState};
+
+use super::secret::Secret;
+use crate::wire::{Connection, ErrorCode, FrameError, Header, Message, PROTOCOL_VERSION, RemoteError};
+
+const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
+const PROLOGUE: &[u8] = b"sockit/1";
+const NONCE_LEN: usize = 32;
+/// A Noise handshake message here is at most an ephemeral key, a tag and a small payload.
+const MAX_NOISE_MESSAGE: usize = 1024;
+
+/// How a session authenticates: `hello`'s `auth` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Noise NNpsk0: authenticated and encrypted (the default).
+    Noise,
+    /// HMAC-SHA256 challenge-response, then plaintext frames (`--plaintext`).
+    Hmac,
+}
+
+impl AuthMode {
+    pub fn from_plaintext(plaintext: bool) -> AuthMode {
+        if plaintext {
+            AuthMode::Hmac
+        } else {
+            AuthMode::Noise
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Noise => "noise",
+            AuthMode::Hmac => "hmac",
+        }
+    }
+}
+
+/// What a session needs to know to authenticate: the secret and the mode to insist on.
+#[derive(Clone, Debug)]
+pub struct SessionKeys {
+    secret: Secret,
+    psk: [u8; 32],
+    mode: AuthMode,
+}
+
+impl SessionKeys {
+    pub fn new(secret: Secret, mode: AuthMode) -> SessionKeys {
+        let psk = secret.noise_psk();
+        SessionKeys { secret, psk, mode }
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    fn noise(&self, initiator: bool) -> HandshakeState {
+        let builder = Builder::new(NOISE_PARAMS.parse().expect("valid Noise parameters"))
+            .prologue(PROLOGUE)
+            .and_then(|b| b.psk(0, &self.psk))
+            .expect("static Noise configuration is valid");
+        if initiator {
+            builder.build_initiator()
+        } else {
+            builder.build_responder()
+        }
+        .expect("Noise handshake state builds")
+    }
+
+    /// HMAC-SHA256 over the role and both nonces: a proof for one side of one session.
+    fn proof(&self, role: &[u8], client_nonce: &[u8], server_nonce: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.as_bytes()).expect("any key length");
+        mac.update(b"sockit/1 ");
+        mac.update(role);
+        mac.update(client_nonce);
+        mac.update(server_nonce);
+        mac
+    }
+}
+
+/// What the server said about itself once the session was up.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ServerInfo {
+    #[serde(default)]
+    pub server: String,
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
+    /// One side refused the session for a reason the other is told.
+    #[error("{0}")]
+    Refused(RemoteError),
+    #[error("protocol error during the handshake: {0}")]
+    Protocol(String),
+    #[error("connection closed during the handshake")]
+    Closed,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+impl HandshakeError {
+    /// The error frame the server sends before closing, if the peer can still be told.
+    pub fn to_remote(&self) -> Option<RemoteError> {
+        match self {
+            HandshakeError::AuthFailed(_) => Some(RemoteError::new(
+                ErrorCode::AuthFailed,
+                "authentication failed: the client does not hold this server's secret",
+            )),
+            HandshakeError::Refused(error) => Some(error.clone()),
+            HandshakeError::Protocol(why) => Some(RemoteError::new(ErrorCode::BadFrame, why.clone())),
+            HandshakeError::Frame(error) => error.to_remote(),
+            HandshakeError::Closed => None,
+        }
+    }
+
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self, HandshakeError::AuthFailed(_))
+    }
+}
+
+#[derive(Deserialize)]
+struct Hello {
+    version: u32,
+    auth: AuthMode,
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    proof: Option<String>,
+}
+
+/// The server's side of the handshake. On success the connection is ready for requests and
+/// the client has been sent `ready` with the server's name and `features`.
+pub async fn accept(
+    conn: &mut Connection,
+    keys: &SessionKeys,
+    features: &[&str],
+) -> Result<(), HandshakeError> {
+    let hello = expect(conn, "hello").await?;
+    let request: Hello = hello.header.parse()?;
+    if request.version != PROTOCOL_VERSION {
+        return Err(refused(
+            ErrorCode::VersionMismatch,
+            format!(
+                "client speaks protocol version {}, this server speaks {PROTOCOL_VERSION}",
+                request.version
+            ),
+        ));
+    }
+    match (request.auth, keys.mode) {
+        (AuthMode::Noise, AuthMode::Noise) => accept_noise(conn, keys, &hello.body)?,
+        (AuthMode::Hmac, AuthMode::Hmac) => accept_hmac(conn, keys, &request).await?,
+        (AuthMode::Hmac, AuthMode::Noise) => {
+            return Err(refused(
+                ErrorCode::PlaintextRefused,
+                "this server requires encrypted sessions; connect without --plaintext",
+            ));
+        }
+        (AuthMode::Noise, AuthMode::Hmac) => {
+            return Err(refused(
+                ErrorCode::EncryptionUnavailable,
+                "this server runs with --plaintext; connect with --plaintext",
+            ));
+        }
+    }
+    let ready = Header::new("ready")
+        .with("server", concat!("sockit ", env!("CARGO_PKG_VERSION")))
+        .with("features", features.to_vec());
+    conn.send(ready, b"").await?;
+    Ok(())
+}
+
+/// Reads the client's Noise message, queues the answer, and switches to encrypted records.
+fn accept_noise(conn: &mut Connection, keys: &SessionKeys, message: &[u8]) -> Result<(), HandshakeError> {
+    let mut noise = keys.noise(false);
+    let mut payload = [0u8; MAX_NOISE_MESSAGE];
+    noise.read_message(message, &mut payload).map_err(|_| {
+        HandshakeError::AuthFailed("the client's handshake did not decrypt with our key".into())
+    })?;
+    let mut reply = [0u8; MAX_NOISE_MESSAGE];
+    let len = noise.write_message(&[], &mut reply).map_err(noise_bug)?;
+    conn.writer.queue(hello_header(AuthMode::Noise), &reply[..len])?;
+    conn.encrypt(noise.into_stateless_transport_mode().map_err(noise_bug)?);
+    Ok(())
+}
+
+async fn accept_hmac(conn: &mut Connection, keys: &SessionKeys, hello: &Hello) -> Result<(), HandshakeError> {
+    let client_nonce = decode_nonce(hello.nonce.as_deref())?;
+    let server_nonce: [u8; NONCE_LEN] = rand::random();
+    let proof = keys.proof(b"server", &client_nonce, &server_nonce).finalize();
+    let answer = hello_header(AuthMode::Hmac)
+        .with("nonce", hex::encode(server_nonce))
+        .with("proof", hex::encode(proof.into_bytes()));
+    conn.send(answer, b"").await?;
+
+    let auth = expect(conn, "auth").await?;
+    let client_proof = decode_proof(auth.header.str("proof"))?;
+    keys.proof(b"client", &client_nonce, &server_nonce)
+        .verify_slice(&client_proof)
+        .map_err(|_| HandshakeError::AuthFailed("the client's proof does not match our secret".into()))
+}
+
+/// The client's side of the handshake.
+pub async fn connect(conn: &mut Connection, keys: &SessionKeys) -> Result<ServerInfo, HandshakeError> {
+    match keys.mode {
+        AuthMode::Noise => connect_noise(conn, keys).await?,
+        AuthMode::Hmac => connect_hmac(conn, keys).await?,
+    }
+    let ready = expect(conn, "ready").await?;
+    Ok(ready.header.parse()?)
+}
+
+async fn connect_noise(conn: &mut Connection, keys: &SessionKeys) -> Result<(), HandshakeError> {
+    let mut noise = keys.noise(true);
+    let mut message = [0u8; MAX_NOISE_MESSAGE];
+    let len = noise.write_message(&[], &mut message).map_err(noise_bug)?;
+    conn.send(hello_header(AuthMode::Noise), &message[..len]).await?;
+
+    let answer = expect_server_hello(conn).await?;
+    let mut payload = [0u8; MAX_NOISE_MESSAGE];
+    noise
+        .read_message(&answer.body, &mut payload)
+        .map_err(|_| HandshakeError::AuthFailed("the server could not prove it holds our secret".into()))?;
+    conn.encrypt(noise.into_stateless_transport_mode().map_err(noise_bug)?);
+    Ok(())
+}
+
+async fn connect_hmac(conn: &mut Connection, keys: &SessionKeys) -> Result<(), HandshakeError> {
+    let client_nonce: [u8; NONCE_LEN] = rand::random();
+    let hello = hello_header(AuthMode::Hmac).with("nonce", hex::encode(client_nonce));
+    conn.send(hello, b"").await?;
+
+    let answer: Hello = expect_server_hello(conn).await?.header.parse()?;
+    let server_nonce = decode_nonce(answer.nonce.as_deref())?;
+    let server_proof = decode_proof(answer.proof.as_deref())?;
+    keys.proof(b"server", &client_nonce, &server_nonce)
+        .verify_slice(&server_proof)
+        .map_err(|_| HandshakeError::AuthFailed("the server could not prove it holds our secret".into()))?;
+    let proof = keys.proof(b"client", &client_nonce, &server_nonce).finalize();
+    let auth = Header::new("auth").with("proof", hex::encode(proof.into_bytes()));
+    conn.send(auth, b"").await?;
+    Ok(())
+}
+
+fn hello_header(mode: AuthMode) -> Header {
+    Header::new("hello")
+        .with("version", PROTOCOL_VERSION)
+        .with("auth", mode.as_str())
+}
+
+/// Reads the server's `hello`, turning an error frame into the matching handshake error.
+async fn expect_server_hello(conn: &mut Connection) -> Result<Message, HandshakeError> {
+    let answer = expect(conn, "hello").await?;
+    let version = answer.header.u64("version");
+    if version != Some(u64::from(PROTOCOL_VERSION)) {
+        return Err(HandshakeError::Refused(RemoteError::new(
+            ErrorCode::VersionMismatch,
+            format!("server speaks protocol version {version:?}, this client speaks {PROTOCOL_VERSION}"),
+        )));
+    }
+    Ok(answer)
+}
+
+/// Reads the next message and insists it is `cmd`; an `error` frame becomes the error it names.
+async fn expect(conn: &mut Connection, cmd: &str) -> Result<Message, HandshakeError> {
+    let message = conn.read_message().await?.ok_or(HandshakeError::Closed)?;
+    if let Some(error) = RemoteError::from_header(&message.header) {
+        return Err(match error.code {
+            ErrorCode::AuthFailed => HandshakeError::AuthFailed("the server rejected our secret".into()),
+            _ => HandshakeError::Refused(error),
+        });
+    }
+    if message.header.cmd() != cmd {
+        return Err(HandshakeError::Protocol(format!(
+            "expected `{cmd}`, got `{}`",
+            message.header.cmd()
+        )));
+    }
+    Ok(message)
+}
+
+fn refused(code: ErrorCode, message: impl Into<String>) -> HandshakeError {
+    HandshakeError::Refused(RemoteError::new(code, message))
+}
+
+fn decode_nonce(nonce: Option<&str>) -> Result<[u8; NONCE_LEN], HandshakeError> {
+    nonce
+        .and_then(|hex_text| hex::decode(hex_text).ok())
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| HandshakeError::Protocol(format!("`nonce` must be {NONCE_LEN} bytes in hex")))
+}
+
+fn decode_proof(proof: Option<&str>) -> Result<Vec<u8>, HandshakeError> {
+    proof
+        .and_then(|hex_text| hex::decode(hex_text).ok())
+        .ok_or_else(|| HandshakeError::AuthFailed("the proof is missing or not hex".into()))
+}
+
+fn noise_bug(error: snow::Error) -> HandshakeError {
+    HandshakeError::Protocol(format!("noise: {error}"))
+}

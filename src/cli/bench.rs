@@ -1,0 +1,293 @@
+//! `sockit bench`: the load generator behind BENCHMARKS.md.
+//!
+//! It runs every simulated client on one thread, so on a small machine it leaves the other
+//! cores to the server under test, and it reports its own CPU use so a reader can tell when
+//! the generator, not the server, was the limit.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use sockit::Client;
+use sockit::client::Target;
+use sockit::server::parse_duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use super::{ClientArgs, client_runtime, raise_fd_limit};
+
+#[derive(Args)]
+#[command(
+    about = "Measure a server: echo round trips, connection setup, idle connections",
+    after_help = "Examples:\n  sockit bench echo 127.0.0.1:8080 --connections 16 --duration 5s\n  sockit bench echo 127.0.0.1:9090 --raw        # any unframed upper-echo server\n  sockit bench connect 127.0.0.1:8080 --count 1000\n  sockit bench idle 127.0.0.1:8080 --connections 10000 --server-pid $PID"
+)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    kind: BenchKind,
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// Request/response round trips per second and latency percentiles
+    Echo(EchoBench),
+    /// Latency of connect + handshake + one echo + close
+    Connect(ConnectBench),
+    /// Hold many authenticated idle connections; report the server's memory
+    Idle(IdleBench),
+}
+
+#[derive(Args)]
+struct EchoBench {
+    /// Server as HOST[:PORT]
+    target: String,
+    /// Concurrent connections, each with one request in flight
+    #[arg(long, short, default_value_t = 16)]
+    connections: usize,
+    /// How long to measure (after the warm-up)
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Message size in bytes
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// Speak raw bytes (send, read the same number back), for unframed echo servers
+    #[arg(long)]
+    raw: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct ConnectBench {
+    target: String,
+    /// Sessions to open, one after another
+    #[arg(long, default_value_t = 500)]
+    count: usize,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct IdleBench {
+    target: String,
+    #[arg(long, short, default_value_t = 10_000)]
+    connections: usize,
+    /// How long to hold them once all are open
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    hold: Duration,
+    /// Handshakes in flight at once while opening
+    #[arg(long, default_value_t = 64)]
+    parallel: usize,
+    /// Server process id, to read its resident memory (same machine only)
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    raise_fd_limit();
+    let runtime = client_runtime()?;
+    let report = match args.kind {
+        BenchKind::Echo(bench) => runtime.block_on(echo(bench))?,
+        BenchKind::Connect(bench) => runtime.block_on(connect(bench))?,
+        BenchKind::Idle(bench) => runtime.block_on(idle(bench))?,
+    };
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn echo(bench: EchoBench) -> anyhow::Result<serde_json::Value> {
+    let config = bench.client.config().ok();
+    let message = vec![b'a'; bench.size];
+    let start = Instant::now();
+    let measure_from = start + bench.warmup;
+    let stop_at = measure_from + bench.duration;
+    let cpu_before = CpuClock::now();
+    let mut clients = JoinSet::new();
+    for _ in 0..bench.connections {
+        let mut session = if bench.raw {
+            Session::Raw(raw_connect(&bench.target).await?)
+        } else {
+            let config = config
+                .as_ref()
+                .context("a secret is needed for sockit sessions")?;
+            Session::Sockit(Box::new(Client::connect(&bench.target, config).await?))
+        };
+        let message = message.clone();
+        clients.spawn(async move { session.run(&message, measure_from, stop_at).await });
+    }
+    let mut latencies = new_histogram();
+    while let Some(result) = clients.join_next().await {
+        latencies.add(result??)?;
+    }
+    let cpu = cpu_before.percent_since();
+    let seconds = bench.duration.as_secs_f64();
+    Ok(json!({
+        "bench": "echo",
+        "target": bench.target,
+        "session": session_kind(bench.raw, &bench.client),
+        "connections": bench.connections,
+        "size": bench.size,
+        "requests": latencies.len(),
+        "rps": (latencies.len() as f64 / seconds).round(),
+        "p50_us": micros(latencies.value_at_quantile(0.50)),
+        "p99_us": micros(latencies.value_at_quantile(0.99)),
+        "client_cpu_percent": cpu.round(),
+    }))
+}
+
+enum Session {
+    Sockit(Box<Client>),
+    Raw(TcpStream),
+}
+
+impl Session {
+    /// Round trips back to back until `stop_at`, recording those that start after `measure_from`.
+    async fn run(
+        &mut self,
+        message: &[u8],
+        measure_from: Instant,
+        stop_at: Instant,
+    ) -> anyhow::Result<Histogram<u64>> {
+        let mut latencies = new_histogram();
+        let mut reply = vec![0; message.len()];
+        loop {
+            let begin = Instant::now();
+            if begin >= stop_at {
+                return Ok(latencies);
+            }
+            match self {
+                Session::Sockit(client) => {
+                    let answer = client.echo(message).await?;
+                    anyhow::ensure!(answer.len() == message.len(), "short echo reply");
+                }
+                Session::Raw(stream) => {
+                    stream.write_all(message).await?;
+                    stream.read_exact(&mut reply).await?;
+                }
+            }
+            if begin >= measure_from {
+                latencies.record(begin.elapsed().as_nanos() as u64)?;
+            }
+        }
+    }
+}
+
+async fn raw_connect(target: &str) -> anyhow::Result<TcpStream> {
+    let target: Target = target.parse().map_err(anyhow::Error::msg)?;
+    let addr = *target.resolve().await?.first().context("no address")?;
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn connect(bench: ConnectBench) -> anyhow::Result<serde_json::Value> {
+    let config = bench.client.config()?;
+    let mut latencies = new_histogram();
+    for _ in 0..bench.count {
+        let begin = Instant::now();
+        let mut client = Client::connect(&bench.target, &config).await?;
+        client.echo("ping").await?;
+        drop(client);
+        latencies.record(begin.elapsed().as_nanos() as u64)?;
+    }
+    Ok(json!({
+        "bench": "connect",
+        "target": bench.target,
+        "session": session_kind(false, &bench.client),
+        "count": bench.count,
+        "p50_us": micros(latencies.value_at_quantile(0.50)),
+        "p99_us": micros(latencies.value_at_quantile(0.99)),
+    }))
+}
+
+async fn idle(bench: IdleBench) -> anyhow::Result<serde_json::Value> {
+    let config = bench.client.config()?;
+    let rss_before = bench.server_pid.map(resident_kib).transpose()?;
+    let begin = Instant::now();
+    let mut held = Vec::with_capacity(bench.connections);
+    let mut opening = JoinSet::new();
+    for _ in 0..bench.connections {
+        if opening.len() >= bench.parallel.max(1) {
+            held.push(opening.join_next().await.expect("non-empty")??);
+        }
+        let (target, config) = (bench.target.clone(), config.clone());
+        opening.spawn(async move { Client::connect(&target, &config).await });
+    }
+    while let Some(client) = opening.join_next().await {
+        held.push(client??);
+    }
+    let open_seconds = begin.elapsed().as_secs_f64();
+    tokio::time::sleep(bench.hold).await;
+    let rss_held = bench.server_pid.map(resident_kib).transpose()?;
+    // Every session must still be alive: echo on each.
+    for client in &mut held {
+        client.echo("still there?").await?;
+    }
+    Ok(json!({
+        "bench": "idle",
+        "target": bench.target,
+        "connections": held.len(),
+        "open_seconds": (open_seconds * 100.0).round() / 100.0,
+        "server_rss_before_mib": rss_before.map(|kib| kib / 1024),
+        "server_rss_held_mib": rss_held.map(|kib| kib / 1024),
+        "all_answered": true,
+    }))
+}
+
+fn session_kind(raw: bool, client: &ClientArgs) -> &'static str {
+    match (raw, client.plaintext) {
+        (true, _) => "raw",
+        (false, true) => "plaintext",
+        (false, false) => "encrypted",
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+fn micros(nanos: u64) -> f64 {
+    (nanos as f64 / 100.0).round() / 10.0
+}
+
+/// Resident memory of a local process, from /proc.
+fn resident_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc status")
+}
+
+/// This process's CPU time (user + system), to report the load generator's own cost.
+struct CpuClock {
+    cpu: Duration,
+    wall: Instant,
+}
+
+impl CpuClock {
+    fn now() -> CpuClock {
+        CpuClock {
+            cpu: process_cpu(),
+            wall: Instant::now(),
+        }
+    }
+
+    fn percent_since(&self) -> f64 {
+        let cpu = process_cpu().saturating_sub(self.cpu).as_secs_f64();
+        100.0 * cpu / self.wall.elapsed().as_secs_f64()
+    }
+}
+
+fn process_cpu() -> Duration {
+    let time = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
+}

@@ -1,0 +1,110 @@
+//! The `sockit` command line: one subcommand per file.
+
+mod bench;
+mod echo;
+mod keygen;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use sockit::auth::resolve_secret;
+use sockit::server::parse_duration;
+use sockit::{ClientConfig, ClientError};
+
+/// Exit status for sockit's own failures (refused, unreachable, auth failed, protocol error),
+/// as ssh does, so scripts can tell them from a remote command's status.
+pub const EXIT_FAILURE: u8 = 255;
+
+#[derive(Parser)]
+#[command(
+    name = "sockit",
+    version,
+    about = "A network toolkit: one authenticated, encrypted server and its clients",
+    after_help = "Examples:\n  sockit serve                      # serve on 127.0.0.1:8080\n  sockit echo localhost hello       # prints HELLO\n  sockit keygen --secret-file ./key # make a secret to share with another machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Serve(serve::ServeArgs),
+    Echo(echo::EchoArgs),
+    Keygen(keygen::KeygenArgs),
+    Bench(bench::BenchArgs),
+}
+
+/// How a client command finds the server's secret and which session to ask for.
+#[derive(Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// File holding the shared secret [default: $SOCKIT_SECRET, then ~/.config/sockit/secret]
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// Authenticate with HMAC and send frames unencrypted; the server must use --plaintext too
+    #[arg(long)]
+    plaintext: bool,
+    /// Give up if connecting and authenticating take longer than this
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+}
+
+impl ClientArgs {
+    pub fn config(&self) -> anyhow::Result<ClientConfig> {
+        let (secret, _) = resolve_secret(self.secret_file.as_deref(), false)?;
+        let mut config = ClientConfig::new(secret);
+        config.plaintext = self.plaintext;
+        config.connect_timeout = self.connect_timeout;
+        Ok(config)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Echo(args) => echo::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("sockit: {}", one_line(&error));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// The error and its causes on one line, with a hint when sockit knows one.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = format!("{error:#}").replace('\n', " ");
+    if let Some(hint) = error.downcast_ref::<ClientError>().and_then(ClientError::hint) {
+        line.push_str(&format!(" (hint: {hint})"));
+    }
+    line
+}
+
+/// A single-threaded runtime: client commands do one thing at a time and start faster so.
+pub fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Lifts the open-file limit to its hard maximum: a server or load generator holding
+/// thousands of connections needs one descriptor each.
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(maximum) = limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        let _ = setrlimit(Resource::Nofile, raised);
+    }
+}

@@ -1,0 +1,139 @@
+//! `sockit serve`: run the server until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use sockit::auth::{SecretSource, resolve_secret};
+use sockit::server::{FileConfig, ListenAddr, parse_duration};
+use sockit::{Server, ServerConfig};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use super::raise_fd_limit;
+
+#[derive(Args)]
+#[command(
+    about = "Run the sockit server (echo service; encrypted, authenticated sessions)",
+    after_help = "Examples:\n  sockit serve                                   # 127.0.0.1:8080, secret created if missing\n  sockit serve --listen 0.0.0.0:8080 --listen [::]:8080 --listen /run/sockit.sock\n  sockit serve --listen 127.0.0.1:0 --plaintext  # free port, HMAC auth, no encryption\n  RUST_LOG=debug sockit serve --log-format json"
+)]
+pub struct ServeArgs {
+    /// Listen on IP:PORT, [IPv6]:PORT or a Unix socket path; repeatable; port 0 picks a free
+    /// port [default: 127.0.0.1:8080]
+    #[arg(long, short, value_name = "ADDR")]
+    listen: Vec<ListenAddr>,
+    /// File holding the shared secret [default: $SOCKIT_SECRET, then ~/.config/sockit/secret,
+    /// created if missing]
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// HMAC-authenticated plaintext sessions, for learning with a packet capture; refuses
+    /// encrypted clients
+    #[arg(long)]
+    plaintext: bool,
+    /// TOML file setting any of these options (flags win)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr (level from RUST_LOG, default info)
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Connections served at once [default: 16384]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections in their handshake at once [default: 1024]
+    #[arg(long, value_name = "N")]
+    max_handshakes: Option<usize>,
+    /// Close connections that have not authenticated within this time [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    handshake_timeout: Option<Duration>,
+    /// Close authenticated connections idle this long [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// On SIGINT/SIGTERM, let requests in flight run this long [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    shutdown_timeout: Option<Duration>,
+    /// Largest frame header accepted, in bytes [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    max_header_len: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path).map_err(anyhow::Error::msg)?,
+        None => FileConfig::default(),
+    };
+    let log_format = match (args.log_format, file.log_format.as_deref()) {
+        (Some(format), _) => format,
+        (None, None | Some("text")) => LogFormat::Text,
+        (None, Some("json")) => LogFormat::Json,
+        (None, Some(other)) => anyhow::bail!("log_format `{other}` in the config file: use text or json"),
+    };
+    init_logging(log_format);
+    raise_fd_limit();
+
+    let secret_file = args.secret_file.as_deref().or(file.secret_file.as_deref());
+    let (secret, source) = resolve_secret(secret_file, true)?;
+    match &source {
+        SecretSource::Created(path) => info!(
+            "created a new secret at {}; clients on this machine use it with no flags",
+            path.display()
+        ),
+        source => info!("secret from {source}"),
+    }
+    let mut config = ServerConfig::new(secret);
+    file.apply(&mut config);
+    args.apply(&mut config);
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let server = Server::bind(config).await?;
+        server.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+impl ServeArgs {
+    fn apply(&self, config: &mut ServerConfig) {
+        if !self.listen.is_empty() {
+            config.listen.clone_from(&self.listen);
+        }
+        config.plaintext |= self.plaintext;
+        let flags = FileConfig {
+            max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            max_header_len: self.max_header_len,
+            ..FileConfig::default()
+        };
+        flags.apply(config);
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,212 @@
+//! The client library: connect to a sockit server, authenticate, and call its services.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use sockit::{Client, ClientConfig, Secret, Server, ServerConfig};
+//!
+//! let secret = Secret::generate();
+//! let mut config = ServerConfig::new(secret.clone());
+//! config.listen = vec!["127.0.0.1:0".parse()?];
+//! let server = Server::bind(config).await?;
+//! let addr = server.local_addrs()[0].to_string();
+//! tokio::spawn(server.run(std::future::pending()));
+//!
+//! let mut client = Client::connect(&addr, &ClientConfig::new(secret)).await?;
+//! assert_eq!(client.echo("hello, sockit").await?, "HELLO, SOCKIT");
+//! # Ok(())
+//! # }
+//! ```
+
+mod target;
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::timeout;
+
+pub use target::Target;
+
+use crate::auth::{self, AuthMode, HandshakeError, Secret, ServerInfo, SessionKeys};
+use crate::wire::{Connection, ErrorCode, FrameError, Header, Limits, Message, RemoteError};
+
+/// How a client connects and authenticates.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub secret: Secret,
+    /// HMAC-authenticated plaintext session; the server must run with `--plaintext` too.
+    pub plaintext: bool,
+    /// Limit on connecting plus the handshake.
+    pub connect_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl ClientConfig {
+    pub fn new(secret: Secret) -> ClientConfig {
+        ClientConfig {
+            secret,
+            plaintext: false,
+            connect_timeout: Duration::from_secs(10),
+            limits: Limits::default().with_default_body_limit(u64::MAX),
+        }
+    }
+}
+
+/// Why a client call failed. `Display` names the cause; [`ClientError::hint`] suggests a fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    BadTarget(String),
+    #[error("cannot resolve {target}: {source}")]
+    Resolve { target: String, source: io::Error },
+    #[error("connection refused by {0}")]
+    Refused(String),
+    #[error("cannot reach {target}: {source}")]
+    Unreachable { target: String, source: io::Error },
+    #[error("no answer from {0} within the connect timeout")]
+    Timeout(String),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error("server error: {0}")]
+    Remote(#[from] RemoteError),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("connection lost: {0}")]
+    Connection(#[from] FrameError),
+    #[error("the server closed the connection")]
+    Closed,
+}
+
+impl ClientError {
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            ClientError::Refused(_) => "is `sockit serve` running there, on that port?",
+            ClientError::Unreachable { .. } | ClientError::Timeout(_) | ClientError::Resolve { .. } => {
+                "check the host name, the port, and the network in between"
+            }
+            ClientError::Handshake(HandshakeError::AuthFailed(_)) => {
+                "both sides must use the same secret: check --secret-file and SOCKIT_SECRET"
+            }
+            ClientError::Handshake(HandshakeError::Refused(e)) => match e.code {
+                ErrorCode::PlaintextRefused => "drop --plaintext, or start the server with --plaintext",
+                ErrorCode::EncryptionUnavailable => "add --plaintext, or restart the server without it",
+                ErrorCode::VersionMismatch => "use the same sockit version on both sides",
+                _ => return None,
+            },
+            ClientError::Handshake(HandshakeError::Closed) => {
+                "the server may be at its connection limit, or not a sockit server"
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// An authenticated session with a server. Requests run one at a time, in order.
+pub struct Client {
+    conn: Connection,
+    info: ServerInfo,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects to `target` (`HOST[:PORT]`, `[V6]:PORT` or a Unix socket path) and runs the
+    /// handshake, all within `config.connect_timeout`.
+    pub async fn connect(target: &str, config: &ClientConfig) -> Result<Client, ClientError> {
+        let target: Target = target.parse().map_err(ClientError::BadTarget)?;
+        let name = target.to_string();
+        timeout(config.connect_timeout, Client::open(&target, config))
+            .await
+            .map_err(|_| ClientError::Timeout(name))?
+    }
+
+    async fn open(target: &Target, config: &ClientConfig) -> Result<Client, ClientError> {
+        let mut conn = match target {
+            Target::Tcp { .. } => Connection::tcp(dial_tcp(target).await?, config.limits.clone()),
+            Target::Unix(path) => {
+                let stream = UnixStream::connect(path)
+                    .await
+                    .map_err(|e| connect_error(target, e))?;
+                Connection::unix(stream, config.limits.clone())
+            }
+        };
+        let keys = SessionKeys::new(config.secret.clone(), AuthMode::from_plaintext(config.plaintext));
+        let info = auth::connect(&mut conn, &keys).await?;
+        Ok(Client {
+            conn,
+            info,
+            next_id: 1,
+        })
+    }
+
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// The underlying connection, for streaming requests the helpers here do not cover.
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// A fresh request id.
+    pub fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Sends a request and reads its reply whole; an `error` reply becomes [`ClientError::Remote`].
+    pub async fn call(&mut self, header: Header, body: &[u8]) -> Result<Message, ClientError> {
+        let id = self.next_id();
+        self.conn.send(header.with_id(Some(id)), body).await?;
+        let reply = self.conn.read_message().await?.ok_or(ClientError::Closed)?;
+        if let Some(error) = RemoteError::from_header(&reply.header) {
+            return Err(ClientError::Remote(error));
+        }
+        if reply.header.id() != Some(id) {
+            return Err(ClientError::Protocol(format!(
+                "reply `{}` carries id {:?}, expected {id}",
+                reply.header.cmd(),
+                reply.header.id()
+            )));
+        }
+        Ok(reply)
+    }
+
+    /// The echo service: `text` comes back upper-cased.
+    pub async fn echo(&mut self, text: impl AsRef<[u8]>) -> Result<Bytes, ClientError> {
+        Ok(self.call(Header::new("echo"), text.as_ref()).await?.body)
+    }
+}
+
+async fn dial_tcp(target: &Target) -> Result<TcpStream, ClientError> {
+    let addrs = target.resolve().await.map_err(|source| ClientError::Resolve {
+        target: target.to_string(),
+        source,
+    })?;
+    let mut last_error = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                stream.set_nodelay(true).map_err(|e| connect_error(target, e))?;
+                return Ok(stream);
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    let error = last_error.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no addresses"));
+    Err(connect_error(target, error))
+}
+
+fn connect_error(target: &Target, error: io::Error) -> ClientError {
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => {
+            ClientError::Refused(target.to_string())
+        }
+        _ => ClientError::Unreachable {
+            target: target.to_string(),
+            source: error,
+        },
+    }
+}

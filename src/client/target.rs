@@ -1,0 +1,94 @@
+//! Where a client connects: `HOST[:PORT]`, `[V6]:PORT`, a bare IPv6 address, or a Unix path.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::server::DEFAULT_PORT;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+impl Target {
+    pub async fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
+        match self {
+            Target::Tcp { host, port } => {
+                Ok(tokio::net::lookup_host((host.as_str(), *port)).await?.collect())
+            }
+            Target::Unix(_) => Ok(Vec::new()),
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Target, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            return Ok(Target::Unix(path.into()));
+        }
+        if text.contains('/') {
+            return Ok(Target::Unix(text.into()));
+        }
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(tcp(addr.ip().to_string(), addr.port()));
+        }
+        if let Ok(ip) = text.trim_matches(['[', ']']).parse::<IpAddr>() {
+            return Ok(tcp(ip.to_string(), DEFAULT_PORT));
+        }
+        let (host, port) = match text.rsplit_once(':') {
+            Some((host, port)) => {
+                let port = port
+                    .parse()
+                    .map_err(|_| format!("`{port}` in `{text}` is not a port number"))?;
+                (host, port)
+            }
+            None => (text, DEFAULT_PORT),
+        };
+        if host.is_empty() {
+            return Err(format!("`{text}` names no host (try 127.0.0.1:{DEFAULT_PORT})"));
+        }
+        Ok(tcp(host.to_owned(), port))
+    }
+}
+
+fn tcp(host: String, port: u16) -> Target {
+    Target::Tcp { host, port }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Target::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Target::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_target_form() {
+        let cases = [
+            ("example.com", "example.com:8080"),
+            ("example.com:9", "example.com:9"),
+            ("127.0.0.1", "127.0.0.1:8080"),
+            ("[::1]:7", "[::1]:7"),
+            ("::1", "[::1]:8080"),
+            ("/run/sockit.sock", "unix:/run/sockit.sock"),
+        ];
+        for (text, shown) in cases {
+            assert_eq!(text.parse::<Target>().unwrap().to_string(), shown);
+        }
+        assert!("host:notaport".parse::<Target>().is_err());
+        assert!(":80".parse::<Target>().is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! sockit: a network toolkit built on one framed, authenticated, encrypted protocol.
+//!
+//! The layers, bottom up: [`wire`] (frames and the connection that carries them), [`auth`]
+//! (the shared secret and the session handshake), [`services`] (what a server offers),
+//! [`server`] (the runtime) and [`client`] (the library side of the `sockit` commands).
+
+pub mod auth;
+pub mod client;
+pub mod server;
+pub mod services;
+pub mod wire;
+
+pub use auth::Secret;
+pub use client::{Client, ClientConfig, ClientError};
+pub use server::{Server, ServerConfig};

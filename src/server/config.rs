@@ -1,0 +1,163 @@
+//! Server settings, their defaults, and the optional TOML file that can set any of them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::listener::ListenAddr;
+use crate::auth::Secret;
+use crate::wire::DEFAULT_MAX_HEADER_LEN;
+
+/// The port sockit serves and clients dial when none is given.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// Everything a [`super::Server`] needs. [`ServerConfig::new`] gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: Vec<ListenAddr>,
+    pub secret: Secret,
+    /// HMAC-authenticated plaintext sessions instead of encrypted ones.
+    pub plaintext: bool,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Connections still in their handshake at once; the rest wait (within their deadline).
+    pub max_handshakes: usize,
+    pub handshake_timeout: Duration,
+    /// An authenticated connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long requests in flight may run after SIGINT/SIGTERM.
+    pub shutdown_timeout: Duration,
+    pub max_header_len: usize,
+    /// First delay before answering a failed authentication; doubles per recent failure.
+    pub auth_failure_delay: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(secret: Secret) -> ServerConfig {
+        ServerConfig {
+            listen: vec![ListenAddr::Tcp(([127, 0, 0, 1], DEFAULT_PORT).into())],
+            secret,
+            plaintext: false,
+            max_connections: 16_384,
+            max_handshakes: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            shutdown_timeout: Duration::from_secs(10),
+            max_header_len: DEFAULT_MAX_HEADER_LEN,
+            auth_failure_delay: Duration::from_millis(50),
+        }
+    }
+}
+
+/// The TOML config file (`sockit serve --config FILE`): every key is optional, unknown keys
+/// are errors (so a typo is never silently ignored), and command-line flags win over it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<Vec<ListenAddr>>,
+    pub secret_file: Option<PathBuf>,
+    pub plaintext: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub max_handshakes: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub handshake_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub shutdown_timeout: Option<Duration>,
+    pub max_header_len: Option<usize>,
+    pub log_format: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Overrides `config` with every key this file sets.
+    pub fn apply(&self, config: &mut ServerConfig) {
+        if let Some(listen) = &self.listen {
+            config.listen.clone_from(listen);
+        }
+        set(&mut config.plaintext, self.plaintext);
+        set(&mut config.max_connections, self.max_connections);
+        set(&mut config.max_handshakes, self.max_handshakes);
+        set(&mut config.handshake_timeout, self.handshake_timeout);
+        set(&mut config.idle_timeout, self.idle_timeout);
+        set(&mut config.shutdown_timeout, self.shutdown_timeout);
+        set(&mut config.max_header_len, self.max_header_len);
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `2h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 500ms, 10s, 5m)"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(f64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Seconds(seconds) => Duration::try_from_secs_f64(seconds)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        Raw::Text(text) => parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn file_keys_override_and_typos_are_refused() {
+        let file: FileConfig = toml::from_str(
+            "listen = [\"[::1]:0\", \"/tmp/s.sock\"]\nidle_timeout = \"2m\"\nhandshake_timeout = 3",
+        )
+        .unwrap();
+        let mut config = ServerConfig::new(Secret::generate());
+        file.apply(&mut config);
+        assert_eq!(config.listen.len(), 2);
+        assert_eq!(config.idle_timeout, Duration::from_secs(120));
+        assert_eq!(config.handshake_timeout, Duration::from_secs(3));
+        assert!(toml::from_str::<FileConfig>("listn = []").is_err());
+    }
+}

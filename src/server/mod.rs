@@ -1,0 +1,158 @@
+//! The server runtime: listeners, the accept loop, connection limits and graceful shutdown.
+//!
+//! Each connection runs in its own task ([`session`]). A semaphore caps how many are served at
+//! once; beyond it the server stops accepting and clients wait in the kernel's backlog, which
+//! costs the server nothing. Shutdown is two-stage: first stop accepting and let every
+//! connection finish the request it is serving, then, past the deadline, drop the rest.
+
+mod config;
+mod listener;
+mod session;
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::{DEFAULT_PORT, FileConfig, ServerConfig, parse_duration};
+pub use listener::{ListenAddr, Listener, Stream};
+
+use crate::auth::{AuthMode, FailureThrottle, SessionKeys};
+use crate::services::Registry;
+use crate::wire::Limits;
+
+/// What every connection task shares.
+struct Shared {
+    config: ServerConfig,
+    keys: SessionKeys,
+    registry: Registry,
+    /// Limits once authenticated: per-command body limits from the registry.
+    limits: Limits,
+    /// Limits before authentication: small, so strangers cannot make us allocate.
+    handshake_limits: Limits,
+    handshakes: Semaphore,
+    throttle: FailureThrottle,
+    /// Cancelled when shutdown begins: stop accepting, finish requests in flight.
+    stopping: CancellationToken,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listeners: Vec<Listener>,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Binds every listen address of `config`, serving the native services.
+    pub async fn bind(config: ServerConfig) -> io::Result<Server> {
+        Server::bind_with(config, Registry::native()).await
+    }
+
+    pub async fn bind_with(config: ServerConfig, registry: Registry) -> io::Result<Server> {
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let listener = Listener::bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            info!("listening on {}", listener.local_addr()?);
+            listeners.push(listener);
+        }
+        let base = Limits::default().with_max_header_len(config.max_header_len);
+        let shared = Shared {
+            keys: SessionKeys::new(config.secret.clone(), AuthMode::from_plaintext(config.plaintext)),
+            limits: registry.limits(base),
+            handshake_limits: Limits::default()
+                .with_max_header_len(4096)
+                .with_default_body_limit(1024),
+            handshakes: Semaphore::new(config.max_handshakes),
+            throttle: FailureThrottle::new(config.auth_failure_delay, Duration::from_secs(5)),
+            registry,
+            stopping: CancellationToken::new(),
+            config,
+        };
+        Ok(Server {
+            listeners,
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The addresses actually bound (ports chosen for port 0 filled in).
+    pub fn local_addrs(&self) -> Vec<ListenAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|listener| listener.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let connections = Arc::new(Semaphore::new(self.shared.config.max_connections));
+        let tasks = TaskTracker::new();
+        let abort = CancellationToken::new();
+        for listener in self.listeners {
+            let accept = accept_loop(
+                listener,
+                self.shared.clone(),
+                connections.clone(),
+                tasks.clone(),
+                abort.clone(),
+            );
+            tasks.spawn(accept);
+        }
+        shutdown.await;
+        let deadline = self.shared.config.shutdown_timeout;
+        info!("shutting down: no new connections, {deadline:?} for requests in flight");
+        self.shared.stopping.cancel();
+        tasks.close();
+        if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+            warn!(
+                "{} connections still busy after {deadline:?}; closing them",
+                tasks.len()
+            );
+            abort.cancel();
+            tasks.wait().await;
+        }
+        info!("shut down");
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    tasks: TaskTracker,
+    abort: CancellationToken,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            () = shared.stopping.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.stopping.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let abort = abort.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = session::serve(stream, peer, &shared) => {}
+                () = abort.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
+}

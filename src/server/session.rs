@@ -1,0 +1,143 @@
+//! One connection's life: handshake, then requests one after another until the client leaves,
+//! goes idle, breaks the protocol, or the server shuts down.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+
+use super::{Shared, Stream};
+use crate::auth;
+use crate::services::{BodyMode, Peer, Request, ServiceError};
+use crate::wire::{Connection, ErrorCode, Frame, FrameError, Header, RemoteError};
+
+/// How long a parting error frame may take to send before we just close.
+const PARTING_GRACE: Duration = Duration::from_secs(1);
+
+pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
+    let limits = shared.handshake_limits.clone();
+    let mut conn = match stream {
+        Stream::Tcp(stream) => Connection::tcp(stream, limits),
+        Stream::Unix(stream) => Connection::unix(stream, limits),
+    };
+    if !handshake(&mut conn, peer, shared).await {
+        return;
+    }
+    conn.reader.set_limits(shared.limits.clone());
+    debug!(%peer, "session open");
+    match serve_requests(&mut conn, peer, shared).await {
+        Ok(()) => debug!(%peer, "session closed"),
+        Err(error) => {
+            info!(%peer, %error, "closing connection");
+            if let Some(remote) = error.to_remote() {
+                part(&mut conn, &remote).await;
+            }
+        }
+    }
+}
+
+/// Runs the handshake under its deadline. Failures are logged with the peer's address (never
+/// the secret) and answered, after a growing delay when the secret was wrong.
+async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> bool {
+    let deadline = shared.config.handshake_timeout;
+    let attempt = timeout(deadline, async {
+        let _slot = shared.handshakes.acquire().await.expect("semaphore never closed");
+        auth::accept(conn, &shared.keys, shared.registry.features()).await
+    });
+    let error = match attempt.await {
+        Ok(Ok(())) => return true,
+        Ok(Err(error)) => error,
+        Err(_) => {
+            debug!(%peer, "handshake not completed within {deadline:?}");
+            let remote = RemoteError::new(
+                ErrorCode::Timeout,
+                format!("handshake not completed within {deadline:?}"),
+            );
+            part(conn, &remote).await;
+            return false;
+        }
+    };
+    if error.is_auth_failure() {
+        let delay = shared.throttle.record_failure(peer.ip());
+        warn!(%peer, delay_ms = delay.as_millis() as u64, "authentication failed");
+        tokio::time::sleep(delay).await;
+    } else {
+        debug!(%peer, %error, "handshake refused");
+    }
+    if let Some(remote) = error.to_remote() {
+        part(conn, &remote).await;
+    }
+    false
+}
+
+async fn serve_requests(conn: &mut Connection, peer: Peer, shared: &Shared) -> Result<(), FrameError> {
+    let idle = shared.config.idle_timeout;
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = shared.stopping.cancelled() => return Ok(()),
+            next = timeout(idle, conn.read_frame()) => next,
+        };
+        let header = match next {
+            Err(_) => {
+                debug!(%peer, "idle for {idle:?}");
+                let remote = RemoteError::new(ErrorCode::Timeout, format!("idle for {idle:?}"));
+                part(conn, &remote).await;
+                return Ok(());
+            }
+            Ok(frame) => match frame? {
+                None => return Ok(()),
+                Some(Frame::Header(header)) => header,
+                Some(Frame::Body(_)) => return Err(FrameError::BadHeader("stray body bytes".into())),
+            },
+        };
+        dispatch(header, conn, peer, shared).await?;
+    }
+}
+
+/// Routes one request to its service. Request-level failures are answered with an error frame
+/// and the session goes on; only connection failures end it.
+async fn dispatch(
+    header: Header,
+    conn: &mut Connection,
+    peer: Peer,
+    shared: &Shared,
+) -> Result<(), FrameError> {
+    let id = header.id();
+    let Some((service, spec)) = shared.registry.lookup(header.cmd()) else {
+        skip_body(conn).await?;
+        let offered = shared.registry.features().join(", ");
+        let error = RemoteError::new(
+            ErrorCode::UnknownCmd,
+            format!(
+                "unknown command `{}` (this server offers: {offered})",
+                header.cmd()
+            ),
+        );
+        return conn.send_error(id, &error).await;
+    };
+    let body = match spec.body {
+        BodyMode::Whole => conn.reader.read_whole_body().await?,
+        BodyMode::Stream => Bytes::new(),
+    };
+    match service.handle(Request { header, body, peer }, conn).await {
+        Ok(()) => skip_body(conn).await,
+        Err(ServiceError::Reply(error)) => {
+            skip_body(conn).await?;
+            conn.send_error(id, &error).await
+        }
+        Err(ServiceError::Connection(error)) => Err(error),
+    }
+}
+
+/// Discards what is left of the current body, so the next read starts at a header.
+async fn skip_body(conn: &mut Connection) -> Result<(), FrameError> {
+    while conn.reader.read_body_chunk().await?.is_some() {}
+    Ok(())
+}
+
+/// Sends a last error frame if the peer is still reading; never waits long.
+async fn part(conn: &mut Connection, error: &RemoteError) {
+    let _ = timeout(PARTING_GRACE, conn.send_error(None, error)).await;
+}

@@ -1,0 +1,141 @@
+//! Services and the registry that routes each `cmd` to one of them.
+//!
+//! A service is one file: it declares the commands it answers (with the largest body each may
+//! carry) and handles a request on the connection it arrived on. Adding a service means writing
+//! that file and adding one line to [`Registry::native`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::wire::{Connection, ErrorCode, FrameError, Header, Limits, RemoteError};
+
+pub mod echo;
+
+/// How a command's body reaches its handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyMode {
+    /// Gathered in memory (bounded by `max_body`) and passed in [`Request::body`].
+    Whole,
+    /// Left on the connection for the handler to read chunk by chunk.
+    Stream,
+}
+
+/// One command a service answers.
+#[derive(Clone, Copy, Debug)]
+pub struct CommandSpec {
+    pub cmd: &'static str,
+    pub max_body: u64,
+    pub body: BodyMode,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+impl Peer {
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Peer::Tcp(addr) => Some(addr.ip()),
+            Peer::Unix => None,
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Unix => f.write_str("unix socket peer"),
+        }
+    }
+}
+
+/// A request as a handler sees it.
+#[derive(Debug)]
+pub struct Request {
+    pub header: Header,
+    /// The whole body for [`BodyMode::Whole`] commands; empty for streamed ones.
+    pub body: Bytes,
+    pub peer: Peer,
+}
+
+impl Request {
+    pub fn id(&self) -> Option<u64> {
+        self.header.id()
+    }
+}
+
+/// How a handler fails.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request failed; the client is told and the connection carries on.
+    #[error(transparent)]
+    Reply(#[from] RemoteError),
+    /// The connection itself failed and is closed.
+    #[error(transparent)]
+    Connection(#[from] FrameError),
+}
+
+impl ServiceError {
+    pub fn bad_request(message: impl Into<String>) -> ServiceError {
+        ServiceError::Reply(RemoteError::new(ErrorCode::BadRequest, message))
+    }
+}
+
+#[async_trait]
+pub trait Service: Send + Sync {
+    /// The name announced in the session's `features`.
+    fn name(&self) -> &'static str;
+    fn commands(&self) -> &[CommandSpec];
+    async fn handle(&self, request: Request, conn: &mut Connection) -> Result<(), ServiceError>;
+}
+
+/// Routes commands to services.
+#[derive(Clone, Default)]
+pub struct Registry {
+    by_cmd: HashMap<&'static str, (Arc<dyn Service>, CommandSpec)>,
+    names: Vec<&'static str>,
+}
+
+impl Registry {
+    /// The native services this build offers.
+    pub fn native() -> Registry {
+        let mut registry = Registry::default();
+        registry.register(echo::Echo);
+        registry
+    }
+
+    /// Adds a service. Two services claiming one command is a programming error.
+    pub fn register(&mut self, service: impl Service + 'static) -> &mut Registry {
+        let service: Arc<dyn Service> = Arc::new(service);
+        for spec in service.commands() {
+            let previous = self.by_cmd.insert(spec.cmd, (service.clone(), *spec));
+            assert!(previous.is_none(), "command `{}` registered twice", spec.cmd);
+        }
+        self.names.push(service.name());
+        self
+    }
+
+    pub fn lookup(&self, cmd: &str) -> Option<(&Arc<dyn Service>, &CommandSpec)> {
+        self.by_cmd.get(cmd).map(|(service, spec)| (service, spec))
+    }
+
+    /// `base` with each command's body limit added.
+    pub fn limits(&self, base: Limits) -> Limits {
+        self.by_cmd.values().fold(base, |limits, (_, spec)| {
+            limits.with_body_limit(spec.cmd, spec.max_body)
+        })
+    }
+
+    pub fn features(&self) -> &[&'static str] {
+        &self.names
+    }
+}

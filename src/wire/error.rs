@@ -1,0 +1,167 @@
+//! What can go wrong on the wire, and the error message peers send each other.
+
+use std::fmt;
+use std::io;
+
+use super::header::Header;
+
+/// The `code` of an error frame. Codes are stable snake_case strings; a code this build does not
+/// know (from a newer peer) is kept verbatim in [`ErrorCode::Other`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The bytes did not form a frame: bad length, bad JSON, missing `cmd`.
+    BadFrame,
+    HeaderTooLarge,
+    BodyTooLarge,
+    UnknownCmd,
+    /// A request's fields were missing or of the wrong type.
+    BadRequest,
+    VersionMismatch,
+    /// The client asked for a plaintext session and the server requires encryption.
+    PlaintextRefused,
+    /// The client asked for an encrypted session and the server runs with `--plaintext`.
+    EncryptionUnavailable,
+    AuthFailed,
+    /// A server limit (connections, handshakes, commands) is reached; try again later.
+    Busy,
+    Timeout,
+    /// The service is disabled on this server (for example exec without `--allow-exec`).
+    Disabled,
+    Internal,
+    Other(String),
+}
+
+impl ErrorCode {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::HeaderTooLarge => "header_too_large",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::UnknownCmd => "unknown_cmd",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::PlaintextRefused => "plaintext_refused",
+            ErrorCode::EncryptionUnavailable => "encryption_unavailable",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Disabled => "disabled",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    pub fn parse(code: &str) -> ErrorCode {
+        const KNOWN: [ErrorCode; 13] = [
+            ErrorCode::BadFrame,
+            ErrorCode::HeaderTooLarge,
+            ErrorCode::BodyTooLarge,
+            ErrorCode::UnknownCmd,
+            ErrorCode::BadRequest,
+            ErrorCode::VersionMismatch,
+            ErrorCode::PlaintextRefused,
+            ErrorCode::EncryptionUnavailable,
+            ErrorCode::AuthFailed,
+            ErrorCode::Busy,
+            ErrorCode::Timeout,
+            ErrorCode::Disabled,
+            ErrorCode::Internal,
+        ];
+        KNOWN
+            .into_iter()
+            .find(|known| known.as_str() == code)
+            .unwrap_or_else(|| ErrorCode::Other(code.to_owned()))
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as carried by an `error` frame: `{"cmd":"error","code":...,"message":...}`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct RemoteError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RemoteError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> RemoteError {
+        RemoteError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The error frame answering the request with `id`.
+    pub fn to_header(&self, id: Option<u64>) -> Header {
+        Header::new("error")
+            .with_id(id)
+            .with("code", self.code.as_str())
+            .with("message", self.message.as_str())
+    }
+
+    /// Reads an `error` frame's header; `None` if the header is not an error.
+    pub fn from_header(header: &Header) -> Option<RemoteError> {
+        (header.cmd() == "error").then(|| RemoteError {
+            code: ErrorCode::parse(header.str("code").unwrap_or("internal")),
+            message: header.str("message").unwrap_or("").to_owned(),
+        })
+    }
+}
+
+/// A reason the byte stream cannot be read as frames. Every variant but `Io` is the peer's
+/// fault, and the peer is told which before the connection closes.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("header of {len} bytes exceeds the limit of {max}")]
+    HeaderTooLarge { len: u64, max: usize },
+    #[error("`{cmd}` body of {len} bytes exceeds the limit of {max}")]
+    BodyTooLarge { cmd: String, len: u64, max: u64 },
+    #[error("malformed header: {0}")]
+    BadHeader(String),
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error(transparent)]
+    BadRecord(#[from] super::record::BadRecord),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl FrameError {
+    /// The error frame to send the peer, or `None` when the peer cannot be told (I/O failed).
+    pub fn to_remote(&self) -> Option<RemoteError> {
+        let code = match self {
+            FrameError::HeaderTooLarge { .. } => ErrorCode::HeaderTooLarge,
+            FrameError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            FrameError::BadHeader(_) => ErrorCode::BadFrame,
+            FrameError::Truncated | FrameError::BadRecord(_) | FrameError::Io(_) => return None,
+        };
+        Some(RemoteError::new(code, self.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_unknown_codes_survive() {
+        for code in ["bad_frame", "auth_failed", "busy", "something_new"] {
+            assert_eq!(ErrorCode::parse(code).as_str(), code);
+        }
+        assert_eq!(ErrorCode::parse("x"), ErrorCode::Other("x".into()));
+    }
+
+    #[test]
+    fn error_frames_round_trip() {
+        let error = RemoteError::new(ErrorCode::Busy, "too many connections");
+        let header = error.to_header(Some(3));
+        assert_eq!(header.id(), Some(3));
+        assert_eq!(RemoteError::from_header(&header), Some(error));
+        assert_eq!(RemoteError::from_header(&Header::new("echo")), None);
+    }
+}

@@ -1,0 +1,218 @@
+//! The JSON object that opens every frame.
+//!
+//! Three keys are the protocol's own and are checked when a header is parsed: `cmd` names the
+//! message (the course's key), `id` ties a reply to its request, and `body_len` says how many
+//! body bytes follow. Every other key belongs to the message and is kept as JSON, so a service
+//! can read it as a typed struct and a newer peer can add fields an older one ignores.
+
+use bytes::{BufMut, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::error::FrameError;
+
+/// The decoded header of one frame.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Header {
+    cmd: String,
+    id: Option<u64>,
+    body_len: u64,
+    fields: Map<String, Value>,
+}
+
+impl Header {
+    /// A header for `cmd` with no id, no fields and no body.
+    pub fn new(cmd: impl Into<String>) -> Header {
+        Header {
+            cmd: cmd.into(),
+            id: None,
+            body_len: 0,
+            fields: Map::new(),
+        }
+    }
+
+    /// A header whose fields are the serialized form of `message` (a struct or map).
+    ///
+    /// Keys named `cmd`, `id` or `body_len` in `message` are ignored: those belong to the frame.
+    pub fn from_message(cmd: impl Into<String>, message: &impl Serialize) -> Header {
+        let mut header = Header::new(cmd);
+        if let Ok(Value::Object(fields)) = serde_json::to_value(message) {
+            for (key, value) in fields {
+                header = header.with(&key, value);
+            }
+        }
+        header
+    }
+
+    pub fn with_id(mut self, id: Option<u64>) -> Header {
+        self.id = id;
+        self
+    }
+
+    pub fn with_body_len(mut self, body_len: u64) -> Header {
+        self.body_len = body_len;
+        self
+    }
+
+    /// Adds a message field. Reserved keys are ignored so a field can never forge framing.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Header {
+        if !is_reserved(key) {
+            self.fields.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+
+    pub fn cmd(&self) -> &str {
+        &self.cmd
+    }
+
+    pub fn id(&self) -> Option<u64> {
+        self.id
+    }
+
+    pub fn body_len(&self) -> u64 {
+        self.body_len
+    }
+
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.fields
+    }
+
+    /// A field as a string, if present and a string.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).and_then(Value::as_str)
+    }
+
+    /// A field as an unsigned integer, if present and one.
+    pub fn u64(&self, key: &str) -> Option<u64> {
+        self.fields.get(key).and_then(Value::as_u64)
+    }
+
+    /// The message fields read as `T`; unknown fields are ignored, as the protocol promises.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, FrameError> {
+        T::deserialize(Value::Object(self.fields.clone()))
+            .map_err(|e| FrameError::BadHeader(format!("`{}` message: {e}", self.cmd)))
+    }
+
+    /// Parses the bytes between the length prefix and the body.
+    pub fn from_json(bytes: &[u8]) -> Result<Header, FrameError> {
+        let mut fields: Map<String, Value> = serde_json::from_slice(bytes)
+            .map_err(|e| FrameError::BadHeader(format!("header is not a JSON object: {e}")))?;
+        let cmd = match fields.remove("cmd") {
+            Some(Value::String(cmd)) if !cmd.is_empty() => cmd,
+            Some(_) => return Err(bad_field("cmd", "a non-empty string")),
+            None => return Err(FrameError::BadHeader("header has no `cmd`".into())),
+        };
+        let id = optional_u64(fields.remove("id"), "id")?;
+        let body_len = optional_u64(fields.remove("body_len"), "body_len")?.unwrap_or(0);
+        Ok(Header {
+            cmd,
+            id,
+            body_len,
+            fields,
+        })
+    }
+
+    /// Appends the header as compact JSON: `cmd` first, `body_len` last (when non-zero).
+    pub fn write_json(&self, out: &mut BytesMut) {
+        out.extend_from_slice(b"{\"cmd\":");
+        write_value(out, &self.cmd);
+        if let Some(id) = self.id {
+            out.extend_from_slice(b",\"id\":");
+            out.extend_from_slice(id.to_string().as_bytes());
+        }
+        for (key, value) in &self.fields {
+            out.put_u8(b',');
+            write_value(out, key);
+            out.put_u8(b':');
+            write_value(out, value);
+        }
+        if self.body_len > 0 {
+            out.extend_from_slice(b",\"body_len\":");
+            out.extend_from_slice(self.body_len.to_string().as_bytes());
+        }
+        out.put_u8(b'}');
+    }
+}
+
+fn is_reserved(key: &str) -> bool {
+    matches!(key, "cmd" | "id" | "body_len")
+}
+
+fn write_value(out: &mut BytesMut, value: &(impl Serialize + ?Sized)) {
+    // Serializing a String or a serde_json::Value into memory cannot fail.
+    serde_json::to_writer(out.writer(), value).expect("JSON value serializes");
+}
+
+fn optional_u64(value: Option<Value>, key: &str) -> Result<Option<u64>, FrameError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad_field(key, "an unsigned integer")),
+    }
+}
+
+fn bad_field(key: &str, expected: &str) -> FrameError {
+    FrameError::BadHeader(format!("header field `{key}` must be {expected}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trips_through_json() {
+        let header = Header::new("echo")
+            .with_id(Some(7))
+            .with_body_len(5)
+            .with("lang", "en");
+        let mut json = BytesMut::new();
+        header.write_json(&mut json);
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"cmd":"echo","id":7,"lang":"en","body_len":5}"#
+        );
+        assert_eq!(Header::from_json(&json).unwrap(), header);
+    }
+
+    #[test]
+    fn reserved_keys_cannot_be_forged_through_fields() {
+        let header = Header::from_message("x", &json!({"body_len": 99, "cmd": "y", "ok": 1}));
+        assert_eq!(header.body_len(), 0);
+        assert_eq!(header.cmd(), "x");
+        assert_eq!(header.u64("ok"), Some(1));
+    }
+
+    #[test]
+    fn rejects_headers_without_a_usable_cmd() {
+        for bad in [
+            &b"[]"[..],
+            b"{}",
+            b"{\"cmd\":3}",
+            b"{\"cmd\":\"\"}",
+            b"{\"cmd\":\"a\",\"body_len\":-1}",
+            b"{\"cmd\":\"a\",\"id\":\"x\"}",
+            b"not json",
+        ] {
+            assert!(
+                Header::from_json(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_and_ignored_by_typed_reads() {
+        #[derive(serde::Deserialize)]
+        struct Hello {
+            version: u32,
+        }
+        let header = Header::from_json(br#"{"cmd":"hello","version":1,"future":true}"#).unwrap();
+        assert_eq!(header.parse::<Hello>().unwrap().version, 1);
+    }
+}

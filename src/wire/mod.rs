@@ -1,0 +1,17 @@
+//! The wire layer: frames, their codec, encrypted records and the connection that carries them.
+//!
+//! docs/protocol.md specifies the bytes; this module is the reference implementation.
+
+mod codec;
+mod connection;
+mod error;
+mod header;
+pub mod record;
+
+pub use codec::{DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER_LEN, Frame, FrameCodec, Limits, encode_header};
+pub use connection::{Connection, FrameReader, FrameWriter, Message};
+pub use error::{ErrorCode, FrameError, RemoteError};
+pub use header::Header;
+
+/// The protocol version this build speaks, sent in `hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
