@@ -6,7 +6,8 @@
 //!
 //! `--plaintext` sessions run the course's HMAC challenge-response made sound: both sides send
 //! a fresh 32-byte nonce, both prove the secret with HMAC-SHA256 over both nonces and their
-//! role, and proofs are compared in constant time. Nothing is encrypted afterwards.
+//! role (the client first, then the server in `ready`), and proofs are compared in constant
+//! time. Nothing is encrypted afterwards.
 //!
 //! docs/protocol.md walks through both exchanges byte by byte.
 
@@ -143,8 +144,6 @@ struct Hello {
     auth: AuthMode,
     #[serde(default)]
     nonce: Option<String>,
-    #[serde(default)]
-    proof: Option<String>,
 }
 
 /// The server's side of the handshake. On success the connection is ready for requests and
@@ -165,9 +164,9 @@ pub async fn accept(
             ),
         ));
     }
-    match (request.auth, keys.mode) {
-        (AuthMode::Noise, AuthMode::Noise) => accept_noise(conn, keys, &hello.body)?,
-        (AuthMode::Hmac, AuthMode::Hmac) => accept_hmac(conn, keys, &request).await?,
+    let server_proof = match (request.auth, keys.mode) {
+        (AuthMode::Noise, AuthMode::Noise) => accept_noise(conn, keys, &hello.body).map(|()| None)?,
+        (AuthMode::Hmac, AuthMode::Hmac) => Some(accept_hmac(conn, keys, &request).await?),
         (AuthMode::Hmac, AuthMode::Noise) => {
             return Err(refused(
                 ErrorCode::PlaintextRefused,
@@ -180,10 +179,13 @@ pub async fn accept(
                 "this server runs with --plaintext; connect with --plaintext",
             ));
         }
-    }
-    let ready = Header::new("ready")
+    };
+    let mut ready = Header::new("ready")
         .with("server", concat!("sockit ", env!("CARGO_PKG_VERSION")))
         .with("features", features.to_vec());
+    if let Some(proof) = server_proof {
+        ready = ready.with("proof", proof);
+    }
     conn.send(ready, b"").await?;
     Ok(())
 }
@@ -202,29 +204,41 @@ fn accept_noise(conn: &mut Connection, keys: &SessionKeys, message: &[u8]) -> Re
     Ok(())
 }
 
-async fn accept_hmac(conn: &mut Connection, keys: &SessionKeys, hello: &Hello) -> Result<(), HandshakeError> {
+/// Challenges the client, checks its proof, and returns the server's own proof (sent in
+/// `ready`). The client proves first, so a stranger never obtains a MAC made with the secret.
+async fn accept_hmac(
+    conn: &mut Connection,
+    keys: &SessionKeys,
+    hello: &Hello,
+) -> Result<String, HandshakeError> {
     let client_nonce = decode_nonce(hello.nonce.as_deref())?;
     let server_nonce: [u8; NONCE_LEN] = rand::random();
-    let proof = keys.proof(b"server", &client_nonce, &server_nonce).finalize();
-    let answer = hello_header(AuthMode::Hmac)
-        .with("nonce", hex::encode(server_nonce))
-        .with("proof", hex::encode(proof.into_bytes()));
-    conn.send(answer, b"").await?;
+    let challenge = hello_header(AuthMode::Hmac).with("nonce", hex::encode(server_nonce));
+    conn.send(challenge, b"").await?;
 
     let auth = expect(conn, "auth").await?;
     let client_proof = decode_proof(auth.header.str("proof"))?;
     keys.proof(b"client", &client_nonce, &server_nonce)
         .verify_slice(&client_proof)
-        .map_err(|_| HandshakeError::AuthFailed("the client's proof does not match our secret".into()))
+        .map_err(|_| HandshakeError::AuthFailed("the client's proof does not match our secret".into()))?;
+    let proof = keys.proof(b"server", &client_nonce, &server_nonce).finalize();
+    Ok(hex::encode(proof.into_bytes()))
 }
 
 /// The client's side of the handshake.
 pub async fn connect(conn: &mut Connection, keys: &SessionKeys) -> Result<ServerInfo, HandshakeError> {
-    match keys.mode {
-        AuthMode::Noise => connect_noise(conn, keys).await?,
-        AuthMode::Hmac => connect_hmac(conn, keys).await?,
-    }
+    let expected_proof = match keys.mode {
+        AuthMode::Noise => connect_noise(conn, keys).await.map(|()| None)?,
+        AuthMode::Hmac => Some(connect_hmac(conn, keys).await?),
+    };
     let ready = expect(conn, "ready").await?;
+    if let Some(expected) = expected_proof {
+        expected
+            .verify_slice(&decode_proof(ready.header.str("proof"))?)
+            .map_err(|_| {
+                HandshakeError::AuthFailed("the server could not prove it holds our secret".into())
+            })?;
+    }
     Ok(ready.header.parse()?)
 }
 
@@ -243,21 +257,18 @@ async fn connect_noise(conn: &mut Connection, keys: &SessionKeys) -> Result<(), 
     Ok(())
 }
 
-async fn connect_hmac(conn: &mut Connection, keys: &SessionKeys) -> Result<(), HandshakeError> {
+/// Answers the server's challenge; returns the proof the server must show in `ready`.
+async fn connect_hmac(conn: &mut Connection, keys: &SessionKeys) -> Result<Hmac<Sha256>, HandshakeError> {
     let client_nonce: [u8; NONCE_LEN] = rand::random();
     let hello = hello_header(AuthMode::Hmac).with("nonce", hex::encode(client_nonce));
     conn.send(hello, b"").await?;
 
-    let answer: Hello = expect_server_hello(conn).await?.header.parse()?;
-    let server_nonce = decode_nonce(answer.nonce.as_deref())?;
-    let server_proof = decode_proof(answer.proof.as_deref())?;
-    keys.proof(b"server", &client_nonce, &server_nonce)
-        .verify_slice(&server_proof)
-        .map_err(|_| HandshakeError::AuthFailed("the server could not prove it holds our secret".into()))?;
+    let challenge: Hello = expect_server_hello(conn).await?.header.parse()?;
+    let server_nonce = decode_nonce(challenge.nonce.as_deref())?;
     let proof = keys.proof(b"client", &client_nonce, &server_nonce).finalize();
     let auth = Header::new("auth").with("proof", hex::encode(proof.into_bytes()));
     conn.send(auth, b"").await?;
-    Ok(())
+    Ok(keys.proof(b"server", &client_nonce, &server_nonce))
 }
 
 fn hello_header(mode: AuthMode) -> Header {

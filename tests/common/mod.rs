@@ -1,0 +1,188 @@
+//! Test harness: the real `sockit` binary as a server on an ephemeral loopback port, the real
+//! CLI as a client, and helpers for talking raw bytes to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use sockit::{Client, ClientConfig, Secret};
+use tempfile::TempDir;
+
+pub const SOCKIT: &str = env!("CARGO_BIN_EXE_sockit");
+
+/// A `sockit serve` process with its own secret and config directory, killed on drop.
+pub struct ServerProcess {
+    child: Child,
+    /// The first TCP address it reported with `listening on`.
+    pub addr: String,
+    pub dir: TempDir,
+    pub secret_file: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl ServerProcess {
+    /// Starts `sockit serve --listen 127.0.0.1:0 --secret-file DIR/secret EXTRA...`.
+    pub fn start(extra: &[&str]) -> ServerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("secret");
+        Secret::create(&secret_file, false).unwrap();
+        let secret_arg = secret_file.to_str().unwrap().to_owned();
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--secret-file", &secret_arg];
+        args.extend_from_slice(extra);
+        ServerProcess::spawn(dir, secret_file.clone(), &args)
+    }
+
+    /// Starts `sockit serve ARGS...` with `dir` as its config directory.
+    pub fn spawn(dir: TempDir, secret_file: PathBuf, args: &[&str]) -> ServerProcess {
+        let mut child = sockit_command(dir.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (first_addr, addr_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = listen_addr(&line) {
+                    let _ = first_addr.send(addr);
+                }
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        ServerProcess {
+            child,
+            addr,
+            dir,
+            secret_file,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s for `needle` to appear in the server's log.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn secret(&self) -> Secret {
+        Secret::load(&self.secret_file).unwrap()
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(self.secret())
+    }
+
+    /// Runs the `sockit` CLI with this server's config directory and secret file.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--secret-file", self.secret_file.to_str().unwrap()]);
+        run_cli(self.dir.path(), &all)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        rustix_kill(self.child.id(), "TERM");
+        wait_with_timeout(&mut self.child, Duration::from_secs(20))
+    }
+
+    /// Asserts the server still answers a fresh client correctly.
+    pub async fn assert_serving(&self) {
+        let mut client = Client::connect(&self.addr, &self.client_config())
+            .await
+            .expect("server still accepts sessions");
+        assert_eq!(client.echo("still serving").await.unwrap(), "STILL SERVING");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address in a `listening on ADDR` log line, text or JSON.
+pub fn listen_addr(line: &str) -> Option<String> {
+    let rest = line.split("listening on ").nth(1)?;
+    Some(
+        rest.split(|c: char| c.is_whitespace() || c == '"')
+            .next()?
+            .to_owned(),
+    )
+}
+
+/// A `sockit` command with `config_dir` as its config directory and no secret in the
+/// environment, so tests never touch the user's own secret.
+pub fn sockit_command(config_dir: &Path) -> Command {
+    let mut command = Command::new(SOCKIT);
+    command
+        .env("XDG_CONFIG_HOME", config_dir)
+        .env("HOME", config_dir)
+        .env_remove("SOCKIT_SECRET")
+        .env_remove("RUST_LOG");
+    command
+}
+
+pub fn run_cli(config_dir: &Path, args: &[&str]) -> Output {
+    sockit_command(config_dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+pub fn rustix_kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status();
+    assert!(status.unwrap().success());
+}
+
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
