@@ -20,6 +20,8 @@ pub struct ServerProcess {
     pub addr: String,
     pub dir: TempDir,
     pub secret_file: PathBuf,
+    /// Started with `--plaintext`: clients must ask for plaintext sessions.
+    pub plaintext: bool,
     log: Arc<Mutex<String>>,
 }
 
@@ -70,6 +72,7 @@ impl ServerProcess {
             addr,
             dir,
             secret_file,
+            plaintext: args.contains(&"--plaintext"),
             log,
         }
     }
@@ -94,8 +97,11 @@ impl ServerProcess {
         Secret::load(&self.secret_file).unwrap()
     }
 
+    /// A client configuration that matches the server's session mode.
     pub fn client_config(&self) -> ClientConfig {
-        ClientConfig::new(self.secret())
+        let mut config = ClientConfig::new(self.secret());
+        config.plaintext = self.plaintext;
+        config
     }
 
     /// Runs the `sockit` CLI with this server's config directory and secret file.
