@@ -281,3 +281,16 @@ fn a_bad_listen_address_is_a_clear_error() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn a_python_client_written_the_course_way_talks_to_a_plaintext_server() {
+    let server = ServerProcess::start(&["--plaintext"]);
+    let port = server.addr.rsplit(':').next().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/echo_client.py");
+    let output = std::process::Command::new("python3")
+        .args([script, "127.0.0.1", port, server.secret_file.to_str().unwrap(), "from", "python"])
+        .output()
+        .expect("python3 is part of the supported machine");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "FROM PYTHON\n");
+}

@@ -5,6 +5,8 @@
 mod codec;
 mod connection;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod header;
 pub mod record;
 
