@@ -58,6 +58,9 @@ struct EchoBench {
     /// Speak raw bytes (send, read the same number back), for unframed echo servers
     #[arg(long)]
     raw: bool,
+    /// Server process id, to report the server's CPU time per request (same machine only)
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -105,29 +108,44 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 async fn echo(bench: EchoBench) -> anyhow::Result<serde_json::Value> {
     let config = bench.client.config().ok();
     let message = vec![b'a'; bench.size];
-    let start = Instant::now();
-    let measure_from = start + bench.warmup;
-    let stop_at = measure_from + bench.duration;
-    let cpu_before = CpuClock::now();
-    let mut clients = JoinSet::new();
+    let mut sessions = Vec::with_capacity(bench.connections);
     for _ in 0..bench.connections {
-        let mut session = if bench.raw {
+        sessions.push(if bench.raw {
             Session::Raw(raw_connect(&bench.target).await?)
         } else {
-            let config = config
-                .as_ref()
-                .context("a secret is needed for sockit sessions")?;
+            let config = config.as_ref().context("a secret is needed for sockit sessions")?;
             Session::Sockit(Box::new(Client::connect(&bench.target, config).await?))
-        };
-        let message = message.clone();
-        clients.spawn(async move { session.run(&message, measure_from, stop_at).await });
+        });
     }
+    // The clock starts once every connection is up: a slow accept loop is not measured as load.
+    let measure_from = Instant::now() + bench.warmup;
+    let stop_at = measure_from + bench.duration;
+    let mut clients = JoinSet::new();
+    for mut session in sessions {
+        let message = message.clone();
+        clients.spawn(async move {
+            let latencies = session.run(&message, measure_from, stop_at).await;
+            // Keep the connection open until the server's CPU time has been read.
+            latencies.map(|latencies| (latencies, session))
+        });
+    }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_before = CpuClock::now();
+    let server_cpu_before = bench.server_pid.map(process_cpu_of).transpose()?;
     let mut latencies = new_histogram();
+    let mut sessions = Vec::new();
     while let Some(result) = clients.join_next().await {
-        latencies.add(result??)?;
+        let (client_latencies, session) = result??;
+        latencies.add(client_latencies)?;
+        sessions.push(session);
     }
     let cpu = cpu_before.percent_since();
     let seconds = bench.duration.as_secs_f64();
+    let server_cpu = match (bench.server_pid, server_cpu_before) {
+        (Some(pid), Some(before)) => Some(process_cpu_of(pid)?.saturating_sub(before).as_secs_f64()),
+        _ => None,
+    };
+    drop(sessions);
     Ok(json!({
         "bench": "echo",
         "target": bench.target,
@@ -139,6 +157,8 @@ async fn echo(bench: EchoBench) -> anyhow::Result<serde_json::Value> {
         "p50_us": micros(latencies.value_at_quantile(0.50)),
         "p99_us": micros(latencies.value_at_quantile(0.99)),
         "client_cpu_percent": cpu.round(),
+        "server_cpu_percent": server_cpu.map(|cpu| (100.0 * cpu / seconds).round()),
+        "server_cpu_us_per_request": server_cpu.map(|cpu| (1e7 * cpu / latencies.len() as f64).round() / 10.0),
     }))
 }
 
@@ -285,6 +305,16 @@ impl CpuClock {
         let cpu = process_cpu().saturating_sub(self.cpu).as_secs_f64();
         100.0 * cpu / self.wall.elapsed().as_secs_f64()
     }
+}
+
+/// CPU time (user + system) of a local process, all its threads included, from /proc, in
+/// clock ticks of 10 ms.
+fn process_cpu_of(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // utime and stime: the 12th and 13th fields after the parenthesised command name.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("malformed stat")?.1.split_whitespace().collect();
+    let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_millis(ticks * 10))
 }
 
 fn process_cpu() -> Duration {

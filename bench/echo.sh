@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Echo benchmark: sockit (encrypted and --plaintext) against the course's Python
+# ThreadingTCPServer and a minimal unframed tokio echo server, all measured in one run by
+# `sockit bench`, then connection setup latency and 10,000 idle sessions.
+#
+# Usage: bench/echo.sh [SECONDS_PER_RUN]   (default 5; the whole script takes about 2 minutes)
+# Rewrites the echo section of BENCHMARKS.md and leaves raw JSON in bench/results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-5}
+cargo build --release --quiet --bin sockit --example tokio_echo
+sockit=target/release/sockit
+work=$(mktemp -d)
+results=bench/results
+mkdir -p "$results"
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# start NAME COMMAND...: runs a server, waits for its "listening on ADDR" line, sets $addr.
+start() {
+  local name=$1; shift
+  "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  last_pid=$!
+  for _ in $(seq 100); do
+    addr=$(grep -o -m1 'listening on [^ "]*' "$work/$name.log" | cut -d' ' -f3 || true)
+    [ -n "$addr" ] && return 0
+    sleep 0.1
+  done
+  echo "$name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
+}
+
+$sockit keygen --secret-file "$work/secret" 2>/dev/null
+secret=(--secret-file "$work/secret")
+start sockit $sockit serve --listen 127.0.0.1:0 "${secret[@]}" --max-handshakes 4096
+sockit_addr=$addr sockit_pid=$last_pid
+start plaintext $sockit serve --listen 127.0.0.1:0 "${secret[@]}" --plaintext
+plaintext_addr=$addr plaintext_pid=$last_pid
+start python python3 bench/course_echo_server.py 0
+python_addr=$addr python_pid=$last_pid
+start tokio target/release/examples/tokio_echo 127.0.0.1:0
+tokio_addr=$addr tokio_pid=$last_pid
+
+out="$results/echo.jsonl"
+: >"$out"
+for conns in 1 16 100; do
+  for server in sockit plaintext python tokio; do
+    case $server in
+      sockit) args=("$sockit_addr" "${secret[@]}" --server-pid "$sockit_pid") ;;
+      plaintext) args=("$plaintext_addr" "${secret[@]}" --plaintext --server-pid "$plaintext_pid") ;;
+      python) args=("$python_addr" --raw --server-pid "$python_pid") ;;
+      tokio) args=("$tokio_addr" --raw --server-pid "$tokio_pid") ;;
+    esac
+    echo "echo: $server, $conns connections" >&2
+    $sockit bench echo "${args[@]}" -c "$conns" --duration "${seconds}s" \
+      | python3 -c "import json,sys; r=json.load(sys.stdin); r['server']='$server'; print(json.dumps(r))" >>"$out"
+  done
+done
+echo "connect + handshake + echo + close" >&2
+$sockit bench connect "$sockit_addr" "${secret[@]}" --count 1000 >"$results/connect.json"
+echo "10,000 idle sessions" >&2
+$sockit bench idle "$sockit_addr" "${secret[@]}" -c 10000 --hold 5s --server-pid "$sockit_pid" >"$results/idle.json"
+
+python3 bench/report.py echo "$results" "$(printf '%q ' "$0" "$@")"

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Turns a benchmark script's JSON results into its section of BENCHMARKS.md.
+
+Usage: report.py SECTION RESULTS_DIR COMMAND
+Each section sits between `<!-- SECTION:start -->` and `<!-- SECTION:end -->` markers; the
+rest of BENCHMARKS.md (targets, discussion) is left as it is.
+"""
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+
+NAMES = {
+    "sockit": "sockit, encrypted (Noise)",
+    "plaintext": "sockit `--plaintext` (HMAC)",
+    "python": "course ThreadingTCPServer (Python)",
+    "tokio": "minimal tokio echo (unframed)",
+}
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return "%s, %d cores, Linux %s, %s" % (cpu, os.cpu_count(), platform.release(), rustc)
+
+
+def echo_section(results):
+    rows = [json.loads(line) for line in open(os.path.join(results, "echo.jsonl"))]
+    by = {(r["server"], r["connections"]): r for r in rows}
+    out = ["| connections | server | requests/s | vs Python | vs tokio | p50 | p99 | server CPU | server CPU per request | vs Python | load generator CPU |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for conns in sorted({r["connections"] for r in rows}):
+        py, tk = by.get(("python", conns)), by.get(("tokio", conns))
+        for server in ["sockit", "plaintext", "python", "tokio"]:
+            r = by.get((server, conns))
+            if not r:
+                continue
+            vs_py = "%.2fx" % (r["rps"] / py["rps"]) if py and py["rps"] else "-"
+            vs_tk = "%.2fx" % (r["rps"] / tk["rps"]) if tk and tk["rps"] else "-"
+            per = r.get("server_cpu_us_per_request")
+            py_per = py.get("server_cpu_us_per_request") if py else None
+            eff = "%.2fx" % (py_per / per) if per and py_per else "-"
+            out.append("| %d | %s | %s | %s | %s | %.0f µs | %.0f µs | %s%% | %s µs | %s | %d%% |" % (
+                conns, NAMES[server], "{:,.0f}".format(r["rps"]), vs_py, vs_tk, r["p50_us"], r["p99_us"],
+                "%.0f" % r["server_cpu_percent"] if r.get("server_cpu_percent") is not None else "-",
+                "%.1f" % per if per else "-", eff, r["client_cpu_percent"]))
+    connect = json.load(open(os.path.join(results, "connect.json")))
+    idle = json.load(open(os.path.join(results, "idle.json")))
+    out += [
+        "",
+        "| measure | result | target |",
+        "|---|---:|---:|",
+        "| connect + Noise handshake + one echo + close, p50 (%d runs) | %.2f ms | ≤ 2 ms |"
+        % (connect["count"], connect["p50_us"] / 1000),
+        "| same, p99 | %.2f ms | |" % (connect["p99_us"] / 1000),
+        "| server RSS holding %s idle authenticated sessions | %s MiB (%s MiB before) | ≤ 200 MiB |"
+        % ("{:,}".format(idle["connections"]), idle["server_rss_held_mib"], idle["server_rss_before_mib"]),
+        "| time to open them (64 handshakes in flight) | %.2f s | |" % idle["open_seconds"],
+    ]
+    return out
+
+
+SECTIONS = {"echo": echo_section}
+
+
+def main():
+    section, results, command = sys.argv[1], sys.argv[2], sys.argv[3]
+    body = SECTIONS[section](results)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    block = ["<!-- %s:start -->" % section,
+             "Measured %s on %s." % (stamp, machine()),
+             "Command: `%s`" % command.strip(), ""] + body + ["<!-- %s:end -->" % section]
+    path = "BENCHMARKS.md"
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    pattern = re.compile(r"<!-- %s:start -->.*?<!-- %s:end -->" % (section, section), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: "\n".join(block), text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
+    open(path, "w").write(text)
+    print("\n".join(block))
+
+
+if __name__ == "__main__":
+    main()
