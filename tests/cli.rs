@@ -288,7 +288,14 @@ fn a_python_client_written_the_course_way_talks_to_a_plaintext_server() {
     let port = server.addr.rsplit(':').next().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/echo_client.py");
     let output = std::process::Command::new("python3")
-        .args([script, "127.0.0.1", port, server.secret_file.to_str().unwrap(), "from", "python"])
+        .args([
+            script,
+            "127.0.0.1",
+            port,
+            server.secret_file.to_str().unwrap(),
+            "from",
+            "python",
+        ])
         .output()
         .expect("python3 is part of the supported machine");
     assert!(output.status.success(), "{}", stderr(&output));

@@ -42,11 +42,18 @@ fn decode_chunks(chunks: &[&[u8]]) -> Vec<(Header, Vec<u8>)> {
         while let Some(frame) = codec.decode(&mut buf).expect("valid stream") {
             match frame {
                 Frame::Header(header) => out.push((header, Vec::new())),
-                Frame::Body(bytes) => out.last_mut().expect("body after a header").1.extend_from_slice(&bytes),
+                Frame::Body(bytes) => out
+                    .last_mut()
+                    .expect("body after a header")
+                    .1
+                    .extend_from_slice(&bytes),
             }
         }
     }
-    assert_eq!(codec.decode_eof(&mut buf).expect("ends on a frame boundary"), None);
+    assert_eq!(
+        codec.decode_eof(&mut buf).expect("ends on a frame boundary"),
+        None
+    );
     out
 }
 
@@ -109,8 +116,16 @@ fn a_flipped_bit_in_any_record_is_detected() {
 fn noise_pair() -> (record::Sealer, record::Opener) {
     let params: snow::params::NoiseParams = "Noise_NNpsk0_25519_AESGCM_SHA256".parse().unwrap();
     let psk = [7u8; 32];
-    let mut initiator = snow::Builder::new(params.clone()).psk(0, &psk).unwrap().build_initiator().unwrap();
-    let mut responder = snow::Builder::new(params).psk(0, &psk).unwrap().build_responder().unwrap();
+    let mut initiator = snow::Builder::new(params.clone())
+        .psk(0, &psk)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut responder = snow::Builder::new(params)
+        .psk(0, &psk)
+        .unwrap()
+        .build_responder()
+        .unwrap();
     let (mut a, mut b) = ([0u8; 256], [0u8; 256]);
     let n = initiator.write_message(&[], &mut a).unwrap();
     responder.read_message(&a[..n], &mut b).unwrap();

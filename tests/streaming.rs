@@ -14,7 +14,10 @@ const MEMORY_BOUND_MIB: u64 = 64;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gigabyte_bodies_stream_both_ways_in_constant_memory() {
-    let gib: u64 = std::env::var("SOCKIT_STREAM_GIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let gib: u64 = std::env::var("SOCKIT_STREAM_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let size = gib << 30;
     let limits = Limits::default().with_body_limit("blob", u64::MAX);
     let keys = SessionKeys::new(Secret::generate(), AuthMode::Noise);
@@ -35,10 +38,19 @@ async fn gigabyte_bodies_stream_both_ways_in_constant_memory() {
     let (client_sent, client_received) = exchange(&mut conn, size).await;
     let (server_sent, server_received) = server.await.unwrap();
 
-    assert_eq!(client_sent, server_received, "client-to-server body arrived intact");
-    assert_eq!(server_sent, client_received, "server-to-client body arrived intact");
+    assert_eq!(
+        client_sent, server_received,
+        "client-to-server body arrived intact"
+    );
+    assert_eq!(
+        server_sent, client_received,
+        "server-to-client body arrived intact"
+    );
     let growth = peak_rss_mib().saturating_sub(peak_before);
-    assert!(growth < MEMORY_BOUND_MIB, "peak memory grew {growth} MiB streaming {gib} GiB each way");
+    assert!(
+        growth < MEMORY_BOUND_MIB,
+        "peak memory grew {growth} MiB streaming {gib} GiB each way"
+    );
 }
 
 /// Sends a `size`-byte body while receiving one; returns the hashes of both.
@@ -48,7 +60,9 @@ async fn exchange(conn: &mut Connection, size: u64) -> ([u8; 32], [u8; 32]) {
 }
 
 async fn send_blob(writer: &mut FrameWriter, size: u64) -> [u8; 32] {
-    writer.queue_header(&Header::new("blob").with_body_len(size)).unwrap();
+    writer
+        .queue_header(&Header::new("blob").with_body_len(size))
+        .unwrap();
     let mut chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + i / 251) as u8).collect();
     let mut hash = Sha256::new();
     let mut sent = 0u64;

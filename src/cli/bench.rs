@@ -113,7 +113,9 @@ async fn echo(bench: EchoBench) -> anyhow::Result<serde_json::Value> {
         sessions.push(if bench.raw {
             Session::Raw(raw_connect(&bench.target).await?)
         } else {
-            let config = config.as_ref().context("a secret is needed for sockit sessions")?;
+            let config = config
+                .as_ref()
+                .context("a secret is needed for sockit sessions")?;
             Session::Sockit(Box::new(Client::connect(&bench.target, config).await?))
         });
     }
@@ -312,7 +314,12 @@ impl CpuClock {
 fn process_cpu_of(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // utime and stime: the 12th and 13th fields after the parenthesised command name.
-    let fields: Vec<&str> = stat.rsplit_once(')').context("malformed stat")?.1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed stat")?
+        .1
+        .split_whitespace()
+        .collect();
     let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     Ok(Duration::from_millis(ticks * 10))
 }

@@ -12,7 +12,9 @@ use super::header::Header;
 /// here is a decoder bug.
 pub fn check_decoder(data: &[u8]) {
     let chunk = data.first().map_or(1, |b| usize::from(b % 32) + 1);
-    let limits = Limits::default().with_max_header_len(4096).with_body_limit("big", 1 << 20);
+    let limits = Limits::default()
+        .with_max_header_len(4096)
+        .with_body_limit("big", 1 << 20);
     let whole = decode(data, data.len().max(1), &limits);
     let chunked = decode(data, chunk, &limits);
     assert_eq!(whole, chunked, "chunking changed the result");
@@ -35,7 +37,11 @@ fn decode(data: &[u8], chunk: usize, limits: &Limits) -> (Vec<(String, Vec<u8>)>
     let mut frames: Vec<(String, Vec<u8>)> = Vec::new();
     let mut push = |frame| match frame {
         Frame::Header(header) => frames.push((header.cmd().to_owned(), Vec::new())),
-        Frame::Body(bytes) => frames.last_mut().expect("body follows a header").1.extend_from_slice(&bytes),
+        Frame::Body(bytes) => frames
+            .last_mut()
+            .expect("body follows a header")
+            .1
+            .extend_from_slice(&bytes),
     };
     for piece in data.chunks(chunk) {
         buf.extend_from_slice(piece);
