@@ -412,3 +412,61 @@ async fn plaintext_sessions_are_readable_on_the_wire_as_documented() {
         "the secret never crosses"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_until_a_slot_frees() {
+    let server = ServerProcess::start(&["--max-connections", "1"]);
+    let mut first = Client::connect(&server.addr, &server.client_config())
+        .await
+        .unwrap();
+    let mut impatient = server.client_config();
+    impatient.connect_timeout = Duration::from_millis(500);
+    let waited = Client::connect(&server.addr, &impatient)
+        .await
+        .err()
+        .expect("no slot free");
+    assert!(matches!(waited, ClientError::Timeout(_)), "{waited}");
+    assert_eq!(first.echo("still mine").await.unwrap(), "STILL MINE");
+    drop(first);
+    server.assert_serving().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_are_capped_separately() {
+    let server = ServerProcess::start(&["--max-handshakes", "1", "--handshake-timeout", "1s"]);
+    let _silent = raw(&server).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut impatient = server.client_config();
+    impatient.connect_timeout = Duration::from_millis(300);
+    assert!(
+        Client::connect(&server.addr, &impatient).await.is_err(),
+        "the one handshake slot is taken"
+    );
+    // Once the silent connection is reaped by the handshake deadline, clients get in again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    server.assert_serving().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_sessions_and_refuses_new_ones() {
+    let server = ServerProcess::start(&[]);
+    let mut idle = session(&server, AuthMode::Noise).await;
+    let addr = server.addr.clone();
+    let begin = Instant::now();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        begin.elapsed() < Duration::from_secs(5),
+        "idle sessions do not hold up shutdown"
+    );
+    assert!(
+        matches!(idle.read_frame().await, Ok(None) | Err(_)),
+        "the idle session is closed"
+    );
+    assert!(
+        TcpStream::connect(&addr).await.is_err(),
+        "nothing listens any more"
+    );
+}

@@ -29,9 +29,12 @@ pub fn check_header(data: &[u8]) {
     }
 }
 
+/// Decoded frames as `(cmd, whole body)`, and how the stream ended.
+type Outcome = (Vec<(String, Vec<u8>)>, Result<(), String>);
+
 /// The frames decoded from `data` fed `chunk` bytes at a time, with bodies joined, and whether
 /// the stream ended cleanly.
-fn decode(data: &[u8], chunk: usize, limits: &Limits) -> (Vec<(String, Vec<u8>)>, Result<(), String>) {
+fn decode(data: &[u8], chunk: usize, limits: &Limits) -> Outcome {
     let mut codec = FrameCodec::new(limits.clone());
     let mut buf = BytesMut::new();
     let mut frames: Vec<(String, Vec<u8>)> = Vec::new();

@@ -1,0 +1,31 @@
+//! Replays every input the fuzzers kept (fuzz/corpus/) through the same checks the fuzz
+//! targets run, so a regression on any of them fails `cargo test` without cargo-fuzz.
+
+use std::path::Path;
+
+use sockit::wire::fuzzing::{check_decoder, check_header};
+
+fn replay(target: &str, check: fn(&[u8])) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let outcome = std::panic::catch_unwind(|| check(&data));
+        assert!(outcome.is_ok(), "{} fails the {target} check", path.display());
+        count += 1;
+    }
+    assert!(count >= 10, "the {target} corpus has only {count} inputs");
+}
+
+#[test]
+fn frame_decoder_corpus_replays_cleanly() {
+    replay("frame_decoder", check_decoder);
+}
+
+#[test]
+fn header_json_corpus_replays_cleanly() {
+    replay("header_json", check_header);
+}
