@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::server::DEFAULT_PORT;
+use crate::server::{DEFAULT_PORT, unix_socket_path};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -29,11 +29,8 @@ impl FromStr for Target {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Target, String> {
-        if let Some(path) = text.strip_prefix("unix:") {
-            return Ok(Target::Unix(path.into()));
-        }
-        if text.contains('/') {
-            return Ok(Target::Unix(text.into()));
+        if let Some(path) = unix_socket_path(text) {
+            return Ok(Target::Unix(path));
         }
         if let Ok(addr) = text.parse::<SocketAddr>() {
             return Ok(tcp(addr.ip().to_string(), addr.port()));

@@ -22,15 +22,20 @@ impl FromStr for ListenAddr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<ListenAddr, String> {
-        if let Some(path) = text.strip_prefix("unix:") {
-            return Ok(ListenAddr::Unix(path.into()));
-        }
-        if text.contains('/') {
-            return Ok(ListenAddr::Unix(text.into()));
+        if let Some(path) = unix_socket_path(text) {
+            return Ok(ListenAddr::Unix(path));
         }
         text.parse().map(ListenAddr::Tcp).map_err(|_| {
             format!("`{text}` is not IP:PORT (127.0.0.1:8080, [::1]:8080) nor a Unix socket path")
         })
+    }
+}
+
+/// `unix:PATH`, or anything with a slash, names a Unix socket (for servers and clients alike).
+pub fn unix_socket_path(text: &str) -> Option<PathBuf> {
+    match text.strip_prefix("unix:") {
+        Some(path) => Some(path.into()),
+        None => text.contains('/').then(|| text.into()),
     }
 }
 

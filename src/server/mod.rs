@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::{DEFAULT_PORT, FileConfig, ServerConfig, parse_duration};
-pub use listener::{ListenAddr, Listener, Stream};
+pub use listener::{ListenAddr, Listener, Stream, unix_socket_path};
 
 use crate::auth::{AuthMode, FailureThrottle, SessionKeys};
 use crate::services::Registry;

@@ -1,7 +1,7 @@
 //! One connection's life: handshake, then requests one after another until the client leaves,
 //! goes idle, breaks the protocol, or the server shuts down.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::time::timeout;
@@ -73,26 +73,34 @@ async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> bool {
 
 async fn serve_requests(conn: &mut Connection, peer: Peer, shared: &Shared) -> Result<(), FrameError> {
     let idle = shared.config.idle_timeout;
+    // One timer for the session, re-armed only when it fires early: a busy session pays no
+    // timer bookkeeping per request.
+    let mut last_request = Instant::now();
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
     loop {
-        let next = tokio::select! {
+        let frame = tokio::select! {
             biased;
             () = shared.stopping.cancelled() => return Ok(()),
-            next = timeout(idle, conn.read_frame()) => next,
-        };
-        let header = match next {
-            Err(_) => {
+            () = &mut idle_timer => {
+                if last_request.elapsed() < idle {
+                    idle_timer.as_mut().reset((last_request + idle).into());
+                    continue;
+                }
                 debug!(%peer, "idle for {idle:?}");
                 let remote = RemoteError::new(ErrorCode::Timeout, format!("idle for {idle:?}"));
                 part(conn, &remote).await;
                 return Ok(());
             }
-            Ok(frame) => match frame? {
-                None => return Ok(()),
-                Some(Frame::Header(header)) => header,
-                Some(Frame::Body(_)) => return Err(FrameError::BadHeader("stray body bytes".into())),
-            },
+            frame = conn.read_frame() => frame?,
+        };
+        let header = match frame {
+            None => return Ok(()),
+            Some(Frame::Header(header)) => header,
+            Some(Frame::Body(_)) => return Err(FrameError::BadHeader("stray body bytes".into())),
         };
         dispatch(header, conn, peer, shared).await?;
+        last_request = Instant::now();
     }
 }
 
