@@ -9,8 +9,10 @@ use tracing::{debug, info, warn};
 
 use super::{Shared, Stream};
 use crate::auth;
-use crate::services::{BodyMode, Peer, Request, ServiceError};
-use crate::wire::{Connection, ErrorCode, Frame, FrameError, Header, RemoteError};
+use crate::services::{BodyMode, Peer, Request, ServiceError, Session};
+use crate::wire::{
+    Connection, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, Header, RemoteError, SharedWriter,
+};
 
 /// How long a parting error frame may take to send before we just close.
 const PARTING_GRACE: Duration = Duration::from_secs(1);
@@ -25,13 +27,14 @@ pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
         return;
     }
     conn.reader.set_limits(shared.limits.clone());
+    let mut session = Session::new(conn, peer);
     debug!(%peer, "session open");
-    match serve_requests(&mut conn, peer, shared).await {
+    match serve_requests(&mut session, shared).await {
         Ok(()) => debug!(%peer, "session closed"),
         Err(error) => {
             info!(%peer, %error, "closing connection");
             if let Some(remote) = error.to_remote() {
-                part(&mut conn, &remote).await;
+                part_shared(&session.writer, &remote).await;
             }
         }
     }
@@ -54,7 +57,7 @@ async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> bool {
                 ErrorCode::Timeout,
                 format!("handshake not completed within {deadline:?}"),
             );
-            part(conn, &remote).await;
+            part(&mut conn.writer, &remote).await;
             return false;
         }
     };
@@ -66,12 +69,13 @@ async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> bool {
         debug!(%peer, %error, "handshake refused");
     }
     if let Some(remote) = error.to_remote() {
-        part(conn, &remote).await;
+        part(&mut conn.writer, &remote).await;
     }
     false
 }
 
-async fn serve_requests(conn: &mut Connection, peer: Peer, shared: &Shared) -> Result<(), FrameError> {
+async fn serve_requests(session: &mut Session, shared: &Shared) -> Result<(), FrameError> {
+    let peer = session.peer;
     let idle = shared.config.idle_timeout;
     // One timer for the session, re-armed only when it fires early: a busy session pays no
     // timer bookkeeping per request.
@@ -89,32 +93,27 @@ async fn serve_requests(conn: &mut Connection, peer: Peer, shared: &Shared) -> R
                 }
                 debug!(%peer, "idle for {idle:?}");
                 let remote = RemoteError::new(ErrorCode::Timeout, format!("idle for {idle:?}"));
-                part(conn, &remote).await;
+                part_shared(&session.writer, &remote).await;
                 return Ok(());
             }
-            frame = conn.read_frame() => frame?,
+            frame = session.reader.read_frame() => frame?,
         };
         let header = match frame {
             None => return Ok(()),
             Some(Frame::Header(header)) => header,
             Some(Frame::Body(_)) => return Err(FrameError::BadHeader("stray body bytes".into())),
         };
-        dispatch(header, conn, peer, shared).await?;
+        dispatch(header, session, shared).await?;
         last_request = Instant::now();
     }
 }
 
 /// Routes one request to its service. Request-level failures are answered with an error frame
 /// and the session goes on; only connection failures end it.
-async fn dispatch(
-    header: Header,
-    conn: &mut Connection,
-    peer: Peer,
-    shared: &Shared,
-) -> Result<(), FrameError> {
+async fn dispatch(header: Header, session: &mut Session, shared: &Shared) -> Result<(), FrameError> {
     let id = header.id();
     let Some((service, spec)) = shared.registry.lookup(header.cmd()) else {
-        skip_body(conn).await?;
+        skip_body(&mut session.reader).await?;
         let offered = shared.registry.features().join(", ");
         let error = RemoteError::new(
             ErrorCode::UnknownCmd,
@@ -123,29 +122,34 @@ async fn dispatch(
                 header.cmd()
             ),
         );
-        return conn.send_error(id, &error).await;
+        return session.writer.send_error(id, &error).await;
     };
     let body = match spec.body {
-        BodyMode::Whole => conn.reader.read_whole_body().await?,
+        BodyMode::Whole => session.reader.read_whole_body().await?,
         BodyMode::Stream => Bytes::new(),
     };
-    match service.handle(Request { header, body, peer }, conn).await {
-        Ok(()) => skip_body(conn).await,
+    match service.handle(Request { header, body }, session).await {
+        Ok(()) => skip_body(&mut session.reader).await,
         Err(ServiceError::Reply(error)) => {
-            skip_body(conn).await?;
-            conn.send_error(id, &error).await
+            skip_body(&mut session.reader).await?;
+            session.writer.send_error(id, &error).await
         }
         Err(ServiceError::Connection(error)) => Err(error),
     }
 }
 
 /// Discards what is left of the current body, so the next read starts at a header.
-async fn skip_body(conn: &mut Connection) -> Result<(), FrameError> {
-    while conn.reader.read_body_chunk().await?.is_some() {}
+async fn skip_body(reader: &mut FrameReader) -> Result<(), FrameError> {
+    while reader.read_body_chunk().await?.is_some() {}
     Ok(())
 }
 
 /// Sends a last error frame if the peer is still reading; never waits long.
-async fn part(conn: &mut Connection, error: &RemoteError) {
-    let _ = timeout(PARTING_GRACE, conn.send_error(None, error)).await;
+async fn part(writer: &mut FrameWriter, error: &RemoteError) {
+    let _ = timeout(PARTING_GRACE, writer.send_error(None, error)).await;
+}
+
+/// [`part`] for a session, whose writer other tasks may be holding.
+async fn part_shared(writer: &SharedWriter, error: &RemoteError) {
+    let _ = timeout(PARTING_GRACE, writer.send_error(None, error)).await;
 }

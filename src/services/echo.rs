@@ -6,8 +6,8 @@
 
 use async_trait::async_trait;
 
-use super::{BodyMode, CommandSpec, Request, Service, ServiceError};
-use crate::wire::{Connection, DEFAULT_MAX_BODY, Header};
+use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
+use crate::wire::{DEFAULT_MAX_BODY, Header};
 
 pub struct Echo;
 
@@ -27,9 +27,9 @@ impl Service for Echo {
         COMMANDS
     }
 
-    async fn handle(&self, request: Request, conn: &mut Connection) -> Result<(), ServiceError> {
+    async fn handle(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
         let reply = Header::new("echo").with_id(request.id());
-        conn.send(reply, &upper(&request.body)).await?;
+        session.writer.send(reply, &upper(&request.body)).await?;
         Ok(())
     }
 }

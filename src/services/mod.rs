@@ -4,6 +4,7 @@
 //! carry) and handles a request on the connection it arrived on. Adding a service means writing
 //! that file and adding one line to [`Registry::native`].
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -12,7 +13,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::wire::{Connection, ErrorCode, FrameError, Header, Limits, RemoteError};
+use crate::wire::{
+    Connection, ErrorCode, FrameError, FrameReader, Header, Limits, RemoteError, SharedWriter,
+};
 
 pub mod echo;
 
@@ -64,7 +67,40 @@ pub struct Request {
     pub header: Header,
     /// The whole body for [`BodyMode::Whole`] commands; empty for streamed ones.
     pub body: Bytes,
+}
+
+/// An authenticated connection as services see it.
+///
+/// The reader is the handler's while it runs (to read a streamed body); the writer can be
+/// cloned into tasks that outlive the handler, such as a running command or a chat
+/// subscription. Per-connection service state lives in [`Session::state`] and is dropped, with
+/// whatever it owns, when the connection ends.
+pub struct Session {
+    pub reader: FrameReader,
+    pub writer: SharedWriter,
     pub peer: Peer,
+    state: HashMap<TypeId, Box<dyn Any + Send>>,
+}
+
+impl Session {
+    pub fn new(conn: Connection, peer: Peer) -> Session {
+        let (reader, writer) = conn.into_shared();
+        Session {
+            reader,
+            writer,
+            peer,
+            state: HashMap::new(),
+        }
+    }
+
+    /// This connection's state of type `T`, created on first use.
+    pub fn state<T: Default + Send + 'static>(&mut self) -> &mut T {
+        self.state
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(T::default()))
+            .downcast_mut()
+            .expect("state is stored under its own type")
+    }
 }
 
 impl Request {
@@ -95,7 +131,7 @@ pub trait Service: Send + Sync {
     /// The name announced in the session's `features`.
     fn name(&self) -> &'static str;
     fn commands(&self) -> &[CommandSpec];
-    async fn handle(&self, request: Request, conn: &mut Connection) -> Result<(), ServiceError>;
+    async fn handle(&self, request: Request, session: &mut Session) -> Result<(), ServiceError>;
 }
 
 /// Routes commands to services.

@@ -5,11 +5,13 @@
 //! while it forwards stdin) borrows both halves without locks.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use snow::StatelessTransportState;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream, tcp, unix};
+use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::codec::Decoder;
 
 use super::codec::{Frame, FrameCodec, Limits, encode_header};
@@ -103,7 +105,12 @@ impl Connection {
     }
 
     pub async fn send_error(&mut self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
-        self.writer.send(error.to_header(id), b"").await
+        self.writer.send_error(id, error).await
+    }
+
+    /// The reader, and a writer that many tasks can share (what a server session uses).
+    pub fn into_shared(self) -> (FrameReader, SharedWriter) {
+        (self.reader, SharedWriter(Arc::new(Mutex::new(self.writer))))
     }
 }
 
@@ -171,7 +178,9 @@ impl FrameReader {
         if self.codec.body_remaining() == 0 {
             return Ok(first);
         }
-        let mut body = BytesMut::with_capacity(first.len() + self.codec.body_remaining() as usize);
+        // Grow with what arrives rather than trusting the declared size up front.
+        let expected = self.codec.body_remaining().min(MAX_READ as u64) as usize;
+        let mut body = BytesMut::with_capacity(first.len() + expected);
         body.extend_from_slice(&first);
         while let Some(chunk) = self.read_body_chunk().await? {
             body.extend_from_slice(&chunk);
@@ -250,6 +259,10 @@ impl FrameWriter {
         self.flush().await
     }
 
+    pub async fn send_error(&mut self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
+        self.send(error.to_header(id), b"").await
+    }
+
     /// Queues a whole message to go out with the next flush.
     pub fn queue(&mut self, header: Header, body: &[u8]) -> Result<(), FrameError> {
         self.queue_header(&header.with_body_len(body.len() as u64))?;
@@ -299,6 +312,27 @@ impl FrameWriter {
     /// Half-closes the connection: the peer reads EOF after everything already sent.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.io.shutdown().await
+    }
+}
+
+/// A writer shared by the tasks serving one connection (a command's output, chat messages,
+/// replies). Whoever holds the lock writes whole frames, so frames never interleave; a task
+/// streaming a long body holds [`SharedWriter::lock`] for the whole body.
+#[derive(Clone)]
+pub struct SharedWriter(Arc<Mutex<FrameWriter>>);
+
+impl SharedWriter {
+    pub async fn send(&self, header: Header, body: &[u8]) -> Result<(), FrameError> {
+        self.0.lock().await.send(header, body).await
+    }
+
+    pub async fn send_error(&self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
+        self.0.lock().await.send_error(id, error).await
+    }
+
+    /// Exclusive use of the writer until the guard drops.
+    pub async fn lock(&self) -> MutexGuard<'_, FrameWriter> {
+        self.0.lock().await
     }
 }
 

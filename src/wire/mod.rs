@@ -11,7 +11,7 @@ mod header;
 pub mod record;
 
 pub use codec::{DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER_LEN, Frame, FrameCodec, Limits, encode_header};
-pub use connection::{Connection, FrameReader, FrameWriter, Message};
+pub use connection::{Connection, FrameReader, FrameWriter, Message, SharedWriter};
 pub use error::{ErrorCode, FrameError, RemoteError};
 pub use header::Header;
 
