@@ -83,3 +83,4 @@ impl Opener {
         Ok(())
     }
 }
+
