@@ -2,8 +2,10 @@
 
 mod bench;
 mod echo;
+mod exec;
 mod keygen;
 mod serve;
+mod shell;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,7 +36,9 @@ struct Cli {
 enum Command {
     Serve(serve::ServeArgs),
     Echo(echo::EchoArgs),
+    Exec(exec::ExecArgs),
     Keygen(keygen::KeygenArgs),
+    Shell(shell::ShellArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -67,7 +71,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Echo(args) => echo::run(args),
+        Command::Exec(args) => exec::run(args),
         Command::Keygen(args) => keygen::run(args),
+        Command::Shell(args) => shell::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -56,6 +56,15 @@ pub struct ServeArgs {
     /// Largest frame header accepted, in bytes [default: 65536]
     #[arg(long, value_name = "BYTES")]
     max_header_len: Option<usize>,
+    /// Let authenticated clients run commands (`sockit exec`, `sockit shell`) as this user
+    #[arg(long)]
+    allow_exec: bool,
+    /// Commands running at once on one connection [default: 8]
+    #[arg(long, value_name = "N")]
+    exec_max_per_connection: Option<usize>,
+    /// Commands running at once on the whole server [default: 64]
+    #[arg(long, value_name = "N")]
+    exec_max_total: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -113,6 +122,9 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout,
             shutdown_timeout: self.shutdown_timeout,
             max_header_len: self.max_header_len,
+            allow_exec: self.allow_exec.then_some(true),
+            exec_max_per_connection: self.exec_max_per_connection,
+            exec_max_total: self.exec_max_total,
             ..FileConfig::default()
         };
         flags.apply(config);

@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+mod exec;
 mod target;
 
 use std::io;
@@ -27,6 +28,7 @@ use bytes::Bytes;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
+pub use exec::{CommandInput, CommandOutput, ExecEvent, RemoteCommand};
 pub use target::Target;
 
 use crate::auth::{self, AuthMode, HandshakeError, Secret, ServerInfo, SessionKeys};

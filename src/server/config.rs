@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::listener::ListenAddr;
 use crate::auth::Secret;
+use crate::services::ServicesConfig;
 use crate::wire::DEFAULT_MAX_HEADER_LEN;
 
 /// The port sockit serves and clients dial when none is given.
@@ -31,6 +32,7 @@ pub struct ServerConfig {
     pub max_header_len: usize,
     /// First delay before answering a failed authentication; doubles per recent failure.
     pub auth_failure_delay: Duration,
+    pub services: ServicesConfig,
 }
 
 impl ServerConfig {
@@ -46,6 +48,7 @@ impl ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             max_header_len: DEFAULT_MAX_HEADER_LEN,
             auth_failure_delay: Duration::from_millis(50),
+            services: ServicesConfig::default(),
         }
     }
 }
@@ -68,6 +71,11 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<Duration>,
     pub max_header_len: Option<usize>,
     pub log_format: Option<String>,
+    pub allow_exec: Option<bool>,
+    pub exec_max_per_connection: Option<usize>,
+    pub exec_max_total: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub exec_grace: Option<Duration>,
 }
 
 impl FileConfig {
@@ -89,6 +97,11 @@ impl FileConfig {
         set(&mut config.idle_timeout, self.idle_timeout);
         set(&mut config.shutdown_timeout, self.shutdown_timeout);
         set(&mut config.max_header_len, self.max_header_len);
+        let exec = &mut config.services.exec;
+        set(&mut exec.enabled, self.allow_exec);
+        set(&mut exec.max_per_connection, self.exec_max_per_connection);
+        set(&mut exec.max_total, self.exec_max_total);
+        set(&mut exec.grace, self.exec_grace);
     }
 }
 

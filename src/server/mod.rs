@@ -50,7 +50,8 @@ pub struct Server {
 impl Server {
     /// Binds every listen address of `config`, serving the native services.
     pub async fn bind(config: ServerConfig) -> io::Result<Server> {
-        Server::bind_with(config, Registry::native()).await
+        let registry = Registry::native(&config.services);
+        Server::bind_with(config, registry).await
     }
 
     pub async fn bind_with(config: ServerConfig, registry: Registry) -> io::Result<Server> {

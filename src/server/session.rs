@@ -87,6 +87,9 @@ async fn serve_requests(session: &mut Session, shared: &Shared) -> Result<(), Fr
             biased;
             () = shared.stopping.cancelled() => return Ok(()),
             () = &mut idle_timer => {
+                if session.is_busy() {
+                    last_request = Instant::now();
+                }
                 if last_request.elapsed() < idle {
                     idle_timer.as_mut().reset((last_request + idle).into());
                     continue;

@@ -18,6 +18,7 @@ use crate::wire::{
 };
 
 pub mod echo;
+pub mod exec;
 
 /// How a command's body reaches its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +81,13 @@ pub struct Session {
     pub writer: SharedWriter,
     pub peer: Peer,
     state: HashMap<TypeId, Box<dyn Any + Send>>,
+    busy: Busy,
 }
+
+/// Held by work that runs on behalf of a session (a running command): while any is held, the
+/// session is not idle, however long the client stays silent.
+#[derive(Clone, Default)]
+pub struct Busy(Arc<()>);
 
 impl Session {
     pub fn new(conn: Connection, peer: Peer) -> Session {
@@ -90,7 +97,17 @@ impl Session {
             writer,
             peer,
             state: HashMap::new(),
+            busy: Busy::default(),
         }
+    }
+
+    /// A token that keeps the session from being reaped as idle while it is held.
+    pub fn busy(&self) -> Busy {
+        self.busy.clone()
+    }
+
+    pub fn is_busy(&self) -> bool {
+        Arc::strong_count(&self.busy.0) > 1
     }
 
     /// This connection's state of type `T`, created on first use.
@@ -141,11 +158,18 @@ pub struct Registry {
     names: Vec<&'static str>,
 }
 
+/// Settings of the native services.
+#[derive(Clone, Debug, Default)]
+pub struct ServicesConfig {
+    pub exec: exec::ExecConfig,
+}
+
 impl Registry {
     /// The native services this build offers.
-    pub fn native() -> Registry {
+    pub fn native(config: &ServicesConfig) -> Registry {
         let mut registry = Registry::default();
         registry.register(echo::Echo);
+        registry.register(exec::Exec::new(config.exec.clone()));
         registry
     }
 

@@ -31,6 +31,18 @@ impl ServerProcess {
         let dir = tempfile::tempdir().unwrap();
         let secret_file = dir.path().join("secret");
         Secret::create(&secret_file, false).unwrap();
+        ServerProcess::start_in(dir, secret_file, extra)
+    }
+
+    /// Like [`ServerProcess::start`], with the same secret as `other`.
+    pub fn start_sharing_secret(other: &ServerProcess, extra: &[&str]) -> ServerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("secret");
+        std::fs::copy(&other.secret_file, &secret_file).unwrap();
+        ServerProcess::start_in(dir, secret_file, extra)
+    }
+
+    fn start_in(dir: TempDir, secret_file: PathBuf, extra: &[&str]) -> ServerProcess {
         let secret_arg = secret_file.to_str().unwrap().to_owned();
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--secret-file", &secret_arg];
         args.extend_from_slice(extra);
@@ -104,11 +116,16 @@ impl ServerProcess {
         config
     }
 
-    /// Runs the `sockit` CLI with this server's config directory and secret file.
+    /// Runs `sockit SUBCOMMAND --secret-file FILE ARGS...` with this server's config directory
+    /// (options first: `exec` takes everything after its command as words).
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--secret-file", self.secret_file.to_str().unwrap()]);
-        run_cli(self.dir.path(), &all)
+        run_cli(self.dir.path(), &self.cli_args(args))
+    }
+
+    pub fn cli_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec![args[0], "--secret-file", self.secret_file.to_str().unwrap()];
+        all.extend_from_slice(&args[1..]);
+        all
     }
 
     pub fn pid(&self) -> u32 {
@@ -191,4 +208,15 @@ pub fn stdout(output: &Output) -> String {
 
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Resident memory of a local process in MiB.
+pub fn resident_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
 }

@@ -1,0 +1,365 @@
+//! `sockit exec`: run a command on one server, or on many at once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+use sockit::client::{CommandInput, ExecEvent, RemoteCommand};
+use sockit::server::parse_duration;
+use sockit::services::exec::{ExecRequest, ExitReport};
+use sockit::{Client, ClientConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{ClientArgs, EXIT_FAILURE, client_runtime};
+
+#[derive(Args)]
+#[command(
+    about = "Run a command on a server (the server needs --allow-exec)",
+    after_help = "Examples:\n  sockit exec web1 'ls -l; pwd'             # stdout and stderr apart, remote exit status\n  echo hi | sockit exec web1 cat            # stdin is forwarded\n  sockit exec --timeout 5s web1 make test\n  sockit exec -H web1 -H web2 -H web3 uptime  # in parallel, lines prefixed by host\n  sockit exec --hosts-file hosts.txt --json df -h\n\nExit status: the remote command's (128+N if killed by signal N), 255 for sockit's own failures;\nwith several hosts, the largest of them."
+)]
+pub struct ExecArgs {
+    /// Run on this host (repeatable); then every positional word is the command
+    #[arg(short = 'H', long = "host", value_name = "HOST[:PORT]")]
+    hosts: Vec<String>,
+    /// Run on every host listed in FILE (one per line, # comments)
+    #[arg(long, value_name = "FILE")]
+    hosts_file: Option<PathBuf>,
+    /// With several hosts, how many run at once
+    #[arg(long, default_value_t = 32)]
+    parallel: usize,
+    /// One JSON record per line (host, stream, data, exit code), for scripts
+    #[arg(long)]
+    json: bool,
+    /// Kill the command (its whole process group) after this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Working directory on the server
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<String>,
+    /// Extra environment variable for the command (repeatable)
+    #[arg(long, value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Do not forward stdin (the command reads end-of-file)
+    #[arg(short = 'n', long)]
+    no_stdin: bool,
+    /// HOST[:PORT] then the command; its words are joined with spaces, as ssh does
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "HOST] [COMMAND"
+    )]
+    words: Vec<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not K=V")),
+    }
+}
+
+pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let config = args.client.config()?;
+    let mut hosts = args.hosts.clone();
+    if let Some(file) = &args.hosts_file {
+        hosts.extend(read_hosts_file(file)?);
+    }
+    let mut words = args.words.clone();
+    let fan_out = !hosts.is_empty();
+    if !fan_out {
+        hosts.push(words.remove(0));
+    }
+    anyhow::ensure!(
+        !words.is_empty(),
+        "no command given (sockit exec HOST COMMAND...)"
+    );
+    let request = ExecRequest {
+        command: Some(words.join(" ")),
+        cwd: args.cwd.clone(),
+        env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+        timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
+        stdin: !fan_out && !args.no_stdin,
+        ..ExecRequest::default()
+    };
+    let runtime = client_runtime()?;
+    let status = if fan_out || args.json {
+        runtime.block_on(run_many(hosts, request, config, args.parallel, args.json))
+    } else {
+        runtime.block_on(run_one(&hosts[0], &request, &config))?
+    };
+    // A blocking read of our stdin may still be pending: do not wait for it.
+    runtime.shutdown_background();
+    Ok(ExitCode::from(status))
+}
+
+fn read_hosts_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// One host, interactive: output streams to our stdout and stderr as it comes, our stdin
+/// goes to the command, Ctrl-C goes to it as SIGINT (then SIGTERM, then SIGKILL).
+async fn run_one(target: &str, request: &ExecRequest, config: &ClientConfig) -> anyhow::Result<u8> {
+    let mut client = Client::connect(target, config).await?;
+    let RemoteCommand {
+        mut output,
+        mut input,
+    } = client.exec(request).await?;
+    let done = CancellationToken::new();
+    let show = async {
+        let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
+        let result = loop {
+            match output.next_event().await {
+                Ok(ExecEvent::Stdout(bytes)) => write_through(&mut stdout, &bytes).await,
+                Ok(ExecEvent::Stderr(bytes)) => write_through(&mut stderr, &bytes).await,
+                Ok(ExecEvent::Exit(report)) => break Ok(report),
+                Err(error) => break Err(error),
+            }
+        };
+        done.cancel();
+        result
+    };
+    let stdin = request.stdin.then(tokio::io::stdin);
+    let (report, fed) = tokio::join!(show, feed(&mut input, stdin, &done));
+    let report = report?;
+    fed?;
+    if report.timed_out {
+        eprintln!("sockit: the command timed out and was stopped");
+    }
+    Ok(report.status())
+}
+
+/// Writes to our stdout or stderr; a reader that went away (`| head`) is not an error of ours.
+pub async fn write_through(out: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]) {
+    if out.write_all(bytes).await.is_ok() {
+        let _ = out.flush().await;
+    }
+}
+
+/// Forwards stdin and Ctrl-C to the command until `done`.
+pub async fn feed(
+    input: &mut CommandInput<'_>,
+    mut stdin: Option<impl AsyncRead + Unpin>,
+    done: &CancellationToken,
+) -> anyhow::Result<()> {
+    const ESCALATION: [&str; 3] = ["INT", "TERM", "KILL"];
+    let mut interrupts = signal(SignalKind::interrupt())?;
+    let mut presses = 0;
+    if stdin.is_none() {
+        input.close_stdin().await?;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return Ok(()),
+            Some(()) = interrupts.recv() => {
+                input.signal(ESCALATION[presses.min(2)]).await?;
+                presses += 1;
+            }
+            read = read_some(&mut stdin, &mut buf) => match read {
+                0 => {
+                    stdin = None;
+                    input.close_stdin().await?;
+                }
+                n => input.write_stdin(&buf[..n]).await?,
+            },
+        }
+    }
+}
+
+/// Reads from stdin if it is still open; otherwise waits forever.
+async fn read_some(stdin: &mut Option<impl AsyncRead + Unpin>, buf: &mut [u8]) -> usize {
+    match stdin {
+        Some(stdin) => stdin.read(buf).await.unwrap_or(0),
+        None => std::future::pending().await,
+    }
+}
+
+/// What one host's task reports to the printer.
+enum Report {
+    Line {
+        host: Arc<str>,
+        stderr: bool,
+        data: Vec<u8>,
+    },
+    Done {
+        host: Arc<str>,
+        outcome: Result<ExitReport, String>,
+    },
+}
+
+/// Many hosts in parallel: each output line is prefixed with its host, a down host is reported
+/// without stopping the others, and a summary follows. The status is the largest of all.
+async fn run_many(
+    hosts: Vec<String>,
+    request: ExecRequest,
+    config: ClientConfig,
+    parallel: usize,
+    json: bool,
+) -> u8 {
+    let (reports, mut printer) = mpsc::unbounded_channel();
+    let slots = Arc::new(Semaphore::new(parallel.max(1)));
+    for host in &hosts {
+        let (host, request, config) = (Arc::<str>::from(host.as_str()), request.clone(), config.clone());
+        let (reports, slots) = (reports.clone(), slots.clone());
+        tokio::spawn(async move {
+            let _slot = slots.acquire().await;
+            let outcome = run_quiet(&host, &request, &config, &reports)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = reports.send(Report::Done { host, outcome });
+        });
+    }
+    drop(reports);
+    let mut finished = Vec::new();
+    while let Some(report) = printer.recv().await {
+        match report {
+            Report::Line { host, stderr, data } => print_line(&host, stderr, &data, json),
+            Report::Done { host, outcome } => {
+                if json {
+                    println!("{}", done_record(&host, &outcome));
+                }
+                finished.push((host, outcome));
+            }
+        }
+    }
+    if !json {
+        print_summary(&finished);
+    }
+    finished
+        .iter()
+        .map(|(_, outcome)| outcome.as_ref().map_or(EXIT_FAILURE, ExitReport::status))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs on one host with no stdin, sending complete output lines to the printer.
+async fn run_quiet(
+    host: &Arc<str>,
+    request: &ExecRequest,
+    config: &ClientConfig,
+    reports: &mpsc::UnboundedSender<Report>,
+) -> Result<ExitReport, sockit::ClientError> {
+    let mut client = Client::connect(host, config).await?;
+    let RemoteCommand {
+        mut output,
+        mut input,
+    } = client.exec(request).await?;
+    input.close_stdin().await?;
+    let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let send_line = |stderr: bool, data: Vec<u8>| {
+        let _ = reports.send(Report::Line {
+            host: host.clone(),
+            stderr,
+            data,
+        });
+    };
+    loop {
+        let (stderr, bytes) = match output.next_event().await? {
+            ExecEvent::Stdout(bytes) => (false, bytes),
+            ExecEvent::Stderr(bytes) => (true, bytes),
+            ExecEvent::Exit(report) => {
+                for (stream, rest) in partial.iter_mut().enumerate() {
+                    if !rest.is_empty() {
+                        send_line(stream == 1, std::mem::take(rest));
+                    }
+                }
+                return Ok(report);
+            }
+        };
+        let buffer = &mut partial[usize::from(stderr)];
+        buffer.extend_from_slice(&bytes);
+        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            send_line(stderr, line[..end].to_vec());
+        }
+    }
+}
+
+fn print_line(host: &str, stderr: bool, data: &[u8], json: bool) {
+    if json {
+        let mut record = json!({
+            "host": host,
+            "stream": if stderr { "stderr" } else { "stdout" },
+            "data": String::from_utf8_lossy(data),
+        });
+        if std::str::from_utf8(data).is_err() {
+            record["data_hex"] = hex::encode(data).into();
+        }
+        println!("{record}");
+        return;
+    }
+    let text = escape_controls(&String::from_utf8_lossy(data));
+    if stderr {
+        eprintln!("{host}: {text}");
+    } else {
+        println!("{host}: {text}");
+    }
+}
+
+/// Remote output printed with a host prefix must not move the cursor or recolour the screen.
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\t' => "\t".to_owned(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+fn done_record(host: &str, outcome: &Result<ExitReport, String>) -> serde_json::Value {
+    match outcome {
+        Ok(report) => json!({
+            "host": host,
+            "exit": report.status(),
+            "code": report.code,
+            "signal": report.signal_name,
+            "duration_ms": report.duration_ms,
+            "timed_out": report.timed_out,
+        }),
+        Err(error) => json!({"host": host, "exit": EXIT_FAILURE, "error": error}),
+    }
+}
+
+fn print_summary(finished: &[(Arc<str>, Result<ExitReport, String>)]) {
+    let failed = finished
+        .iter()
+        .filter(|(_, outcome)| outcome.as_ref().map_or(true, |r| r.status() != 0))
+        .count();
+    eprintln!(
+        "-- {} hosts: {} ok, {failed} failed",
+        finished.len(),
+        finished.len() - failed
+    );
+    let width = finished.iter().map(|(host, _)| host.len()).max().unwrap_or(0);
+    for (host, outcome) in finished {
+        match outcome {
+            Ok(report) if report.timed_out => {
+                eprintln!("   {host:width$}  timed out ({:.0} ms)", report.duration_ms)
+            }
+            Ok(report) => eprintln!(
+                "   {host:width$}  exit {} ({:.1} ms)",
+                report.status(),
+                report.duration_ms
+            ),
+            Err(error) => eprintln!("   {host:width$}  failed: {error}"),
+        }
+    }
+}

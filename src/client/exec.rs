@@ -1,0 +1,161 @@
+//! Running commands on a server: the client side of the `exec` service.
+//!
+//! [`Client::exec`] starts a command and returns a [`RemoteCommand`]; its output half reads
+//! what the command prints and how it ends, its input half feeds stdin and forwards signals.
+//! The halves work concurrently, so a command that reads and writes a lot (`cat`) never
+//! deadlocks against its client.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use super::{Client, ClientError};
+use crate::services::exec::{ExecRequest, ExitReport, MAX_STDIN_CHUNK};
+use crate::wire::{FrameReader, FrameWriter, Header, RemoteError};
+
+/// Something a running command did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExecEvent {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    Exit(ExitReport),
+}
+
+/// A command running on the server, on this client's connection.
+pub struct RemoteCommand<'a> {
+    pub output: CommandOutput<'a>,
+    pub input: CommandInput<'a>,
+}
+
+/// Reads a command's output and its end.
+pub struct CommandOutput<'a> {
+    id: u64,
+    reader: &'a mut FrameReader,
+    /// Stdin bytes the server has room for, given back as it acknowledges them.
+    credit: Arc<Semaphore>,
+}
+
+/// Feeds a command's stdin and sends it signals.
+pub struct CommandInput<'a> {
+    id: u64,
+    writer: &'a mut FrameWriter,
+    credit: Arc<Semaphore>,
+}
+
+impl Client {
+    /// Starts a command; returns once the server has started it (or refused).
+    pub async fn exec(&mut self, request: &ExecRequest) -> Result<RemoteCommand<'_>, ClientError> {
+        let id = self.next_id();
+        self.conn
+            .send(Header::from_message("exec", request).with_id(Some(id)), b"")
+            .await?;
+        let started = self.conn.read_message().await?.ok_or(ClientError::Closed)?;
+        if let Some(error) = RemoteError::from_header(&started.header) {
+            return Err(ClientError::Remote(error));
+        }
+        if started.header.cmd() != "started" || started.header.id() != Some(id) {
+            return Err(ClientError::Protocol(format!(
+                "expected `started` for command {id}, got `{}`",
+                started.header.cmd()
+            )));
+        }
+        let window = started.header.u64("stdin_window").unwrap_or(0) as usize;
+        let credit = Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS)));
+        let conn = &mut self.conn;
+        Ok(RemoteCommand {
+            output: CommandOutput {
+                id,
+                reader: &mut conn.reader,
+                credit: credit.clone(),
+            },
+            input: CommandInput {
+                id,
+                writer: &mut conn.writer,
+                credit,
+            },
+        })
+    }
+
+    /// Runs a command with no stdin and collects everything it prints.
+    pub async fn exec_output(
+        &mut self,
+        request: &ExecRequest,
+    ) -> Result<(Vec<u8>, Vec<u8>, ExitReport), ClientError> {
+        let mut command = self.exec(request).await?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            match command.output.next_event().await? {
+                ExecEvent::Stdout(bytes) => stdout.extend_from_slice(&bytes),
+                ExecEvent::Stderr(bytes) => stderr.extend_from_slice(&bytes),
+                ExecEvent::Exit(report) => return Ok((stdout, stderr, report)),
+            }
+        }
+    }
+}
+
+impl CommandOutput<'_> {
+    /// The next output chunk or the exit report. After `Exit`, the connection is free for the
+    /// next request.
+    pub async fn next_event(&mut self) -> Result<ExecEvent, ClientError> {
+        loop {
+            let message = self.reader.read_message().await?.ok_or(ClientError::Closed)?;
+            let header = &message.header;
+            if let Some(error) = RemoteError::from_header(header) {
+                return Err(ClientError::Remote(error));
+            }
+            if header.id() != Some(self.id) {
+                return Err(ClientError::Protocol(format!(
+                    "`{}` for another request",
+                    header.cmd()
+                )));
+            }
+            match header.cmd() {
+                "stdout" => return Ok(ExecEvent::Stdout(message.body)),
+                "stderr" => return Ok(ExecEvent::Stderr(message.body)),
+                "exit" => return Ok(ExecEvent::Exit(header.parse()?)),
+                "stdin_ack" => {
+                    let bytes = header.u64("bytes").unwrap_or(0) as usize;
+                    self.credit
+                        .add_permits(bytes.min(Semaphore::MAX_PERMITS - self.credit.available_permits()));
+                }
+                other => return Err(ClientError::Protocol(format!("unexpected `{other}` from exec"))),
+            }
+        }
+    }
+}
+
+impl CommandInput<'_> {
+    /// Sends stdin, waiting for the server's window when the command reads slowly.
+    pub async fn write_stdin(&mut self, mut data: &[u8]) -> Result<(), ClientError> {
+        while !data.is_empty() {
+            let wanted = data.len().min(MAX_STDIN_CHUNK as usize);
+            // Wait for room for one byte, then take what else is free, up to `wanted`.
+            self.credit
+                .acquire()
+                .await
+                .map_err(|_| ClientError::Closed)?
+                .forget();
+            let extra = (wanted - 1).min(self.credit.available_permits()) as u32;
+            if let Ok(permits) = self.credit.try_acquire_many(extra) {
+                permits.forget();
+            }
+            let (chunk, rest) = data.split_at(1 + extra as usize);
+            let header = Header::new("stdin").with_id(Some(self.id));
+            self.writer.send(header, chunk).await?;
+            data = rest;
+        }
+        Ok(())
+    }
+
+    pub async fn close_stdin(&mut self) -> Result<(), ClientError> {
+        let header = Header::new("stdin").with_id(Some(self.id)).with("eof", true);
+        Ok(self.writer.send(header, b"").await?)
+    }
+
+    /// Sends a signal (`INT`, `TERM`, `KILL`, ...) to the command's process group.
+    pub async fn signal(&mut self, name: &str) -> Result<(), ClientError> {
+        let header = Header::new("signal").with_id(Some(self.id)).with("signal", name);
+        Ok(self.writer.send(header, b"").await?)
+    }
+}
