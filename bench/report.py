@@ -70,7 +70,46 @@ def echo_section(results):
     return out
 
 
-SECTIONS = {"echo": echo_section}
+def exec_section(results):
+    rows = {}
+    for line in open(os.path.join(results, "exec.jsonl")):
+        r = json.loads(line)
+        rows[r["name"]] = r
+    ms = lambda name: rows[name]["p50_us"] / 1000
+    fresh, ssh_fresh, ssh_cm = ms("sockit_fresh"), ms("ssh_fresh"), ms("ssh_controlmaster")
+    session, local = ms("sockit_session"), ms("local_spawn")
+    out = [
+        "| running `true` | p50 | vs sockit |",
+        "|---|---:|---:|",
+        "| (a) `sockit exec HOST true`, a fresh process: connect + Noise handshake + run | %.2f ms | 1.00x |" % fresh,
+        "| `ssh -p PORT 127.0.0.1 true`, fresh | %.2f ms | %.1fx slower |" % (ssh_fresh, ssh_fresh / fresh),
+        "| `ssh` through a ControlMaster | %.2f ms | %.1fx slower |" % (ssh_cm, ssh_cm / fresh),
+        "| (b) sockit, repeated over one session (`sockit bench exec`) | %.2f ms | |" % session,
+        "| course's Python exec server, repeated over one connection | %.2f ms | |" % ms("course_session"),
+        "| local spawn of `sh -c true` with pipes, as the server does it | %.2f ms | |" % local,
+        "| local `sh -c true` as a whole process (hyperfine) | %.2f ms | |" % ms("local_sh"),
+        "",
+        "| target | result |",
+        "|---|---|",
+        "| (a) p50 ≤ 10 ms | %.2f ms |" % fresh,
+        "| (a) ≥ 14x faster than fresh ssh | %.1fx |" % (ssh_fresh / fresh),
+        "| (b) ≤ 1.5x local fork+exec of `sh -c true` | %.2fx (%.2f ms against %.2f ms) |" % (session / local, session, local),
+        "",
+        "| 1 GiB of `head -c 1G /dev/zero` output, to /dev/null | seconds | MB/s | vs ssh |",
+        "|---|---:|---:|---:|",
+    ]
+    gib = 1073741824 / 1e6
+    ssh_s = rows["ssh_1g"]["seconds"]
+    for name, label in [("sockit_1g", "sockit (Noise, AES-256-GCM)"), ("ssh_1g", "ssh -c aes128-gcm@openssh.com"),
+                        ("local_1g", "locally, no network (ceiling)")]:
+        sec = rows[name]["seconds"]
+        out.append("| %s | %.2f | %.0f | %.2fx |" % (label, sec, gib / sec, ssh_s / sec))
+    out.append("")
+    out.append("Target: sockit ≥ 1.5x ssh's throughput: **%.2fx**." % (ssh_s / rows["sockit_1g"]["seconds"]))
+    return out
+
+
+SECTIONS = {"echo": echo_section, "exec": exec_section}
 
 
 def main():

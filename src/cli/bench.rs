@@ -14,6 +14,7 @@ use serde_json::json;
 use sockit::Client;
 use sockit::client::Target;
 use sockit::server::parse_duration;
+use sockit::services::exec::ExecRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -23,7 +24,7 @@ use super::{ClientArgs, client_runtime, raise_fd_limit};
 #[derive(Args)]
 #[command(
     about = "Measure a server: echo round trips, connection setup, idle connections",
-    after_help = "Examples:\n  sockit bench echo 127.0.0.1:8080 --connections 16 --duration 5s\n  sockit bench echo 127.0.0.1:9090 --raw        # any unframed upper-echo server\n  sockit bench connect 127.0.0.1:8080 --count 1000\n  sockit bench idle 127.0.0.1:8080 --connections 10000 --server-pid $PID"
+    after_help = "Examples:\n  sockit bench echo 127.0.0.1:8080 --connections 16 --duration 5s\n  sockit bench echo 127.0.0.1:9090 --raw        # any unframed upper-echo server\n  sockit bench connect 127.0.0.1:8080 --count 1000\n  sockit bench idle 127.0.0.1:8080 --connections 10000 --server-pid $PID\n  sockit bench exec 127.0.0.1:8080 --count 500      # needs serve --allow-exec"
 )]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -38,6 +39,30 @@ enum BenchKind {
     Connect(ConnectBench),
     /// Hold many authenticated idle connections; report the server's memory
     Idle(IdleBench),
+    /// Latency of running a command, over one session or a fresh session each time
+    Exec(ExecBench),
+}
+
+#[derive(Args)]
+struct ExecBench {
+    /// Server as HOST[:PORT] (not with --local)
+    #[arg(required_unless_present = "local")]
+    target: Option<String>,
+    /// Commands to run, one after another
+    #[arg(long, default_value_t = 500)]
+    count: usize,
+    /// The command line
+    #[arg(long, default_value = "true")]
+    command: String,
+    /// Open a fresh session (connect + handshake) for every command
+    #[arg(long)]
+    fresh: bool,
+    /// No server: run `sh -c COMMAND` here the way the server does (spawn, pipes, wait), the
+    /// floor a remote command cannot beat
+    #[arg(long)]
+    local: bool,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -100,6 +125,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchKind::Echo(bench) => runtime.block_on(echo(bench))?,
         BenchKind::Connect(bench) => runtime.block_on(connect(bench))?,
         BenchKind::Idle(bench) => runtime.block_on(idle(bench))?,
+        BenchKind::Exec(bench) => runtime.block_on(exec(bench))?,
     };
     println!("{report}");
     Ok(ExitCode::SUCCESS)
@@ -223,6 +249,68 @@ async fn connect(bench: ConnectBench) -> anyhow::Result<serde_json::Value> {
         "bench": "connect",
         "target": bench.target,
         "session": session_kind(false, &bench.client),
+        "count": bench.count,
+        "p50_us": micros(latencies.value_at_quantile(0.50)),
+        "p99_us": micros(latencies.value_at_quantile(0.99)),
+    }))
+}
+
+async fn exec(bench: ExecBench) -> anyhow::Result<serde_json::Value> {
+    if bench.local {
+        return exec_locally(bench).await;
+    }
+    let config = bench.client.config()?;
+    let target = bench.target.as_deref().unwrap_or_default();
+    let request = ExecRequest {
+        command: Some(bench.command.clone()),
+        ..ExecRequest::default()
+    };
+    let mut session = Client::connect(target, &config).await?;
+    let mut latencies = new_histogram();
+    for _ in 0..bench.count {
+        let begin = Instant::now();
+        if bench.fresh {
+            session = Client::connect(target, &config).await?;
+        }
+        let (_, _, report) = session.exec_output(&request).await?;
+        anyhow::ensure!(
+            report.status() == 0,
+            "`{}` exited with {}",
+            bench.command,
+            report.status()
+        );
+        latencies.record(begin.elapsed().as_nanos() as u64)?;
+    }
+    Ok(json!({
+        "bench": "exec",
+        "target": bench.target,
+        "command": bench.command,
+        "fresh_session": bench.fresh,
+        "count": bench.count,
+        "p50_us": micros(latencies.value_at_quantile(0.50)),
+        "p99_us": micros(latencies.value_at_quantile(0.99)),
+    }))
+}
+
+async fn exec_locally(bench: ExecBench) -> anyhow::Result<serde_json::Value> {
+    use std::process::Stdio;
+    let mut latencies = new_histogram();
+    for _ in 0..bench.count {
+        let begin = Instant::now();
+        let output = tokio::process::Command::new("sh")
+            .args(["-c", &bench.command])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .output()
+            .await?;
+        anyhow::ensure!(output.status.success(), "`{}` failed", bench.command);
+        latencies.record(begin.elapsed().as_nanos() as u64)?;
+    }
+    Ok(json!({
+        "bench": "exec_local",
+        "command": bench.command,
         "count": bench.count,
         "p50_us": micros(latencies.value_at_quantile(0.50)),
         "p99_us": micros(latencies.value_at_quantile(0.99)),

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
 use crate::wire::{ErrorCode, Header, RemoteError, SharedWriter};
@@ -254,6 +254,9 @@ impl Exec {
             _permit: permit,
             _busy: session.busy(),
         };
+        let pid = child.id().unwrap_or(0);
+        info!(peer = %session.peer, id, pid, "command started");
+        debug!(peer = %session.peer, id, pid, command = ?spec.command, argv = ?spec.argv, "command line");
         tokio::spawn(supervisor.run(started, child, signal_rx));
         Ok(())
     }
@@ -489,6 +492,12 @@ impl Supervisor {
         signal_group(self.group, Signal::KILL);
         reap_group(self.group, self.grace).await;
         let exit = exit_header(self.id, status, started.elapsed(), self.timed_out);
+        info!(
+            id = self.id,
+            ?status,
+            timed_out = self.timed_out,
+            "command finished"
+        );
         let _ = self.writer.send(exit, b"").await;
     }
 

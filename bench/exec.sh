@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Exec benchmark: the latency of running `true` and the throughput of 1 GiB of output, with
+# sockit against OpenSSH on a loopback sshd (with and without ControlMaster), the course's
+# Python exec server, and a local fork+exec of `sh -c true`, all in one run.
+#
+# Usage: bench/exec.sh   (about 3 minutes; installs openssh-server and hyperfine if missing)
+# Rewrites the exec section of BENCHMARKS.md and leaves raw JSON in bench/results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ] || ! command -v hyperfine >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq openssh-server openssh-client hyperfine >/dev/null
+fi
+cargo build --release --quiet --bin sockit
+sockit=$PWD/target/release/sockit
+work=$(mktemp -d)
+results=bench/results
+mkdir -p "$results"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  ssh "${ssh_opts[@]}" -O exit 127.0.0.1 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+start() { # NAME COMMAND...: runs a server, waits for "listening on ADDR", sets $addr
+  local name=$1; shift
+  "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    addr=$(grep -o -m1 'listening on [^ "]*' "$work/$name.log" | cut -d' ' -f3 || true)
+    [ -n "$addr" ] && return 0
+    sleep 0.1
+  done
+  echo "$name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
+}
+
+# sockit
+$sockit keygen --secret-file "$work/secret" 2>/dev/null
+start sockit $sockit serve --listen 127.0.0.1:0 --secret-file "$work/secret" --allow-exec
+sockit_addr=$addr
+start course python3 bench/course_exec_server.py 0
+course_addr=$addr
+
+# A loopback sshd for the current user, with a fresh host key and client key.
+ssh_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
+ssh-keygen -q -t ed25519 -N '' -f "$work/client_key"
+cp "$work/client_key.pub" "$work/authorized_keys"
+mkdir -p /run/sshd
+cat >"$work/sshd_config" <<EOF
+ListenAddress 127.0.0.1
+Port $ssh_port
+HostKey $work/host_key
+AuthorizedKeysFile $work/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+PidFile $work/sshd.pid
+EOF
+/usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.log" &
+pids+=($!)
+ssh_opts=(-p "$ssh_port" -i "$work/client_key" -o BatchMode=yes -o StrictHostKeyChecking=no
+  -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ControlPath="$work/cm-%p")
+for _ in $(seq 50); do ssh "${ssh_opts[@]}" 127.0.0.1 true 2>/dev/null && break; sleep 0.1; done
+
+median_us() { # hyperfine JSON -> median in microseconds
+  python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['results'][0]['median']*1e6,1))" "$1"
+}
+fresh() { # NAME RUNS COMMAND: median wall time of a whole process, via hyperfine
+  hyperfine -N --warmup 3 --runs "$2" --export-json "$work/$1.json" "$3" >/dev/null 2>&1
+  echo "{\"name\":\"$1\",\"p50_us\":$(median_us "$work/$1.json")}"
+}
+
+out="$results/exec.jsonl"
+: >"$out"
+echo "exec latency" >&2
+fresh sockit_fresh 300 "$sockit exec -n --secret-file $work/secret $sockit_addr true" >>"$out"
+fresh ssh_fresh 40 "ssh ${ssh_opts[*]} -o ControlMaster=no 127.0.0.1 true" >>"$out"
+ssh "${ssh_opts[@]}" -o ControlMaster=yes -o ControlPersist=120 -fN 127.0.0.1
+fresh ssh_controlmaster 300 "ssh ${ssh_opts[*]} -o ControlMaster=no 127.0.0.1 true" >>"$out"
+fresh local_sh 300 "sh -c true" >>"$out"
+$sockit bench exec "$sockit_addr" --secret-file "$work/secret" --count 1000 \
+  | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'name':'sockit_session','p50_us':r['p50_us'],'p99_us':r['p99_us']}))" >>"$out"
+$sockit bench exec --local --count 1000 \
+  | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'name':'local_spawn','p50_us':r['p50_us'],'p99_us':r['p99_us']}))" >>"$out"
+python3 bench/exec_latency.py course "${course_addr%:*}" "${course_addr##*:}" 1000 \
+  | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'name':'course_session','p50_us':r['p50_us'],'p99_us':r['p99_us']}))" >>"$out"
+
+echo "exec throughput (1 GiB of output)" >&2
+through() { # NAME COMMAND: seconds to move 1 GiB of /dev/zero to /dev/null
+  hyperfine -N --runs 3 --export-json "$work/$1.json" "$2" >/dev/null 2>&1
+  echo "{\"name\":\"$1\",\"seconds\":$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['results'][0]['median'],3))" "$work/$1.json")}"
+}
+through sockit_1g "$sockit exec -n --secret-file $work/secret $sockit_addr 'head -c 1073741824 /dev/zero'" >>"$out"
+through ssh_1g "ssh ${ssh_opts[*]} -o ControlMaster=no -c aes128-gcm@openssh.com 127.0.0.1 'head -c 1073741824 /dev/zero'" >>"$out"
+through local_1g "sh -c 'head -c 1073741824 /dev/zero'" >>"$out"
+
+python3 bench/report.py exec "$results" "bench/exec.sh"
