@@ -377,9 +377,22 @@ fn fan_out_reports_each_host_and_a_down_host_does_not_stop_the_others() {
     );
     assert!(err.contains("3 hosts: 0 ok, 3 failed"), "{err}");
 
-    let mut json_args = args.to_vec();
-    json_args.insert(1, "--json");
-    let output = one.cli(&json_args);
+    // The same hosts from a file (with a comment and a blank line), JSON records out.
+    let hosts_file = one.dir.path().join("hosts.txt");
+    std::fs::write(
+        &hosts_file,
+        format!("# fleet\n{}\n\n{}  # second\n{down}\n", one.addr, two.addr),
+    )
+    .unwrap();
+    let file = hosts_file.to_str().unwrap();
+    let output = one.cli(&[
+        "exec",
+        "--json",
+        "--hosts-file",
+        file,
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(output.status.code(), Some(255));
     let records: Vec<serde_json::Value> = stdout(&output)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
