@@ -17,19 +17,7 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-# start NAME COMMAND...: runs a server, waits for its "listening on ADDR" line, sets $addr.
-start() {
-  local name=$1; shift
-  "$@" >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  last_pid=$!
-  for _ in $(seq 100); do
-    addr=$(grep -o -m1 'listening on [^ "]*' "$work/$name.log" | cut -d' ' -f3 || true)
-    [ -n "$addr" ] && return 0
-    sleep 0.1
-  done
-  echo "$name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
-}
+. bench/lib.sh
 
 $sockit keygen --secret-file "$work/secret" 2>/dev/null
 secret=(--secret-file "$work/secret")

@@ -23,17 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start() { # NAME COMMAND...: runs a server, waits for "listening on ADDR", sets $addr
-  local name=$1; shift
-  "$@" >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do
-    addr=$(grep -o -m1 'listening on [^ "]*' "$work/$name.log" | cut -d' ' -f3 || true)
-    [ -n "$addr" ] && return 0
-    sleep 0.1
-  done
-  echo "$name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
-}
+. bench/lib.sh
 
 # sockit
 $sockit keygen --secret-file "$work/secret" 2>/dev/null

@@ -117,6 +117,21 @@ fn read_hosts_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
 /// goes to the command, Ctrl-C goes to it as SIGINT (then SIGTERM, then SIGKILL).
 async fn run_one(target: &str, request: &ExecRequest, config: &ClientConfig) -> anyhow::Result<u8> {
     let mut client = Client::connect(target, config).await?;
+    let stdin = request.stdin.then(tokio::io::stdin);
+    let report = run_attached(&mut client, request, stdin).await?;
+    if report.timed_out {
+        eprintln!("sockit: the command timed out and was stopped");
+    }
+    Ok(report.status())
+}
+
+/// Runs a command attached to this terminal: its output to ours as it comes, `stdin` (if any)
+/// and Ctrl-C to it. Shared by `sockit exec` and `sockit shell`.
+pub async fn run_attached(
+    client: &mut Client,
+    request: &ExecRequest,
+    stdin: Option<impl AsyncRead + Unpin>,
+) -> Result<ExitReport, sockit::ClientError> {
     let RemoteCommand {
         mut output,
         mut input,
@@ -135,31 +150,27 @@ async fn run_one(target: &str, request: &ExecRequest, config: &ClientConfig) -> 
         done.cancel();
         result
     };
-    let stdin = request.stdin.then(tokio::io::stdin);
     let (report, fed) = tokio::join!(show, feed(&mut input, stdin, &done));
     let report = report?;
     fed?;
-    if report.timed_out {
-        eprintln!("sockit: the command timed out and was stopped");
-    }
-    Ok(report.status())
+    Ok(report)
 }
 
 /// Writes to our stdout or stderr; a reader that went away (`| head`) is not an error of ours.
-pub async fn write_through(out: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]) {
+async fn write_through(out: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]) {
     if out.write_all(bytes).await.is_ok() {
         let _ = out.flush().await;
     }
 }
 
 /// Forwards stdin and Ctrl-C to the command until `done`.
-pub async fn feed(
+async fn feed(
     input: &mut CommandInput<'_>,
     mut stdin: Option<impl AsyncRead + Unpin>,
     done: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), sockit::ClientError> {
     const ESCALATION: [&str; 3] = ["INT", "TERM", "KILL"];
-    let mut interrupts = signal(SignalKind::interrupt())?;
+    let mut interrupts = signal(SignalKind::interrupt()).map_err(sockit::wire::FrameError::from)?;
     let mut presses = 0;
     if stdin.is_none() {
         input.close_stdin().await?;

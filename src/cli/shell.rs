@@ -6,13 +6,10 @@ use std::process::ExitCode;
 use clap::Args;
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
-use sockit::client::{ExecEvent, RemoteCommand};
 use sockit::services::exec::ExecRequest;
 use sockit::{Client, ClientConfig, ClientError};
-use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 
-use super::exec::{feed, write_through};
+use super::exec::run_attached;
 use super::{ClientArgs, client_runtime};
 
 #[derive(Args)]
@@ -95,26 +92,6 @@ async fn run_remote(client: &mut Client, line: &str) -> Result<u8, ClientError> 
         command: Some(line.to_owned()),
         ..ExecRequest::default()
     };
-    let RemoteCommand {
-        mut output,
-        mut input,
-    } = client.exec(&request).await?;
-    let done = CancellationToken::new();
-    let show = async {
-        let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
-        let result = loop {
-            match output.next_event().await {
-                Ok(ExecEvent::Stdout(bytes)) => write_through(&mut stdout, &bytes).await,
-                Ok(ExecEvent::Stderr(bytes)) => write_through(&mut stderr, &bytes).await,
-                Ok(ExecEvent::Exit(report)) => break Ok(report.status()),
-                Err(error) => break Err(error),
-            }
-        };
-        let _ = stdout.flush().await;
-        done.cancel();
-        result
-    };
     let no_stdin: Option<tokio::io::Stdin> = None;
-    let (status, _) = tokio::join!(show, feed(&mut input, no_stdin, &done));
-    status
+    Ok(run_attached(client, &request, no_stdin).await?.status())
 }
