@@ -18,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientArgs, EXIT_FAILURE, client_runtime};
+use super::{ClientArgs, EXIT_FAILURE, client_runtime, print_line};
 
 #[derive(Args)]
 #[command(
@@ -241,10 +241,10 @@ async fn run_many(
     let mut finished = Vec::new();
     while let Some(report) = printer.recv().await {
         match report {
-            Report::Line { host, stderr, data } => print_line(&host, stderr, &data, json),
+            Report::Line { host, stderr, data } => print_host_line(&host, stderr, &data, json),
             Report::Done { host, outcome } => {
                 if json {
-                    println!("{}", done_record(&host, &outcome));
+                    print_line(format_args!("{}", done_record(&host, &outcome)));
                 }
                 finished.push((host, outcome));
             }
@@ -303,7 +303,7 @@ async fn run_quiet(
     }
 }
 
-fn print_line(host: &str, stderr: bool, data: &[u8], json: bool) {
+fn print_host_line(host: &str, stderr: bool, data: &[u8], json: bool) {
     if json {
         let mut record = json!({
             "host": host,
@@ -313,14 +313,14 @@ fn print_line(host: &str, stderr: bool, data: &[u8], json: bool) {
         if std::str::from_utf8(data).is_err() {
             record["data_hex"] = hex::encode(data).into();
         }
-        println!("{record}");
+        print_line(format_args!("{record}"));
         return;
     }
     let text = escape_controls(&String::from_utf8_lossy(data));
     if stderr {
         eprintln!("{host}: {text}");
     } else {
-        println!("{host}: {text}");
+        print_line(format_args!("{host}: {text}"));
     }
 }
 

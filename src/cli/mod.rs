@@ -3,9 +3,11 @@
 mod bench;
 mod echo;
 mod exec;
+mod fs;
 mod keygen;
 mod serve;
 mod shell;
+mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +41,12 @@ enum Command {
     Exec(exec::ExecArgs),
     Keygen(keygen::KeygenArgs),
     Shell(shell::ShellArgs),
+    Put(transfer::PutArgs),
+    Get(transfer::GetArgs),
+    Ls(fs::LsArgs),
+    Rm(fs::RmArgs),
+    Mkdir(fs::MkdirArgs),
+    Mv(fs::MvArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -74,6 +82,12 @@ pub fn main() -> ExitCode {
         Command::Exec(args) => exec::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Shell(args) => shell::run(args),
+        Command::Put(args) => transfer::run_put(args),
+        Command::Get(args) => transfer::run_get(args),
+        Command::Ls(args) => fs::run_ls(args),
+        Command::Rm(args) => fs::run_rm(args),
+        Command::Mkdir(args) => fs::run_mkdir(args),
+        Command::Mv(args) => fs::run_mv(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
@@ -87,11 +101,23 @@ pub fn main() -> ExitCode {
 
 /// The error and its causes on one line, with a hint when sockit knows one.
 fn one_line(error: &anyhow::Error) -> String {
-    let mut line = format!("{error:#}").replace('\n', " ");
-    if let Some(hint) = error.downcast_ref::<ClientError>().and_then(ClientError::hint) {
+    let Some(client_error) = error.downcast_ref::<ClientError>() else {
+        return format!("{error:#}").replace('\n', " ");
+    };
+    // A client error's message already includes its cause.
+    let mut line = client_error.to_string().replace('\n', " ");
+    if let Some(hint) = client_error.hint() {
         line.push_str(&format!(" (hint: {hint})"));
     }
     line
+}
+
+/// Prints a line on stdout; if the reader has gone (`| head`), stops quietly as Unix tools do.
+pub fn print_line(line: impl std::fmt::Display) {
+    use std::io::Write;
+    if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+        std::process::exit(0);
+    }
 }
 
 /// A single-threaded runtime: client commands do one thing at a time and start faster so.

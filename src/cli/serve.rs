@@ -65,6 +65,13 @@ pub struct ServeArgs {
     /// Commands running at once on the whole server [default: 64]
     #[arg(long, value_name = "N")]
     exec_max_total: Option<usize>,
+    /// The directory file transfers may touch, and nothing outside it
+    /// [default: ~/.local/share/sockit/files]
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Most bytes the file root may hold; larger uploads are refused before they start
+    #[arg(long, value_name = "BYTES")]
+    quota: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -125,6 +132,8 @@ impl ServeArgs {
             allow_exec: self.allow_exec.then_some(true),
             exec_max_per_connection: self.exec_max_per_connection,
             exec_max_total: self.exec_max_total,
+            root: self.root.clone(),
+            quota: self.quota,
             ..FileConfig::default()
         };
         flags.apply(config);

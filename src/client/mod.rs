@@ -6,8 +6,10 @@
 //! use sockit::{Client, ClientConfig, Secret, Server, ServerConfig};
 //!
 //! let secret = Secret::generate();
+//! let files = tempfile::tempdir()?;
 //! let mut config = ServerConfig::new(secret.clone());
 //! config.listen = vec!["127.0.0.1:0".parse()?];
+//! config.services.files.root = files.path().to_owned();
 //! let server = Server::bind(config).await?;
 //! let addr = server.local_addrs()[0].to_string();
 //! tokio::spawn(server.run(std::future::pending()));
@@ -19,6 +21,7 @@
 //! ```
 
 mod exec;
+mod files;
 mod target;
 
 use std::io;
@@ -29,6 +32,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
 pub use exec::{CommandInput, CommandOutput, ExecEvent, RemoteCommand};
+pub use files::{TransferOptions, Transferred, partial_path, safe_local_name};
 pub use target::Target;
 
 use crate::auth::{self, AuthMode, HandshakeError, Secret, ServerInfo, SessionKeys};
@@ -79,6 +83,9 @@ pub enum ClientError {
     Connection(#[from] FrameError),
     #[error("the server closed the connection")]
     Closed,
+    /// A problem on this machine (a local file), not the server's.
+    #[error("{0}")]
+    Local(String),
 }
 
 impl ClientError {

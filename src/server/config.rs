@@ -76,6 +76,8 @@ pub struct FileConfig {
     pub exec_max_total: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub exec_grace: Option<Duration>,
+    pub root: Option<PathBuf>,
+    pub quota: Option<u64>,
 }
 
 impl FileConfig {
@@ -102,6 +104,13 @@ impl FileConfig {
         set(&mut exec.max_per_connection, self.exec_max_per_connection);
         set(&mut exec.max_total, self.exec_max_total);
         set(&mut exec.grace, self.exec_grace);
+        let files = &mut config.services.files;
+        if let Some(root) = &self.root {
+            files.root.clone_from(root);
+        }
+        if self.quota.is_some() {
+            files.quota = self.quota;
+        }
     }
 }
 

@@ -50,7 +50,8 @@ pub struct Server {
 impl Server {
     /// Binds every listen address of `config`, serving the native services.
     pub async fn bind(config: ServerConfig) -> io::Result<Server> {
-        let registry = Registry::native(&config.services);
+        let registry = Registry::native(&config.services)?;
+        info!("file root {}", config.services.files.root.display());
         Server::bind_with(config, registry).await
     }
 

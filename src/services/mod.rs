@@ -19,6 +19,8 @@ use crate::wire::{
 
 pub mod echo;
 pub mod exec;
+pub mod files;
+pub mod root;
 
 /// How a command's body reaches its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,15 +164,22 @@ pub struct Registry {
 #[derive(Clone, Debug, Default)]
 pub struct ServicesConfig {
     pub exec: exec::ExecConfig,
+    pub files: files::FilesConfig,
 }
 
 impl Registry {
-    /// The native services this build offers.
-    pub fn native(config: &ServicesConfig) -> Registry {
+    /// The native services this build offers. Fails if the file root cannot be created.
+    pub fn native(config: &ServicesConfig) -> std::io::Result<Registry> {
         let mut registry = Registry::default();
         registry.register(echo::Echo);
         registry.register(exec::Exec::new(config.exec.clone()));
-        registry
+        registry.register(files::Files::new(&config.files).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("file root {}: {e}", config.files.root.display()),
+            )
+        })?);
+        Ok(registry)
     }
 
     /// Adds a service. Two services claiming one command is a programming error.

@@ -1,0 +1,358 @@
+//! File transfer, client side: the counterpart of `services/files.rs`.
+//!
+//! Uploads and downloads resume by default: an interrupted transfer leaves a partial file
+//! (`.NAME.sockit-part`) on the receiving side, and the next attempt continues after the part
+//! whose hash both sides agree on. Every transfer ends with a BLAKE3 check of the whole file.
+
+use std::path::{Path, PathBuf};
+
+use tokio::fs::File;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::{Client, ClientError};
+use crate::services::files::{INLINE_MAX, apply_metadata, hash_prefix};
+use crate::services::root::{Entry, PARTIAL_SUFFIX, RootPath};
+use crate::wire::{Header, RemoteError};
+
+const CHUNK: usize = 256 * 1024;
+
+/// How to transfer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TransferOptions {
+    /// Replace an existing file.
+    pub force: bool,
+    /// Keep mode and modification time.
+    pub preserve: bool,
+}
+
+/// What a finished transfer moved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transferred {
+    pub size: u64,
+    /// Bytes that were already there from an interrupted attempt.
+    pub resumed_from: u64,
+    pub blake3: String,
+}
+
+impl Client {
+    pub async fn list(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
+        let reply = self.call(Header::new("ls").with("path", path), b"").await?;
+        serde_json::from_slice(&reply.body).map_err(|e| ClientError::Protocol(format!("listing: {e}")))
+    }
+
+    pub async fn stat(&mut self, path: &str) -> Result<Entry, ClientError> {
+        Ok(self
+            .call(Header::new("stat").with("path", path), b"")
+            .await?
+            .header
+            .parse()?)
+    }
+
+    pub async fn mkdir(&mut self, path: &str, parents: bool) -> Result<(), ClientError> {
+        self.call(
+            Header::new("mkdir").with("path", path).with("parents", parents),
+            b"",
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove(&mut self, path: &str, recursive: bool) -> Result<(), ClientError> {
+        self.call(
+            Header::new("rm").with("path", path).with("recursive", recursive),
+            b"",
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn rename(&mut self, from: &str, to: &str, force: bool) -> Result<(), ClientError> {
+        let header = Header::new("mv")
+            .with("from", from)
+            .with("to", to)
+            .with("force", force);
+        self.call(header, b"").await?;
+        Ok(())
+    }
+
+    /// Uploads `local` to `remote`. Small files go in one frame; larger ones resume from a
+    /// partial upload whose hash matches the start of `local`. `progress` sees bytes sent.
+    pub async fn put_file(
+        &mut self,
+        local: &Path,
+        remote: &str,
+        options: TransferOptions,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Transferred, ClientError> {
+        let mut file = File::open(local).await.map_err(|e| local_error(local, e))?;
+        let meta = file.metadata().await.map_err(|e| local_error(local, e))?;
+        let size = meta.len();
+        let header = put_header(remote, size, options, &meta);
+        if size <= INLINE_MAX {
+            let mut data = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut data)
+                .await
+                .map_err(|e| local_error(local, e))?;
+            let hash = blake3::hash(&data).to_hex().to_string();
+            let reply = self.call(header.with("blake3", hash.as_str()), &data).await?;
+            progress(size);
+            return transferred(&reply.header, size, 0);
+        }
+        let ready = self.call(header.with("resume", true), b"").await?;
+        let id = ready.header.id().unwrap_or(0);
+        let offered = ready.header.u64("offset").unwrap_or(0);
+        let mut hasher = blake3::Hasher::new();
+        let mut offset = 0;
+        if offered > 0 && offered <= size {
+            hash_prefix(&mut file, offered, &mut hasher)
+                .await
+                .map_err(|e| local_error(local, e))?;
+            if Some(hasher.finalize().to_hex().as_str()) == ready.header.str("prefix_blake3") {
+                offset = offered;
+            } else {
+                hasher = blake3::Hasher::new();
+            }
+        }
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| local_error(local, e))?;
+        progress(offset);
+        let data = Header::new("put_data")
+            .with_id(Some(id))
+            .with("offset", offset)
+            .with_body_len(size - offset);
+        let writer = &mut self.conn.writer;
+        writer.queue_header(&data)?;
+        let mut remaining = size - offset;
+        let mut buf = vec![0u8; CHUNK];
+        while remaining > 0 {
+            let want = remaining.min(CHUNK as u64) as usize;
+            let n = file
+                .read(&mut buf[..want])
+                .await
+                .map_err(|e| local_error(local, e))?;
+            if n == 0 {
+                return Err(ClientError::Protocol(format!(
+                    "{} shrank while being sent",
+                    local.display()
+                )));
+            }
+            hasher.update(&buf[..n]);
+            writer.send_body(&buf[..n]).await?;
+            remaining -= n as u64;
+            progress(n as u64);
+        }
+        let end = Header::new("put_end")
+            .with_id(Some(id))
+            .with("blake3", hasher.finalize().to_hex().as_str());
+        writer.queue(end, b"")?;
+        writer.flush().await?;
+        let reply = self.conn.read_message().await?.ok_or(ClientError::Closed)?;
+        if let Some(error) = RemoteError::from_header(&reply.header) {
+            return Err(ClientError::Remote(error));
+        }
+        transferred(&reply.header, size, offset)
+    }
+
+    /// Uploads many small files (each at most [`INLINE_MAX`]) without a round trip per file:
+    /// puts go out in batches and their answers are read after each batch.
+    pub async fn put_small_files(
+        &mut self,
+        files: &[(PathBuf, String)],
+        options: TransferOptions,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Vec<Result<Transferred, ClientError>>, ClientError> {
+        const BATCH_FILES: usize = 64;
+        const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+        let mut results = Vec::with_capacity(files.len());
+        let mut rest = files;
+        while !rest.is_empty() {
+            let mut sent = Vec::new();
+            let mut bytes = 0;
+            while let Some(((local, remote), tail)) = rest.split_first() {
+                if sent.len() == BATCH_FILES || bytes >= BATCH_BYTES {
+                    break;
+                }
+                rest = tail;
+                match self.queue_inline_put(local, remote, options).await {
+                    Ok((id, size)) => {
+                        bytes += size;
+                        sent.push(Ok((id, size)));
+                    }
+                    Err(error) => sent.push(Err(error)),
+                }
+            }
+            self.conn.writer.flush().await?;
+            for queued in sent {
+                let (id, size) = match queued {
+                    Ok(queued) => queued,
+                    Err(error) => {
+                        results.push(Err(error));
+                        continue;
+                    }
+                };
+                let reply = self.conn.read_message().await?.ok_or(ClientError::Closed)?;
+                if reply.header.id() != Some(id) {
+                    return Err(ClientError::Protocol(format!(
+                        "answer for {:?}, expected {id}",
+                        reply.header.id()
+                    )));
+                }
+                results.push(match RemoteError::from_header(&reply.header) {
+                    Some(error) => Err(ClientError::Remote(error)),
+                    None => {
+                        progress(size);
+                        transferred(&reply.header, size, 0)
+                    }
+                });
+            }
+        }
+        Ok(results)
+    }
+
+    async fn queue_inline_put(
+        &mut self,
+        local: &Path,
+        remote: &str,
+        options: TransferOptions,
+    ) -> Result<(u64, u64), ClientError> {
+        let data = tokio::fs::read(local).await.map_err(|e| local_error(local, e))?;
+        let meta = tokio::fs::metadata(local)
+            .await
+            .map_err(|e| local_error(local, e))?;
+        if data.len() as u64 > INLINE_MAX {
+            return Err(ClientError::Local(format!(
+                "{} is too large to batch",
+                local.display()
+            )));
+        }
+        let id = self.next_id();
+        let header = put_header(remote, data.len() as u64, options, &meta)
+            .with_id(Some(id))
+            .with("blake3", blake3::hash(&data).to_hex().as_str());
+        self.conn.writer.queue(header, &data)?;
+        Ok((id, data.len() as u64))
+    }
+
+    /// Downloads `remote` to `local`, resuming a partial download next to it.
+    pub async fn get_file(
+        &mut self,
+        remote: &str,
+        local: &Path,
+        options: TransferOptions,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Transferred, ClientError> {
+        if !options.force && tokio::fs::try_exists(local).await.unwrap_or(false) {
+            return Err(ClientError::Local(format!(
+                "{} exists (use --force to replace it)",
+                local.display()
+            )));
+        }
+        let partial = partial_path(local);
+        let mut file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&partial)
+            .await
+            .map_err(|e| local_error(&partial, e))?;
+        let have = file.metadata().await.map_err(|e| local_error(&partial, e))?.len();
+        let id = self.next_id();
+        let request = Header::new("get")
+            .with_id(Some(id))
+            .with("path", remote)
+            .with("offset", have);
+        self.conn.send(request, b"").await?;
+        let reader = &mut self.conn.reader;
+        let header = match reader.read_frame().await? {
+            Some(crate::wire::Frame::Header(header)) => header,
+            _ => return Err(ClientError::Closed),
+        };
+        if let Some(error) = RemoteError::from_header(&header) {
+            return Err(ClientError::Remote(error));
+        }
+        let size = header.u64("size").unwrap_or(0);
+        let mut hasher = blake3::Hasher::new();
+        hash_prefix(&mut file, have, &mut hasher)
+            .await
+            .map_err(|e| local_error(&partial, e))?;
+        progress(have);
+        while let Some(chunk) = reader.read_body_chunk().await? {
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| local_error(&partial, e))?;
+            hasher.update(&chunk);
+            progress(chunk.len() as u64);
+        }
+        let end = reader.read_message().await?.ok_or(ClientError::Closed)?;
+        let actual = hasher.finalize().to_hex();
+        if end.header.str("blake3") != Some(actual.as_str()) {
+            drop(file);
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(ClientError::Protocol(format!(
+                "{remote}: the data does not match its BLAKE3 hash; the partial download was discarded, run again"
+            )));
+        }
+        file.flush().await.map_err(|e| local_error(&partial, e))?;
+        let file = file.into_std().await;
+        file.sync_all().map_err(|e| local_error(&partial, e))?;
+        if options.preserve {
+            let mode = header.u64("mode").map(|m| m as u32);
+            let mtime = header.fields().get("mtime").and_then(|v| v.as_i64());
+            apply_metadata(&file, mode, mtime).map_err(|e| local_error(local, e))?;
+        }
+        std::fs::rename(&partial, local).map_err(|e| local_error(local, e))?;
+        Ok(Transferred {
+            size,
+            resumed_from: have,
+            blake3: actual.to_string(),
+        })
+    }
+}
+
+/// `DIR/.NAME.sockit-part` for `DIR/NAME`.
+pub fn partial_path(local: &Path) -> PathBuf {
+    let name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    local.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
+}
+
+/// A name from the server, for a local path: one plain component, or refused.
+pub fn safe_local_name(name: &str) -> Result<&str, ClientError> {
+    match RootPath::parse(name) {
+        Ok(path) if !path.is_root() && !path.as_str().contains('/') && path.as_str() == name => Ok(name),
+        _ => Err(ClientError::Protocol(format!(
+            "the server sent an unsafe name {}; refusing to write it",
+            crate::services::root::escape(name)
+        ))),
+    }
+}
+
+fn put_header(remote: &str, size: u64, options: TransferOptions, meta: &std::fs::Metadata) -> Header {
+    let header = Header::new("put")
+        .with("path", remote)
+        .with("size", size)
+        .with("force", options.force);
+    if !options.preserve {
+        return header;
+    }
+    use std::os::unix::fs::MetadataExt;
+    header
+        .with("mode", meta.mode() & 0o7777)
+        .with("mtime", meta.mtime())
+}
+
+fn transferred(header: &Header, size: u64, resumed_from: u64) -> Result<Transferred, ClientError> {
+    Ok(Transferred {
+        size,
+        resumed_from,
+        blake3: header.str("blake3").unwrap_or_default().to_owned(),
+    })
+}
+
+fn local_error(path: &Path, error: std::io::Error) -> ClientError {
+    ClientError::Local(format!("{}: {error}", path.display()))
+}
