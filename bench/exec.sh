@@ -32,29 +32,7 @@ sockit_addr=$addr
 start course python3 bench/course_exec_server.py 0
 course_addr=$addr
 
-# A loopback sshd for the current user, with a fresh host key and client key.
-ssh_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$work/client_key"
-cp "$work/client_key.pub" "$work/authorized_keys"
-mkdir -p /run/sshd
-cat >"$work/sshd_config" <<EOF
-ListenAddress 127.0.0.1
-Port $ssh_port
-HostKey $work/host_key
-AuthorizedKeysFile $work/authorized_keys
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-PidFile $work/sshd.pid
-EOF
-/usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.log" &
-pids+=($!)
-ssh_opts=(-p "$ssh_port" -i "$work/client_key" -o BatchMode=yes -o StrictHostKeyChecking=no
-  -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ControlPath="$work/cm-%p")
-for _ in $(seq 50); do ssh "${ssh_opts[@]}" 127.0.0.1 true 2>/dev/null && break; sleep 0.1; done
+start_sshd
 
 median_us() { # hyperfine JSON -> median in microseconds
   python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['results'][0]['median']*1e6,1))" "$1"

@@ -15,3 +15,32 @@ start() {
   done
   echo "$name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
 }
+
+# start_sshd: a loopback sshd for the current user with fresh host and client keys; sets
+# $ssh_port and the array $ssh_opts (client options: key, no prompts, a ControlPath).
+start_sshd() {
+  ssh_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$work/client_key"
+  cp "$work/client_key.pub" "$work/authorized_keys"
+  mkdir -p /run/sshd
+  cat >"$work/sshd_config" <<EOF
+ListenAddress 127.0.0.1
+Port $ssh_port
+HostKey $work/host_key
+AuthorizedKeysFile $work/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+PidFile $work/sshd.pid
+Subsystem sftp internal-sftp
+EOF
+  /usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.log" &
+  pids+=($!)
+  ssh_opts=(-p "$ssh_port" -i "$work/client_key" -o BatchMode=yes -o StrictHostKeyChecking=no
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ControlPath="$work/cm-%p")
+  for _ in $(seq 50); do ssh "${ssh_opts[@]}" 127.0.0.1 true 2>/dev/null && return 0; sleep 0.1; done
+  echo "sshd did not start:" >&2; cat "$work/sshd.log" >&2; exit 1
+}

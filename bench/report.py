@@ -109,7 +109,44 @@ def exec_section(results):
     return out
 
 
-SECTIONS = {"echo": echo_section, "exec": exec_section}
+def files_section(results):
+    rows = {}
+    for line in open(os.path.join(results, "files.jsonl")):
+        r = json.loads(line)
+        rows[r["name"]] = r
+    out = ["| 1 GiB | to tmpfs MB/s | to disk MB/s | client peak RSS |",
+           "|---|---:|---:|---:|"]
+    labels = [("sockit", "sockit put, encrypted"), ("plain", "sockit put --plaintext"), ("scp", "scp"),
+              ("sftp", "sftp"), ("socat", "raw socat pipe (ceiling)"), ("python", "course's Python upload server")]
+    for direction, verb in [("up", "upload"), ("down", "download")]:
+        for key, label in labels:
+            t, d = rows.get("%s_%s_tmpfs" % (direction, key)), rows.get("%s_%s_disk" % (direction, key))
+            if not t:
+                continue
+            out.append("| %s: %s | %.0f | %.0f | %.0f MiB |" % (verb, label, t["mb_per_s"], d["mb_per_s"],
+                                                              max(t["client_peak_mib"], d["client_peak_mib"])))
+    servers = [r["server_peak_mib"] for name, r in rows.items() if name.startswith("server_peak")]
+    out.append("")
+    out.append("sockit servers' peak RSS over all transfers: %d MiB (target ≤ 64 MiB)." % max(servers))
+    out += ["", "| 10,000 files of 4 KiB as a tree | seconds | files/s | vs scp -r |", "|---|---:|---:|---:|"]
+    scp = rows["tree_scp"]["seconds"]
+    for key, label in [("tree_sockit", "sockit put -r"), ("tree_scp", "scp -r"), ("tree_tar_nc", "tar | nc")]:
+        sec = rows[key]["seconds"]
+        out.append("| %s | %.2f | %.0f | %.1fx |" % (label, sec, 10000 / sec, scp / sec))
+    ratio = lambda a, b, place: rows["%s_%s" % (a, place)]["mb_per_s"] / rows["%s_%s" % (b, place)]["mb_per_s"]
+    out += ["", "| target | tmpfs | disk |", "|---|---:|---:|"]
+    for direction in ["up", "down"]:
+        out.append("| %s: plaintext ≥ 0.8x the raw pipe | %.2fx | %.2fx |" % (
+            direction, ratio(direction + "_plain", direction + "_socat", "tmpfs"),
+            ratio(direction + "_plain", direction + "_socat", "disk")))
+        out.append("| %s: encrypted ≥ 2x scp | %.2fx | %.2fx |" % (
+            direction, ratio(direction + "_sockit", direction + "_scp", "tmpfs"),
+            ratio(direction + "_sockit", direction + "_scp", "disk")))
+    out.append("| small-file tree ≥ 5x scp -r | %.1fx | |" % (scp / rows["tree_sockit"]["seconds"]))
+    return out
+
+
+SECTIONS = {"echo": echo_section, "exec": exec_section, "files": files_section}
 
 
 def main():

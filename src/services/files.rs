@@ -289,6 +289,9 @@ impl Files {
         }
         let claim = self.claim(&path)?;
         self.check_room(&path, args.size)?;
+        if let Some(expected) = &args.blake3 {
+            return self.put_inline(id, &path, &args, expected, session).await;
+        }
         let std_file = self.root.open_partial(&path).map_err(|e| io_error(&path, e))?;
         let mut upload = Upload {
             path,
@@ -301,9 +304,6 @@ impl Files {
             mtime: args.mtime,
             _claim: claim,
         };
-        if let Some(blake3) = args.blake3 {
-            return self.put_inline(id, upload, blake3, session).await;
-        }
         let partial = upload
             .file
             .metadata()
@@ -331,21 +331,53 @@ impl Files {
         Ok(session.writer.send(ready, b"").await?)
     }
 
+    /// A small file whose body is in the `put` frame: checked in memory, then written, synced
+    /// and renamed into place in one trip to a blocking thread.
     async fn put_inline(
         &self,
         id: u64,
-        mut upload: Upload,
-        expected: String,
+        path: &RootPath,
+        args: &PutRequest,
+        expected: &str,
         session: &mut Session,
     ) -> Result<(), ServiceError> {
-        upload
-            .file
-            .set_len(0)
-            .await
-            .map_err(|e| io_error(&upload.path, e))?;
-        receive_body(&mut upload, session).await?;
-        let report = self.finish(upload, &expected).await?;
-        Ok(session.writer.send(report.with_id(Some(id)), b"").await?)
+        let data = session.reader.read_whole_body().await?;
+        if data.len() as u64 != args.size {
+            return Err(bad_request(format!(
+                "{path}: {} bytes sent, {} declared",
+                data.len(),
+                args.size
+            ))
+            .into());
+        }
+        let actual = blake3::hash(&data).to_hex();
+        if actual.as_str() != expected {
+            return Err(remote(
+                "hash_mismatch",
+                format!("{path}: the data does not match its BLAKE3 hash; nothing was written"),
+            )
+            .into());
+        }
+        let (root, target) = (self.root.clone(), path.clone());
+        let (force, mode, mtime) = (args.force, args.mode, args.mtime);
+        tokio::task::spawn_blocking(move || {
+            let mut file = root.open_partial(&target)?;
+            file.set_len(0)?;
+            std::io::Write::write_all(&mut file, &data)?;
+            apply_metadata(&file, mode, mtime)?;
+            root.commit_partial(&target, &file, force)
+        })
+        .await
+        .map_err(|e| io_error(path, io::Error::other(e)))?
+        .map_err(|e| {
+            let _ = self.root.remove_partial(path);
+            io_error(path, e)
+        })?;
+        let report = Header::new("put_ok")
+            .with_id(Some(id))
+            .with("size", args.size)
+            .with("blake3", actual.as_str());
+        Ok(session.writer.send(report, b"").await?)
     }
 
     async fn put_data(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {

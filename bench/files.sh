@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# File transfer benchmark: 1 GiB up and down over loopback, to tmpfs and to disk, with sockit
+# (encrypted and --plaintext), scp and sftp against a loopback sshd, a raw socat pipe (the
+# ceiling) and the course's Python upload server; then a tree of 10,000 files of 4 KiB with
+# sockit put -r, scp -r and tar | nc. Peak memory of clients and servers is recorded.
+#
+# Usage: bench/files.sh   (about 4 minutes; installs openssh-server, socat and netcat if
+# missing; needs root for the tmpfs mount). Rewrites the files section of BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server openssh-client)
+command -v socat >/dev/null || need+=(socat)
+command -v nc >/dev/null || need+=(netcat-openbsd)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+cargo build --release --quiet --bin sockit
+sockit=$PWD/target/release/sockit
+work=$(mktemp -d)
+results=bench/results
+mkdir -p "$results"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  umount "$work/tmpfs" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+. bench/lib.sh
+
+gib=1073741824
+mkdir -p "$work/tmpfs" "$work/disk"
+mount -t tmpfs -o size=4g tmpfs "$work/tmpfs"
+head -c $gib /dev/urandom >"$work/src.bin"
+$sockit keygen --secret-file "$work/secret" 2>/dev/null
+secret=(--secret-file "$work/secret")
+start_sshd
+ssh_port_opt=(-P "$ssh_port" -i "$work/client_key" -o BatchMode=yes -o StrictHostKeyChecking=no
+  -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+
+out="$results/files.jsonl"
+: >"$out"
+measure() { python3 bench/measure.py "$@" >>"$out"; }
+
+for place in tmpfs disk; do
+  dest=$work/$place
+  echo "1 GiB to and from $place" >&2
+  start "sockit-$place" $sockit serve --listen 127.0.0.1:0 "${secret[@]}" --root "$dest/sockit"
+  enc=$addr enc_pid=$last_pid
+  start "plain-$place" $sockit serve --listen 127.0.0.1:0 "${secret[@]}" --plaintext --root "$dest/plain"
+  plain=$addr plain_pid=$last_pid
+  mkdir -p "$dest/py" "$dest/down"
+  start "python-$place" python3 bench/course_ftp_server.py "$dest/py" 0
+  py=$addr
+
+  # Each tool uploads, downloads, and frees the space before the next one.
+  measure "up_sockit_$place" $gib "$sockit put ${secret[*]} $enc $work/src.bin"
+  measure "down_sockit_$place" $gib "$sockit get ${secret[*]} --force $enc src.bin -o $dest/down/s.bin"
+  cmp -s "$work/src.bin" "$dest/down/s.bin"
+  rm -f "$dest/sockit/src.bin" "$dest/down/s.bin"
+  measure "up_plain_$place" $gib "$sockit put ${secret[*]} --plaintext $plain $work/src.bin"
+  measure "down_plain_$place" $gib "$sockit get ${secret[*]} --plaintext --force $plain src.bin -o $dest/down/p.bin"
+  cmp -s "$work/src.bin" "$dest/down/p.bin"
+  rm -f "$dest/plain/src.bin" "$dest/down/p.bin"
+  measure "up_scp_$place" $gib "scp ${ssh_port_opt[*]} $work/src.bin 127.0.0.1:$dest/scp.bin"
+  measure "down_scp_$place" $gib "scp ${ssh_port_opt[*]} 127.0.0.1:$dest/scp.bin $dest/down/scp.bin"
+  rm -f "$dest/scp.bin" "$dest/down/scp.bin"
+  printf 'put %s %s\n' "$work/src.bin" "$dest/sftp.bin" >"$work/sftp-put"
+  printf 'get %s %s\n' "$dest/sftp.bin" "$dest/down/sftp.bin" >"$work/sftp-get"
+  measure "up_sftp_$place" $gib "sftp ${ssh_port_opt[*]} -b $work/sftp-put 127.0.0.1"
+  measure "down_sftp_$place" $gib "sftp ${ssh_port_opt[*]} -b $work/sftp-get 127.0.0.1"
+  rm -f "$dest/sftp.bin" "$dest/down/sftp.bin"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  measure "up_socat_$place" $gib "socat -u TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr OPEN:$dest/raw.bin,creat,trunc & sleep 0.2; socat -u FILE:$work/src.bin TCP:127.0.0.1:$port; wait"
+  measure "down_socat_$place" $gib "socat -u TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr OPEN:$dest/down/raw.bin,creat,trunc & sleep 0.2; socat -u FILE:$dest/raw.bin TCP:127.0.0.1:$port; wait"
+  rm -f "$dest/raw.bin" "$dest/down/raw.bin"
+  measure "up_python_$place" $gib "python3 bench/course_ftp_put.py ${py%:*} ${py##*:} $work/src.bin $dest/py"
+  rm -f "$dest/py/src.bin"
+  for pid in $enc_pid $plain_pid; do
+    echo "{\"name\":\"server_peak_${place}_$pid\",\"server_peak_mib\":$(($(grep VmHWM /proc/$pid/status | awk '{print $2}') / 1024))}" >>"$out"
+  done
+  rm -rf "$dest"/*
+done
+
+echo "10,000 files of 4 KiB" >&2
+python3 - "$work/tree" <<'EOF'
+import os, sys
+root = sys.argv[1]
+for i in range(10000):
+    d = os.path.join(root, "d%02d" % (i % 100))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%05d" % i), "wb") as f:
+        f.write(os.urandom(4096))
+EOF
+tree_bytes=$((10000 * 4096))
+start sockit-tree $sockit serve --listen 127.0.0.1:0 "${secret[@]}" --root "$work/disk/sockit"
+measure tree_sockit $tree_bytes "$sockit put -r ${secret[*]} $addr $work/tree"
+measure tree_scp $tree_bytes "scp -r ${ssh_port_opt[*]} $work/tree 127.0.0.1:$work/disk/scp-tree"
+mkdir -p "$work/disk/nc-tree"
+measure tree_tar_nc $tree_bytes "nc -l 127.0.0.1 $port | tar -x -C $work/disk/nc-tree & sleep 0.2; tar -c -C $work tree | nc -N 127.0.0.1 $port; wait"
+diff -r "$work/tree" "$work/disk/sockit/tree" >/dev/null
+
+python3 bench/report.py files "$results" "bench/files.sh"
