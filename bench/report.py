@@ -116,14 +116,15 @@ def files_section(results):
         rows[r["name"]] = r
     out = ["| 1 GiB | to tmpfs MB/s | to disk MB/s | client peak RSS |",
            "|---|---:|---:|---:|"]
-    labels = [("sockit", "sockit put, encrypted"), ("plain", "sockit put --plaintext"), ("scp", "scp"),
+    labels = [("sockit", "sockit TOOL, encrypted"), ("plain", "sockit TOOL --plaintext"), ("scp", "scp"),
               ("sftp", "sftp"), ("socat", "raw socat pipe (ceiling)"), ("python", "course's Python upload server")]
     for direction, verb in [("up", "upload"), ("down", "download")]:
+        tool = "put" if direction == "up" else "get"
         for key, label in labels:
             t, d = rows.get("%s_%s_tmpfs" % (direction, key)), rows.get("%s_%s_disk" % (direction, key))
             if not t:
                 continue
-            out.append("| %s: %s | %.0f | %.0f | %.0f MiB |" % (verb, label, t["mb_per_s"], d["mb_per_s"],
+            out.append("| %s: %s | %.0f | %.0f | %.0f MiB |" % (verb, label.replace("TOOL", tool), t["mb_per_s"], d["mb_per_s"],
                                                               max(t["client_peak_mib"], d["client_peak_mib"])))
     servers = [r["server_peak_mib"] for name, r in rows.items() if name.startswith("server_peak")]
     out.append("")
