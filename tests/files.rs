@@ -491,3 +491,58 @@ fn directory_operations_and_overwrite_protection() {
     assert!(run(&["rm", "-r", &server.addr, "a"]).status.success());
     assert!(!root.join("a").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_small_puts_are_committed_together_and_answered_in_order() {
+    let (server, root) = file_server(&[]);
+    let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let mut conn = Connection::tcp(stream, Limits::default());
+    auth::connect(&mut conn, &SessionKeys::new(server.secret(), AuthMode::Noise))
+        .await
+        .unwrap();
+    let data = b"small file";
+    let hash = blake3::hash(data).to_hex().to_string();
+    for id in 1..=3u64 {
+        let put = Header::new("put")
+            .with_id(Some(id))
+            .with("path", format!("p{id}"))
+            .with("size", data.len())
+            .with("blake3", hash.as_str());
+        conn.writer.queue(put, data).unwrap();
+    }
+    let bad = Header::new("put")
+        .with_id(Some(4))
+        .with("path", "p4")
+        .with("size", data.len())
+        .with("blake3", "0");
+    conn.writer.queue(bad, data).unwrap();
+    conn.writer
+        .queue(Header::new("echo").with_id(Some(5)), b"between")
+        .unwrap();
+    conn.writer
+        .queue(Header::new("stat").with_id(Some(6)).with("path", "p2"), b"")
+        .unwrap();
+    conn.writer.flush().await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        let message = conn.read_message().await.unwrap().unwrap();
+        answers.push((
+            message.header.id(),
+            message.header.cmd().to_owned(),
+            message.header.str("code").map(str::to_owned),
+        ));
+    }
+    let expected = [
+        (Some(1), "put_ok".to_owned(), None),
+        (Some(2), "put_ok".to_owned(), None),
+        (Some(3), "put_ok".to_owned(), None),
+        (Some(4), "error".to_owned(), Some("hash_mismatch".to_owned())),
+        (Some(5), "echo".to_owned(), None),
+        (Some(6), "stat".to_owned(), None),
+    ];
+    assert_eq!(answers, expected);
+    for id in 1..=3 {
+        assert_eq!(std::fs::read(root.join(format!("p{id}"))).unwrap(), data);
+    }
+    assert!(!root.join("p4").exists());
+}

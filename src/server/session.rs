@@ -9,7 +9,9 @@ use tracing::{debug, info, warn};
 
 use super::{Shared, Stream};
 use crate::auth;
-use crate::services::{BodyMode, Peer, Request, ServiceError, Session};
+use std::sync::Arc;
+
+use crate::services::{BodyMode, Peer, Request, Service, ServiceError, Session};
 use crate::wire::{
     Connection, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, Header, RemoteError, SharedWriter,
 };
@@ -82,6 +84,7 @@ async fn serve_requests(session: &mut Session, shared: &Shared) -> Result<(), Fr
     let mut last_request = Instant::now();
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
+    let mut last_service: Option<Arc<dyn Service>> = None;
     loop {
         let frame = tokio::select! {
             biased;
@@ -106,16 +109,28 @@ async fn serve_requests(session: &mut Session, shared: &Shared) -> Result<(), Fr
             Some(Frame::Header(header)) => header,
             Some(Frame::Body(_)) => return Err(FrameError::BadHeader("stray body bytes".into())),
         };
-        dispatch(header, session, shared).await?;
+        dispatch(header, session, shared, &mut last_service).await?;
         last_request = Instant::now();
     }
 }
 
 /// Routes one request to its service. Request-level failures are answered with an error frame
 /// and the session goes on; only connection failures end it.
-async fn dispatch(header: Header, session: &mut Session, shared: &Shared) -> Result<(), FrameError> {
+async fn dispatch(
+    header: Header,
+    session: &mut Session,
+    shared: &Shared,
+    last_service: &mut Option<Arc<dyn Service>>,
+) -> Result<(), FrameError> {
     let id = header.id();
-    let Some((service, spec)) = shared.registry.lookup(header.cmd()) else {
+    let found = shared.registry.lookup(header.cmd());
+    if let Some(previous) = last_service.take()
+        && !found.is_some_and(|(service, _)| Arc::ptr_eq(service, &previous))
+        && let Err(ServiceError::Connection(error)) = previous.flush(session).await
+    {
+        return Err(error);
+    }
+    let Some((service, spec)) = found else {
         skip_body(&mut session.reader).await?;
         let offered = shared.registry.features().join(", ");
         let error = RemoteError::new(
@@ -131,6 +146,7 @@ async fn dispatch(header: Header, session: &mut Session, shared: &Shared) -> Res
         BodyMode::Whole => session.reader.read_whole_body().await?,
         BodyMode::Stream => Bytes::new(),
     };
+    *last_service = Some(service.clone());
     match service.handle(Request { header, body }, session).await {
         Ok(()) => skip_body(&mut session.reader).await,
         Err(ServiceError::Reply(error)) => {

@@ -147,6 +147,19 @@ struct Upload {
 #[derive(Default)]
 struct Uploads(HashMap<u64, Upload>);
 
+/// Small files written and waiting for their batch's commit, in request order.
+#[derive(Default)]
+struct PendingPuts(Vec<PendingPut>);
+
+struct PendingPut {
+    id: u64,
+    path: RootPath,
+    size: u64,
+    blake3: String,
+    force: bool,
+    _claim: Claim,
+}
+
 /// Holds a path against concurrent uploads until dropped.
 struct Claim {
     path: RootPath,
@@ -173,6 +186,68 @@ impl Service for Files {
     }
 
     async fn handle(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
+        let batched = request.header.cmd() == "put" && request.header.fields().contains_key("blake3");
+        if !batched {
+            self.flush(session).await?;
+        }
+        let result = self.serve(request, session).await;
+        if result.is_err() {
+            // Answers go out in request order: settle earlier puts before this error.
+            self.flush(session).await?;
+        }
+        result
+    }
+
+    /// Commits the small files written since the last flush with one filesystem sync, and
+    /// answers them, in order.
+    async fn flush(&self, session: &mut Session) -> Result<(), ServiceError> {
+        let pending = std::mem::take(&mut session.state::<PendingPuts>().0);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let root = self.root.clone();
+        let targets: Vec<(RootPath, bool)> = pending.iter().map(|p| (p.path.clone(), p.force)).collect();
+        let outcomes = tokio::task::spawn_blocking(move || commit_all(&root, &targets))
+            .await
+            .map_err(|e| FrameError::Io(io::Error::other(e)))?;
+        let mut writer = session.writer.lock().await;
+        for (put, outcome) in pending.into_iter().zip(outcomes) {
+            let header = match outcome {
+                Ok(()) => Header::new("put_ok")
+                    .with("size", put.size)
+                    .with("blake3", put.blake3.as_str()),
+                Err(error) => {
+                    let _ = self.root.remove_partial(&put.path);
+                    io_error(&put.path, error).to_header(None)
+                }
+            };
+            writer.queue(header.with_id(Some(put.id)), b"")?;
+        }
+        Ok(writer.flush().await?)
+    }
+}
+
+/// One sync for all the data, then the renames, then one sync per directory touched.
+fn commit_all(root: &FileRoot, targets: &[(RootPath, bool)]) -> Vec<io::Result<()>> {
+    let synced = root.sync_filesystem();
+    let mut dirs = HashSet::new();
+    let outcomes = targets
+        .iter()
+        .map(|(path, force)| match &synced {
+            Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+            Ok(()) => root.rename_partial(path, *force).map(|()| {
+                dirs.insert(super::root::parent_of(path).to_owned());
+            }),
+        })
+        .collect();
+    for dir in dirs {
+        let _ = root.sync_dir(&dir);
+    }
+    outcomes
+}
+
+impl Files {
+    async fn serve(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
         let id = request.id();
         let reply = Header::new(request.header.cmd()).with_id(id);
         match request.header.cmd() {
@@ -215,9 +290,7 @@ impl Service for Files {
             _ => self.put_end(request, session).await,
         }
     }
-}
 
-impl Files {
     fn path_of(&self, request: &Request) -> Result<RootPath, ServiceError> {
         let args: PathRequest = parse(request)?;
         RootPath::parse(&args.path).map_err(bad_path)
@@ -290,7 +363,7 @@ impl Files {
         let claim = self.claim(&path)?;
         self.check_room(&path, args.size)?;
         if let Some(expected) = &args.blake3 {
-            return self.put_inline(id, &path, &args, expected, session).await;
+            return self.put_inline(id, claim, &args, expected, session).await;
         }
         let std_file = self.root.open_partial(&path).map_err(|e| io_error(&path, e))?;
         let mut upload = Upload {
@@ -331,16 +404,18 @@ impl Files {
         Ok(session.writer.send(ready, b"").await?)
     }
 
-    /// A small file whose body is in the `put` frame: checked in memory, then written, synced
-    /// and renamed into place in one trip to a blocking thread.
+    /// A small file whose body is in the `put` frame: checked in memory, written in one trip
+    /// to a blocking thread, and committed with the others of its batch by [`Files::flush`]
+    /// once no further request is waiting.
     async fn put_inline(
         &self,
         id: u64,
-        path: &RootPath,
+        claim: Claim,
         args: &PutRequest,
         expected: &str,
         session: &mut Session,
     ) -> Result<(), ServiceError> {
+        let path = claim.path.clone();
         let data = session.reader.read_whole_body().await?;
         if data.len() as u64 != args.size {
             return Err(bad_request(format!(
@@ -359,25 +434,31 @@ impl Files {
             .into());
         }
         let (root, target) = (self.root.clone(), path.clone());
-        let (force, mode, mtime) = (args.force, args.mode, args.mtime);
+        let (mode, mtime) = (args.mode, args.mtime);
         tokio::task::spawn_blocking(move || {
             let mut file = root.open_partial(&target)?;
             file.set_len(0)?;
             std::io::Write::write_all(&mut file, &data)?;
-            apply_metadata(&file, mode, mtime)?;
-            root.commit_partial(&target, &file, force)
+            apply_metadata(&file, mode, mtime)
         })
         .await
-        .map_err(|e| io_error(path, io::Error::other(e)))?
+        .map_err(|e| io_error(&path, io::Error::other(e)))?
         .map_err(|e| {
-            let _ = self.root.remove_partial(path);
-            io_error(path, e)
+            let _ = self.root.remove_partial(&path);
+            io_error(&path, e)
         })?;
-        let report = Header::new("put_ok")
-            .with_id(Some(id))
-            .with("size", args.size)
-            .with("blake3", actual.as_str());
-        Ok(session.writer.send(report, b"").await?)
+        session.state::<PendingPuts>().0.push(PendingPut {
+            id,
+            size: args.size,
+            blake3: actual.to_string(),
+            force: args.force,
+            path,
+            _claim: claim,
+        });
+        if !session.reader.has_buffered_input() {
+            self.flush(session).await?;
+        }
+        Ok(())
     }
 
     async fn put_data(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {

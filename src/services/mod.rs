@@ -151,6 +151,13 @@ pub trait Service: Send + Sync {
     fn name(&self) -> &'static str;
     fn commands(&self) -> &[CommandSpec];
     async fn handle(&self, request: Request, session: &mut Session) -> Result<(), ServiceError>;
+
+    /// Finishes work a handler deferred in order to batch it (the file service commits small
+    /// files in groups), so that answers keep request order. Called before a request for
+    /// another service is dispatched.
+    async fn flush(&self, _session: &mut Session) -> Result<(), ServiceError> {
+        Ok(())
+    }
 }
 
 /// Routes commands to services.

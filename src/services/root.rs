@@ -279,19 +279,37 @@ impl FileRoot {
     /// Makes a complete, verified partial the file at `path`: fsync, rename, fsync the directory.
     pub fn commit_partial(&self, path: &RootPath, file: &File, force: bool) -> io::Result<()> {
         file.sync_all()?;
+        self.rename_partial(path, force)?;
+        self.sync_dir(parent_of(path))
+    }
+
+    /// Renames a partial (already on stable storage) over its target.
+    pub fn rename_partial(&self, path: &RootPath, force: bool) -> io::Result<()> {
         let (dir, name) = self.parent(path)?;
         let flags = if force {
             RenameFlags::empty()
         } else {
             RenameFlags::NOREPLACE
         };
-        rustix::fs::renameat_with(&dir, partial_name(name).as_str(), &dir, name, flags)?;
-        let dir = self.open_beneath(
-            path.split().map_or("", |(parent, _)| parent),
-            OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        )?;
+        Ok(rustix::fs::renameat_with(
+            &dir,
+            partial_name(name).as_str(),
+            &dir,
+            name,
+            flags,
+        )?)
+    }
+
+    /// Makes renames in a directory durable.
+    pub fn sync_dir(&self, dir: &str) -> io::Result<()> {
+        let dir = self.open_beneath(dir, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
         Ok(rustix::fs::fsync(&dir)?)
+    }
+
+    /// Flushes everything written on the root's filesystem: one call for many small files.
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        let dir = self.open_beneath("", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+        Ok(rustix::fs::syncfs(&dir)?)
     }
 
     /// Whether something exists at `path`.
@@ -316,6 +334,11 @@ impl FileRoot {
         }
         Ok(total)
     }
+}
+
+/// The directory part of a path (`""` for the root).
+pub fn parent_of(path: &RootPath) -> &str {
+    path.split().map_or("", |(parent, _)| parent)
 }
 
 fn partial_name(name: &str) -> String {

@@ -188,6 +188,11 @@ impl FrameReader {
         Ok(body.freeze())
     }
 
+    /// Whether bytes of a further frame have already arrived (so the peer is pipelining).
+    pub fn has_buffered_input(&self) -> bool {
+        !self.plain.is_empty() || !self.sealed.is_empty()
+    }
+
     /// Replaces the size limits, for instance once a peer has authenticated.
     pub fn set_limits(&mut self, limits: Limits) {
         self.codec = FrameCodec::new(limits);
