@@ -8,16 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
-cargo build --release --quiet --bin sockit --example tokio_echo
-sockit=target/release/sockit
-work=$(mktemp -d)
-results=bench/results
-mkdir -p "$results"
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
 . bench/lib.sh
+setup
+cargo build --release --quiet --example tokio_echo
 
 $sockit keygen --secret-file "$work/secret" 2>/dev/null
 secret=(--secret-file "$work/secret")

@@ -7,23 +7,8 @@
 # Rewrites the exec section of BENCHMARKS.md and leaves raw JSON in bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ] || ! command -v hyperfine >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq openssh-server openssh-client hyperfine >/dev/null
-fi
-cargo build --release --quiet --bin sockit
-sockit=$PWD/target/release/sockit
-work=$(mktemp -d)
-results=bench/results
-mkdir -p "$results"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  ssh "${ssh_opts[@]}" -O exit 127.0.0.1 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 . bench/lib.sh
+setup sshd=openssh-server ssh=openssh-client hyperfine=hyperfine
 
 # sockit
 $sockit keygen --secret-file "$work/secret" 2>/dev/null

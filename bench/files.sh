@@ -8,24 +8,8 @@
 # missing; needs root for the tmpfs mount). Rewrites the files section of BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-need=()
-[ -x /usr/sbin/sshd ] || need+=(openssh-server openssh-client)
-command -v socat >/dev/null || need+=(socat)
-command -v nc >/dev/null || need+=(netcat-openbsd)
-if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
-cargo build --release --quiet --bin sockit
-sockit=$PWD/target/release/sockit
-work=$(mktemp -d)
-results=bench/results
-mkdir -p "$results"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  umount "$work/tmpfs" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 . bench/lib.sh
+setup sshd=openssh-server ssh=openssh-client socat=socat nc=netcat-openbsd
 
 gib=1073741824
 mkdir -p "$work/tmpfs" "$work/disk"

@@ -1,5 +1,31 @@
-# Shared by the bench scripts (sourced). Needs $work (a scratch directory) and the array
-# $pids (background processes to stop on exit).
+# Shared by the bench scripts (sourced from the repository root).
+
+# setup COMMAND=PACKAGE...: installs the Debian packages of missing commands, builds sockit,
+# and sets $sockit, $work (a scratch directory), $results and $pids (background processes),
+# all cleaned up on exit.
+setup() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%=*}" >/dev/null || [ -x "/usr/sbin/${pair%%=*}" ] || missing+=("${pair#*=}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  cargo build --release --quiet --bin sockit
+  sockit=$PWD/target/release/sockit
+  work=$(mktemp -d)
+  results=bench/results
+  mkdir -p "$results"
+  pids=()
+  trap cleanup EXIT
+}
+
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ -n "${ssh_opts+x}" ]; then ssh "${ssh_opts[@]}" -O exit 127.0.0.1 2>/dev/null || true; fi
+  umount "$work/tmpfs" 2>/dev/null || true
+  rm -rf "$work"
+}
 
 # start NAME COMMAND...: runs a server in the background, waits for its "listening on ADDR"
 # line, and sets $addr to ADDR and $last_pid to its process id.

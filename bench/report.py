@@ -21,6 +21,15 @@ NAMES = {
 }
 
 
+def load_rows(results, name):
+    """The JSON lines of a results file, by their `name`."""
+    rows = {}
+    for line in open(os.path.join(results, name)):
+        record = json.loads(line)
+        rows[record["name"]] = record
+    return rows
+
+
 def machine():
     cpu = "unknown CPU"
     try:
@@ -71,10 +80,7 @@ def echo_section(results):
 
 
 def exec_section(results):
-    rows = {}
-    for line in open(os.path.join(results, "exec.jsonl")):
-        r = json.loads(line)
-        rows[r["name"]] = r
+    rows = load_rows(results, "exec.jsonl")
     ms = lambda name: rows[name]["p50_us"] / 1000
     fresh, ssh_fresh, ssh_cm = ms("sockit_fresh"), ms("ssh_fresh"), ms("ssh_controlmaster")
     session, local = ms("sockit_session"), ms("local_spawn")
@@ -110,10 +116,7 @@ def exec_section(results):
 
 
 def files_section(results):
-    rows = {}
-    for line in open(os.path.join(results, "files.jsonl")):
-        r = json.loads(line)
-        rows[r["name"]] = r
+    rows = load_rows(results, "files.jsonl")
     out = ["| 1 GiB | to tmpfs MB/s | to disk MB/s | client peak RSS |",
            "|---|---:|---:|---:|"]
     labels = [("sockit", "sockit TOOL, encrypted"), ("plain", "sockit TOOL --plaintext"), ("scp", "scp"),
