@@ -1,6 +1,8 @@
 //! The `sockit` command line: one subcommand per file.
 
 mod bench;
+mod chat;
+mod chat_udp;
 mod echo;
 mod exec;
 mod fs;
@@ -47,6 +49,7 @@ enum Command {
     Rm(fs::RmArgs),
     Mkdir(fs::MkdirArgs),
     Mv(fs::MvArgs),
+    Chat(chat::ChatArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -88,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Rm(args) => fs::run_rm(args),
         Command::Mkdir(args) => fs::run_mkdir(args),
         Command::Mv(args) => fs::run_mv(args),
+        Command::Chat(args) => chat::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -20,6 +20,7 @@
 //! # }
 //! ```
 
+mod chat;
 mod exec;
 mod files;
 mod target;
@@ -31,6 +32,7 @@ use bytes::Bytes;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
+pub use chat::{ChatFeed, ChatIncoming, ChatSender, ChatSession};
 pub use exec::{CommandInput, CommandOutput, ExecEvent, RemoteCommand};
 pub use files::{TransferOptions, Transferred, partial_path, safe_local_name};
 pub use target::Target;

@@ -28,7 +28,7 @@ pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
     if !handshake(&mut conn, peer, shared).await {
         return;
     }
-    conn.reader.set_limits(shared.limits.clone());
+    conn.set_limits(shared.limits.clone());
     let mut session = Session::new(conn, peer);
     debug!(%peer, "session open");
     match serve_requests(&mut session, shared).await {
@@ -85,10 +85,12 @@ async fn serve_requests(session: &mut Session, shared: &Shared) -> Result<(), Fr
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
     let mut last_service: Option<Arc<dyn Service>> = None;
+    let closer = session.closer();
     loop {
         let frame = tokio::select! {
             biased;
             () = shared.stopping.cancelled() => return Ok(()),
+            () = closer.cancelled() => return Ok(()),
             () = &mut idle_timer => {
                 if session.is_busy() {
                     last_request = Instant::now();
@@ -109,7 +111,10 @@ async fn serve_requests(session: &mut Session, shared: &Shared) -> Result<(), Fr
             Some(Frame::Header(header)) => header,
             Some(Frame::Body(_)) => return Err(FrameError::BadHeader("stray body bytes".into())),
         };
-        dispatch(header, session, shared, &mut last_service).await?;
+        tokio::select! {
+            dispatched = dispatch(header, session, shared, &mut last_service) => dispatched?,
+            () = closer.cancelled() => return Ok(()),
+        }
         last_request = Instant::now();
     }
 }

@@ -12,11 +12,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
 use crate::wire::{
     Connection, ErrorCode, FrameError, FrameReader, Header, Limits, RemoteError, SharedWriter,
 };
 
+pub mod chat;
 pub mod echo;
 pub mod exec;
 pub mod files;
@@ -84,6 +86,7 @@ pub struct Session {
     pub peer: Peer,
     state: HashMap<TypeId, Box<dyn Any + Send>>,
     busy: Busy,
+    closer: CancellationToken,
 }
 
 /// Held by work that runs on behalf of a session (a running command): while any is held, the
@@ -100,12 +103,19 @@ impl Session {
             peer,
             state: HashMap::new(),
             busy: Busy::default(),
+            closer: CancellationToken::new(),
         }
     }
 
     /// A token that keeps the session from being reaped as idle while it is held.
     pub fn busy(&self) -> Busy {
         self.busy.clone()
+    }
+
+    /// Cancelling this token ends the session, whatever it is doing: for work running beside
+    /// the handlers (a chat client's event feed) that finds the connection unusable.
+    pub fn closer(&self) -> CancellationToken {
+        self.closer.clone()
     }
 
     pub fn is_busy(&self) -> bool {
@@ -179,6 +189,7 @@ impl Registry {
     pub fn native(config: &ServicesConfig) -> std::io::Result<Registry> {
         let mut registry = Registry::default();
         registry.register(echo::Echo);
+        registry.register(chat::Chat::default());
         registry.register(exec::Exec::new(config.exec.clone()));
         registry.register(files::Files::new(&config.files).map_err(|e| {
             std::io::Error::new(

@@ -78,6 +78,13 @@ impl Connection {
         }
     }
 
+    /// Replaces the size limits of both directions, for instance once a peer has
+    /// authenticated and may send (and be sent) full-size headers.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.writer.max_header_len = limits.max_header_len();
+        self.reader.set_limits(limits);
+    }
+
     /// Switches both directions to encrypted records, after a completed Noise handshake.
     /// Frames queued before this call still go out in the clear, in the same write as the
     /// first encrypted ones.

@@ -1,0 +1,130 @@
+//! The client side of the `chat` service.
+//!
+//! Chat is not request/response: events arrive whenever others speak. So a logged-in session
+//! splits in two halves that work independently, a [`ChatSender`] for requests and a
+//! [`ChatFeed`] that yields everything the server sends, answers to requests included (tied to
+//! them by id), in the order the server sent it.
+
+use super::{Client, ClientError};
+use crate::services::chat::ChatEvent;
+use crate::wire::{FrameReader, FrameWriter, Header, RemoteError};
+
+/// A logged-in chat session.
+pub struct ChatSession {
+    pub sender: ChatSender,
+    pub feed: ChatFeed,
+    pub name: String,
+}
+
+pub struct ChatSender {
+    writer: FrameWriter,
+    next_id: u64,
+}
+
+pub struct ChatFeed {
+    reader: FrameReader,
+}
+
+/// One thing the server sent: an event, or the refusal of one of our requests.
+#[derive(Debug)]
+pub enum ChatIncoming {
+    Event { id: Option<u64>, event: ChatEvent },
+    Refused { id: Option<u64>, error: RemoteError },
+}
+
+impl Client {
+    /// Logs in to the chat service as `name`; fails with the server's `name_taken` error if
+    /// someone online already has it.
+    pub async fn chat_login(mut self, name: &str) -> Result<ChatSession, ClientError> {
+        let reply = self
+            .call(Header::new("chat_login").with("name", name), b"")
+            .await?;
+        let name = match reply.header.parse::<ChatEvent>() {
+            Ok(ChatEvent::Welcome { name }) => name,
+            _ => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a welcome, got `{}`",
+                    reply.header.cmd()
+                )));
+            }
+        };
+        let next_id = self.next_id();
+        Ok(ChatSession {
+            sender: ChatSender {
+                writer: self.conn.writer,
+                next_id,
+            },
+            feed: ChatFeed {
+                reader: self.conn.reader,
+            },
+            name,
+        })
+    }
+}
+
+impl ChatSender {
+    /// Joins `room`; the answer is the room's history, then its members.
+    pub async fn join(&mut self, room: &str) -> Result<u64, ClientError> {
+        self.send(Header::new("chat_join").with("room", room)).await
+    }
+
+    pub async fn leave(&mut self, room: &str) -> Result<u64, ClientError> {
+        self.send(Header::new("chat_leave").with("room", room)).await
+    }
+
+    /// Posts `text` to `room`; everyone there, the sender included, receives it in order.
+    pub async fn say(&mut self, room: &str, text: &str) -> Result<u64, ClientError> {
+        self.send(Header::new("chat_say").with("room", room).with("text", text))
+            .await
+    }
+
+    /// Sends `text` to `to` alone; the sender receives a copy as its receipt.
+    pub async fn direct(&mut self, to: &str, text: &str) -> Result<u64, ClientError> {
+        self.send(Header::new("chat_msg").with("to", to).with("text", text))
+            .await
+    }
+
+    pub async fn who(&mut self, room: &str) -> Result<u64, ClientError> {
+        self.send(Header::new("chat_who").with("room", room)).await
+    }
+
+    pub async fn rooms(&mut self) -> Result<u64, ClientError> {
+        self.send(Header::new("chat_rooms")).await
+    }
+
+    /// Closes our half of the connection: the server logs us out.
+    pub async fn quit(mut self) {
+        let _ = self.writer.shutdown().await;
+    }
+
+    async fn send(&mut self, header: Header) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.writer.send(header.with_id(Some(id)), b"").await?;
+        Ok(id)
+    }
+}
+
+impl ChatFeed {
+    /// The next thing the server sent; `None` once it closed the connection.
+    pub async fn next(&mut self) -> Result<Option<ChatIncoming>, ClientError> {
+        let Some(message) = self.reader.read_message().await? else {
+            return Ok(None);
+        };
+        let header = message.header;
+        let id = header.id();
+        if let Some(error) = RemoteError::from_header(&header) {
+            return Ok(Some(ChatIncoming::Refused { id, error }));
+        }
+        if header.cmd() != "chat_event" {
+            return Err(ClientError::Protocol(format!(
+                "unexpected `{}` in a chat session",
+                header.cmd()
+            )));
+        }
+        let event = header
+            .parse::<ChatEvent>()
+            .map_err(|e| ClientError::Protocol(format!("bad chat event: {e}")))?;
+        Ok(Some(ChatIncoming::Event { id, event }))
+    }
+}
