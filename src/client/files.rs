@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc};
 
 use super::{Client, ClientError};
 use crate::services::files::{INLINE_MAX, apply_metadata, hash_prefix};
 use crate::services::root::{Entry, PARTIAL_SUFFIX, RootPath};
-use crate::wire::{Header, RemoteError};
+use crate::wire::{Connection, Header, RemoteError};
 
 const CHUNK: usize = 256 * 1024;
 
@@ -154,84 +155,90 @@ impl Client {
         transferred(&reply.header, size, offset)
     }
 
-    /// Uploads many small files (each at most [`INLINE_MAX`]) without a round trip per file:
-    /// puts go out in batches and their answers are read after each batch.
+    /// Uploads many small files (each at most [`INLINE_MAX`]) without a round trip per file.
+    ///
+    /// Three things overlap: a blocking thread reads the local files ahead, puts stream out
+    /// while up to a window of them awaits its answer, and answers are read as they come. The
+    /// window is larger than the server's commit group, so the server always has a full group
+    /// to commit with one filesystem sync.
     pub async fn put_small_files(
         &mut self,
         files: &[(PathBuf, String)],
         options: TransferOptions,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Vec<Result<Transferred, ClientError>>, ClientError> {
-        const BATCH_FILES: usize = 64;
-        const BATCH_BYTES: u64 = 8 * 1024 * 1024;
-        let mut results = Vec::with_capacity(files.len());
-        let mut rest = files;
-        while !rest.is_empty() {
-            let mut sent = Vec::new();
-            let mut bytes = 0;
-            while let Some(((local, remote), tail)) = rest.split_first() {
-                if sent.len() == BATCH_FILES || bytes >= BATCH_BYTES {
-                    break;
-                }
-                rest = tail;
-                match self.queue_inline_put(local, remote, options).await {
-                    Ok((id, size)) => {
-                        bytes += size;
-                        sent.push(Ok((id, size)));
+        const WINDOW_FILES: usize = 4096;
+        const WINDOW_BYTES: usize = 32 * 1024 * 1024;
+        let mut results: Vec<Option<Result<Transferred, ClientError>>> = Vec::new();
+        results.resize_with(files.len(), || None);
+        let mut loaded = read_ahead(files.to_vec());
+        let window = Semaphore::new(WINDOW_BYTES);
+        let (in_flight, mut awaited) = mpsc::unbounded_channel::<(usize, u64, u64)>();
+        let first_id = self.next_id;
+        let Connection { reader, writer } = &mut self.conn;
+        let (local_failures, next_id) = {
+            let send = async {
+                let mut failures = Vec::new();
+                let mut id = first_id;
+                let mut queued = 0;
+                while let Some((index, file)) = loaded.recv().await {
+                    let (data, header) = match file.and_then(|file| inline_put(&files[index], file, options))
+                    {
+                        Ok(put) => put,
+                        Err(error) => {
+                            failures.push((index, error));
+                            continue;
+                        }
+                    };
+                    let size = data.len() as u64;
+                    let permit = window.acquire_many(1 + data.len() as u32).await.expect("open");
+                    permit.forget();
+                    writer.queue(header.with_id(Some(id)), &data)?;
+                    let _ = in_flight.send((index, id, size));
+                    id += 1;
+                    queued += 1;
+                    if queued == WINDOW_FILES / 4
+                        || loaded.is_empty()
+                        || window.available_permits() < INLINE_MAX as usize
+                    {
+                        writer.flush().await?;
+                        queued = 0;
                     }
-                    Err(error) => sent.push(Err(error)),
                 }
-            }
-            self.conn.writer.flush().await?;
-            for queued in sent {
-                let (id, size) = match queued {
-                    Ok(queued) => queued,
-                    Err(error) => {
-                        results.push(Err(error));
-                        continue;
+                writer.flush().await?;
+                drop(in_flight);
+                Ok::<_, ClientError>((failures, id))
+            };
+            let receive = async {
+                while let Some((index, id, size)) = awaited.recv().await {
+                    let reply = reader.read_message().await?.ok_or(ClientError::Closed)?;
+                    if reply.header.id() != Some(id) {
+                        return Err(ClientError::Protocol(format!(
+                            "answer for {:?}, expected {id}",
+                            reply.header.id()
+                        )));
                     }
-                };
-                let reply = self.conn.read_message().await?.ok_or(ClientError::Closed)?;
-                if reply.header.id() != Some(id) {
-                    return Err(ClientError::Protocol(format!(
-                        "answer for {:?}, expected {id}",
-                        reply.header.id()
-                    )));
+                    window.add_permits(1 + size as usize);
+                    results[index] = Some(match RemoteError::from_header(&reply.header) {
+                        Some(error) => Err(ClientError::Remote(error)),
+                        None => {
+                            progress(size);
+                            transferred(&reply.header, size, 0)
+                        }
+                    });
                 }
-                results.push(match RemoteError::from_header(&reply.header) {
-                    Some(error) => Err(ClientError::Remote(error)),
-                    None => {
-                        progress(size);
-                        transferred(&reply.header, size, 0)
-                    }
-                });
-            }
+                Ok(())
+            };
+            tokio::try_join!(send, receive)?.0
+        };
+        self.next_id = next_id;
+        for (index, error) in local_failures {
+            results[index] = Some(Err(error));
         }
-        Ok(results)
-    }
-
-    async fn queue_inline_put(
-        &mut self,
-        local: &Path,
-        remote: &str,
-        options: TransferOptions,
-    ) -> Result<(u64, u64), ClientError> {
-        let data = tokio::fs::read(local).await.map_err(|e| local_error(local, e))?;
-        let meta = tokio::fs::metadata(local)
-            .await
-            .map_err(|e| local_error(local, e))?;
-        if data.len() as u64 > INLINE_MAX {
-            return Err(ClientError::Local(format!(
-                "{} is too large to batch",
-                local.display()
-            )));
-        }
-        let id = self.next_id();
-        let header = put_header(remote, data.len() as u64, options, &meta)
-            .with_id(Some(id))
-            .with("blake3", blake3::hash(&data).to_hex().as_str());
-        self.conn.writer.queue(header, &data)?;
-        Ok((id, data.len() as u64))
+        Ok(results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| Err(ClientError::Protocol("no answer".into()))))
+            .collect())
     }
 
     /// Downloads `remote` to `local`, resuming a partial download next to it.
@@ -329,6 +336,42 @@ pub fn safe_local_name(name: &str) -> Result<&str, ClientError> {
             crate::services::root::escape(name)
         ))),
     }
+}
+
+/// A local file read whole, with its metadata.
+type LoadedFile = Result<(Vec<u8>, std::fs::Metadata), ClientError>;
+
+/// Reads `files` one after another on a blocking thread, a few ahead of the sender.
+fn read_ahead(files: Vec<(PathBuf, String)>) -> mpsc::Receiver<(usize, LoadedFile)> {
+    let (loaded, receiver) = mpsc::channel(64);
+    tokio::task::spawn_blocking(move || {
+        for (index, (local, _)) in files.iter().enumerate() {
+            let file = std::fs::read(local)
+                .and_then(|data| Ok((data, std::fs::metadata(local)?)))
+                .map_err(|e| local_error(local, e));
+            if loaded.blocking_send((index, file)).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// The `put` frame of a small file, whose data travels in the same frame.
+fn inline_put(
+    (local, remote): &(PathBuf, String),
+    (data, meta): (Vec<u8>, std::fs::Metadata),
+    options: TransferOptions,
+) -> Result<(Vec<u8>, Header), ClientError> {
+    if data.len() as u64 > INLINE_MAX {
+        return Err(ClientError::Local(format!(
+            "{} grew too large to batch",
+            local.display()
+        )));
+    }
+    let header = put_header(remote, data.len() as u64, options, &meta)
+        .with("blake3", blake3::hash(&data).to_hex().as_str());
+    Ok((data, header))
 }
 
 fn put_header(remote: &str, size: u64, options: TransferOptions, meta: &std::fs::Metadata) -> Header {

@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde::Deserialize;
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -154,10 +155,29 @@ struct PendingPuts(Vec<PendingPut>);
 struct PendingPut {
     id: u64,
     path: RootPath,
-    size: u64,
+    data: Bytes,
+    mode: Option<u32>,
+    mtime: Option<i64>,
     blake3: String,
     force: bool,
     _claim: Claim,
+}
+
+/// A commit group closes at this many files or bytes, or when the client pauses.
+const GROUP_FILES: usize = 1024;
+const GROUP_BYTES: usize = 8 * 1024 * 1024;
+
+impl PendingPuts {
+    fn is_full(&self) -> bool {
+        self.0.len() >= GROUP_FILES || self.0.iter().map(|put| put.data.len()).sum::<usize>() >= GROUP_BYTES
+    }
+}
+
+fn write_partial(root: &FileRoot, put: &PendingPut) -> io::Result<()> {
+    let mut file = root.open_partial(&put.path)?;
+    file.set_len(0)?;
+    std::io::Write::write_all(&mut file, &put.data)?;
+    apply_metadata(&file, put.mode, put.mtime)
 }
 
 /// Holds a path against concurrent uploads until dropped.
@@ -206,15 +226,17 @@ impl Service for Files {
             return Ok(());
         }
         let root = self.root.clone();
-        let targets: Vec<(RootPath, bool)> = pending.iter().map(|p| (p.path.clone(), p.force)).collect();
-        let outcomes = tokio::task::spawn_blocking(move || commit_all(&root, &targets))
-            .await
-            .map_err(|e| FrameError::Io(io::Error::other(e)))?;
+        let (pending, outcomes) = tokio::task::spawn_blocking(move || {
+            let outcomes = commit_all(&root, &pending);
+            (pending, outcomes)
+        })
+        .await
+        .map_err(|e| FrameError::Io(io::Error::other(e)))?;
         let mut writer = session.writer.lock().await;
         for (put, outcome) in pending.into_iter().zip(outcomes) {
             let header = match outcome {
                 Ok(()) => Header::new("put_ok")
-                    .with("size", put.size)
+                    .with("size", put.data.len() as u64)
                     .with("blake3", put.blake3.as_str()),
                 Err(error) => {
                     let _ = self.root.remove_partial(&put.path);
@@ -227,19 +249,23 @@ impl Service for Files {
     }
 }
 
-/// One sync for all the data, then the renames, then one sync per directory touched.
-fn commit_all(root: &FileRoot, targets: &[(RootPath, bool)]) -> Vec<io::Result<()>> {
+/// Writes every file of the group to its partial, then one sync for all the data, then the
+/// renames, then one sync per directory touched.
+fn commit_all(root: &FileRoot, group: &[PendingPut]) -> Vec<io::Result<()>> {
+    let mut outcomes: Vec<io::Result<()>> = group.iter().map(|put| write_partial(root, put)).collect();
     let synced = root.sync_filesystem();
     let mut dirs = HashSet::new();
-    let outcomes = targets
-        .iter()
-        .map(|(path, force)| match &synced {
+    for (put, outcome) in group.iter().zip(outcomes.iter_mut()) {
+        if outcome.is_err() {
+            continue;
+        }
+        *outcome = match &synced {
             Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
-            Ok(()) => root.rename_partial(path, *force).map(|()| {
-                dirs.insert(super::root::parent_of(path).to_owned());
+            Ok(()) => root.rename_partial(&put.path, put.force).map(|()| {
+                dirs.insert(super::root::parent_of(&put.path).to_owned());
             }),
-        })
-        .collect();
+        };
+    }
     for dir in dirs {
         let _ = root.sync_dir(&dir);
     }
@@ -404,9 +430,9 @@ impl Files {
         Ok(session.writer.send(ready, b"").await?)
     }
 
-    /// A small file whose body is in the `put` frame: checked in memory, written in one trip
-    /// to a blocking thread, and committed with the others of its batch by [`Files::flush`]
-    /// once no further request is waiting.
+    /// A small file whose body is in the `put` frame: checked in memory, then written and
+    /// committed with the others of its group in one trip to a blocking thread by
+    /// [`Files::flush`] (the group closes when full or when no further request is waiting).
     async fn put_inline(
         &self,
         id: u64,
@@ -433,29 +459,18 @@ impl Files {
             )
             .into());
         }
-        let (root, target) = (self.root.clone(), path.clone());
-        let (mode, mtime) = (args.mode, args.mtime);
-        tokio::task::spawn_blocking(move || {
-            let mut file = root.open_partial(&target)?;
-            file.set_len(0)?;
-            std::io::Write::write_all(&mut file, &data)?;
-            apply_metadata(&file, mode, mtime)
-        })
-        .await
-        .map_err(|e| io_error(&path, io::Error::other(e)))?
-        .map_err(|e| {
-            let _ = self.root.remove_partial(&path);
-            io_error(&path, e)
-        })?;
-        session.state::<PendingPuts>().0.push(PendingPut {
+        let pending = session.state::<PendingPuts>();
+        pending.0.push(PendingPut {
             id,
-            size: args.size,
+            data,
+            mode: args.mode,
+            mtime: args.mtime,
             blake3: actual.to_string(),
             force: args.force,
             path,
             _claim: claim,
         });
-        if !session.reader.has_buffered_input() {
+        if pending.is_full() || !session.reader.has_buffered_input() {
             self.flush(session).await?;
         }
         Ok(())
