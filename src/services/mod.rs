@@ -17,10 +17,12 @@ use crate::wire::{
     Connection, ErrorCode, FrameError, FrameReader, Header, Limits, RemoteError, SharedWriter,
 };
 
+pub mod clock;
 pub mod echo;
 pub mod exec;
 pub mod files;
 pub mod root;
+pub mod time;
 
 /// How a command's body reaches its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,6 +181,7 @@ impl Registry {
     pub fn native(config: &ServicesConfig) -> std::io::Result<Registry> {
         let mut registry = Registry::default();
         registry.register(echo::Echo);
+        registry.register(time::Time);
         registry.register(exec::Exec::new(config.exec.clone()));
         registry.register(files::Files::new(&config.files).map_err(|e| {
             std::io::Error::new(
