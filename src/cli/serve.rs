@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use sockit::auth::{SecretSource, resolve_secret};
-use sockit::server::{FileConfig, ListenAddr, parse_duration};
+use sockit::server::{FileConfig, ListenAddr, ServiceListen, parse_duration};
 use sockit::{Server, ServerConfig};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -16,8 +16,8 @@ use super::raise_fd_limit;
 
 #[derive(Args)]
 #[command(
-    about = "Run the sockit server (echo service; encrypted, authenticated sessions)",
-    after_help = "Examples:\n  sockit serve                                   # 127.0.0.1:8080, secret created if missing\n  sockit serve --listen 0.0.0.0:8080 --listen [::]:8080 --listen /run/sockit.sock\n  sockit serve --listen 127.0.0.1:0 --plaintext  # free port, HMAC auth, no encryption\n  RUST_LOG=debug sockit serve --log-format json"
+    about = "Run the sockit server (echo, exec, files and time; encrypted, authenticated sessions)",
+    after_help = "Examples:\n  sockit serve                                   # 127.0.0.1:8080, secret created if missing;\n                                                 # UDP time service on 127.0.0.1:9000\n  sockit serve --listen 0.0.0.0:8080 --listen [::]:8080 --listen /run/sockit.sock\n  sockit serve --listen 127.0.0.1:0 --plaintext  # free port, HMAC auth, no encryption\n  sockit serve --time-listen off                 # no UDP time service\n  sockit serve --rfc868-listen 127.0.0.1:3737 --sntp-listen 127.0.0.1:1123\n                                                 # for `rdate -o 3737` and SNTP clients\n  RUST_LOG=debug sockit serve --log-format json\n\nThe unframed services are logged as `time service on udp ADDR`; their UDP replies are\nrate-limited to 20 per second (bursts of 40) per source address."
 )]
 pub struct ServeArgs {
     /// Listen on IP:PORT, [IPv6]:PORT or a Unix socket path; repeatable; port 0 picks a free
@@ -72,6 +72,19 @@ pub struct ServeArgs {
     /// Most bytes the file root may hold; larger uploads are refused before they start
     #[arg(long, value_name = "BYTES")]
     quota: Option<u64>,
+    /// The course's UDP time service (a strftime format in, the local time out) on IP:PORT,
+    /// or `off` [default: 127.0.0.1:9000]
+    #[arg(long, value_name = "ADDR|off")]
+    time_listen: Option<ServiceListen>,
+    /// RFC 867 daytime over TCP and UDP on IP:PORT [default: off]
+    #[arg(long, value_name = "ADDR")]
+    daytime_listen: Option<ServiceListen>,
+    /// RFC 868 time over TCP and UDP on IP:PORT, as `rdate` asks for it [default: off]
+    #[arg(long, value_name = "ADDR")]
+    rfc868_listen: Option<ServiceListen>,
+    /// SNTP (RFC 4330) server over UDP on IP:PORT, answering from the system clock [default: off]
+    #[arg(long, value_name = "ADDR")]
+    sntp_listen: Option<ServiceListen>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -134,6 +147,10 @@ impl ServeArgs {
             exec_max_total: self.exec_max_total,
             root: self.root.clone(),
             quota: self.quota,
+            time_listen: self.time_listen,
+            daytime_listen: self.daytime_listen,
+            rfc868_listen: self.rfc868_listen,
+            sntp_listen: self.sntp_listen,
             ..FileConfig::default()
         };
         flags.apply(config);
