@@ -14,9 +14,9 @@ cargo build --release --quiet --example tokio_echo
 
 $sockit keygen --secret-file "$work/secret" 2>/dev/null
 secret=(--secret-file "$work/secret")
-start sockit $sockit serve --listen 127.0.0.1:0 "${secret[@]}" --max-handshakes 4096
+start sockit $sockit serve --listen 127.0.0.1:0 --time-listen off "${secret[@]}" --max-handshakes 4096
 sockit_addr=$addr sockit_pid=$last_pid
-start plaintext $sockit serve --listen 127.0.0.1:0 "${secret[@]}" --plaintext
+start plaintext $sockit serve --listen 127.0.0.1:0 --time-listen off "${secret[@]}" --plaintext
 plaintext_addr=$addr plaintext_pid=$last_pid
 start python python3 bench/course_echo_server.py 0
 python_addr=$addr python_pid=$last_pid

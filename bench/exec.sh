@@ -12,7 +12,7 @@ setup sshd=openssh-server ssh=openssh-client hyperfine=hyperfine
 
 # sockit
 $sockit keygen --secret-file "$work/secret" 2>/dev/null
-start sockit $sockit serve --listen 127.0.0.1:0 --secret-file "$work/secret" --allow-exec
+start sockit $sockit serve --listen 127.0.0.1:0 --time-listen off --secret-file "$work/secret" --allow-exec
 sockit_addr=$addr
 start course python3 bench/course_exec_server.py 0
 course_addr=$addr

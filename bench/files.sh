@@ -28,9 +28,9 @@ measure() { python3 bench/measure.py "$@" >>"$out"; }
 for place in tmpfs disk; do
   dest=$work/$place
   echo "1 GiB to and from $place" >&2
-  start "sockit-$place" $sockit serve --listen 127.0.0.1:0 "${secret[@]}" --root "$dest/sockit"
+  start "sockit-$place" $sockit serve --listen 127.0.0.1:0 --time-listen off "${secret[@]}" --root "$dest/sockit"
   enc=$addr enc_pid=$last_pid
-  start "plain-$place" $sockit serve --listen 127.0.0.1:0 "${secret[@]}" --plaintext --root "$dest/plain"
+  start "plain-$place" $sockit serve --listen 127.0.0.1:0 --time-listen off "${secret[@]}" --plaintext --root "$dest/plain"
   plain=$addr plain_pid=$last_pid
   mkdir -p "$dest/py" "$dest/down"
   start "python-$place" python3 bench/course_ftp_server.py "$dest/py" 0
@@ -76,7 +76,7 @@ for i in range(10000):
         f.write(os.urandom(4096))
 EOF
 tree_bytes=$((10000 * 4096))
-start sockit-tree $sockit serve --listen 127.0.0.1:0 "${secret[@]}" --root "$work/disk/sockit"
+start sockit-tree $sockit serve --listen 127.0.0.1:0 --time-listen off "${secret[@]}" --root "$work/disk/sockit"
 measure tree_sockit $tree_bytes "$sockit put -r ${secret[*]} $addr $work/tree"
 measure tree_scp $tree_bytes "scp -r ${ssh_port_opt[*]} $work/tree 127.0.0.1:$work/disk/scp-tree"
 mkdir -p "$work/disk/nc-tree"

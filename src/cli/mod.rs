@@ -9,6 +9,7 @@ mod fs;
 mod keygen;
 mod serve;
 mod shell;
+mod time;
 mod transfer;
 
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ pub const EXIT_FAILURE: u8 = 255;
     name = "sockit",
     version,
     about = "A network toolkit: one authenticated, encrypted server and its clients",
-    after_help = "Examples:\n  sockit serve                      # serve on 127.0.0.1:8080\n  sockit echo localhost hello       # prints HELLO\n  sockit keygen --secret-file ./key # make a secret to share with another machine"
+    after_help = "Examples:\n  sockit serve                      # serve on 127.0.0.1:8080\n  sockit echo localhost hello       # prints HELLO\n  sockit time localhost '%Y %m %d'  # the UDP time service on port 9000\n  sockit keygen --secret-file ./key # make a secret to share with another machine"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +51,7 @@ enum Command {
     Mkdir(fs::MkdirArgs),
     Mv(fs::MvArgs),
     Chat(chat::ChatArgs),
+    Time(time::TimeArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -92,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Mkdir(args) => fs::run_mkdir(args),
         Command::Mv(args) => fs::run_mv(args),
         Command::Chat(args) => chat::run(args),
+        Command::Time(args) => time::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use sockit::auth::{SecretSource, resolve_secret};
-use sockit::server::{FileConfig, ListenAddr, parse_duration};
+use sockit::server::{FileConfig, ListenAddr, ServiceListen, parse_duration};
 use sockit::{Server, ServerConfig};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -16,8 +16,8 @@ use super::raise_fd_limit;
 
 #[derive(Args)]
 #[command(
-    about = "Run the sockit server (echo service; encrypted, authenticated sessions)",
-    after_help = "Examples:\n  sockit serve                                   # 127.0.0.1:8080, secret created if missing\n  sockit serve --listen 0.0.0.0:8080 --listen [::]:8080 --listen /run/sockit.sock\n  sockit serve --listen 127.0.0.1:0 --plaintext  # free port, HMAC auth, no encryption\n  RUST_LOG=debug sockit serve --log-format json"
+    about = "Run the sockit server (echo, exec, files and time; encrypted, authenticated sessions)",
+    after_help = "Examples:\n  sockit serve                                   # 127.0.0.1:8080, secret created if missing;\n                                                 # UDP time service on 127.0.0.1:9000\n  sockit serve --listen 0.0.0.0:8080 --listen [::]:8080 --listen /run/sockit.sock\n  sockit serve --listen 127.0.0.1:0 --plaintext  # free port, HMAC auth, no encryption\n  sockit serve --time-listen off                 # no UDP time service\n  sockit serve --rfc868-listen 127.0.0.1:3737 --sntp-listen 127.0.0.1:1123\n                                                 # for `rdate -o 3737` and SNTP clients\n  RUST_LOG=debug sockit serve --log-format json\n\nThe unframed services are logged as `time service on udp ADDR`; their UDP replies are\nrate-limited to 20 per second (bursts of 40) per source address."
 )]
 pub struct ServeArgs {
     /// Listen on IP:PORT, [IPv6]:PORT or a Unix socket path; repeatable; port 0 picks a free
@@ -72,6 +72,19 @@ pub struct ServeArgs {
     /// Most bytes the file root may hold; larger uploads are refused before they start
     #[arg(long, value_name = "BYTES")]
     quota: Option<u64>,
+    /// The course's UDP time service (a strftime format in, the local time out) on IP:PORT,
+    /// or `off` [default: 127.0.0.1:9000]
+    #[arg(long, value_name = "ADDR|off")]
+    time_listen: Option<ServiceListen>,
+    /// RFC 867 daytime over TCP and UDP on IP:PORT [default: off]
+    #[arg(long, value_name = "ADDR")]
+    daytime_listen: Option<ServiceListen>,
+    /// RFC 868 time over TCP and UDP on IP:PORT, as `rdate` asks for it [default: off]
+    #[arg(long, value_name = "ADDR")]
+    rfc868_listen: Option<ServiceListen>,
+    /// SNTP (RFC 4330) server over UDP on IP:PORT, answering from the system clock [default: off]
+    #[arg(long, value_name = "ADDR")]
+    sntp_listen: Option<ServiceListen>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -109,8 +122,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
         let server = Server::bind(config).await?;
-        server.run(shutdown_signal()).await;
+        server.run(shutdown).await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -134,6 +148,10 @@ impl ServeArgs {
             exec_max_total: self.exec_max_total,
             root: self.root.clone(),
             quota: self.quota,
+            time_listen: self.time_listen,
+            daytime_listen: self.daytime_listen,
+            rfc868_listen: self.rfc868_listen,
+            sntp_listen: self.sntp_listen,
             ..FileConfig::default()
         };
         flags.apply(config);
@@ -152,11 +170,17 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM. The handlers are installed at once, before any address is
+/// logged: a signal sent as soon as the server reports it is listening must still shut it down
+/// gracefully rather than kill it.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

@@ -10,6 +10,7 @@
 //! let mut config = ServerConfig::new(secret.clone());
 //! config.listen = vec!["127.0.0.1:0".parse()?];
 //! config.services.files.root = files.path().to_owned();
+//! config.time_listen = None; // the UDP time service; its default port 9000 may be taken
 //! let server = Server::bind(config).await?;
 //! let addr = server.local_addrs()[0].to_string();
 //! tokio::spawn(server.run(std::future::pending()));
@@ -24,6 +25,7 @@ mod chat;
 mod exec;
 mod files;
 mod target;
+mod time;
 
 use std::io;
 use std::time::Duration;
@@ -36,6 +38,7 @@ pub use chat::{ChatFeed, ChatIncoming, ChatSender, ChatSession};
 pub use exec::{CommandInput, CommandOutput, ExecEvent, RemoteCommand};
 pub use files::{TransferOptions, Transferred, partial_path, safe_local_name};
 pub use target::Target;
+pub use time::{ServerTime, ask_datagram};
 
 use crate::auth::{self, AuthMode, HandshakeError, Secret, ServerInfo, SessionKeys};
 use crate::wire::{Connection, ErrorCode, FrameError, Header, Limits, Message, RemoteError};
@@ -75,6 +78,9 @@ pub enum ClientError {
     Unreachable { target: String, source: io::Error },
     #[error("no answer from {0} within the connect timeout")]
     Timeout(String),
+    /// A UDP service sent nothing back.
+    #[error("no answer from {target} after {tries} tries ({why})")]
+    NoAnswer { target: String, tries: u32, why: String },
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
     #[error("server error: {0}")]
@@ -96,6 +102,9 @@ impl ClientError {
             ClientError::Refused(_) => "is `sockit serve` running there, on that port?",
             ClientError::Unreachable { .. } | ClientError::Timeout(_) | ClientError::Resolve { .. } => {
                 "check the host name, the port, and the network in between"
+            }
+            ClientError::NoAnswer { .. } => {
+                "check the host, the port, and that the service is on there; firewalls often drop UDP"
             }
             ClientError::Handshake(HandshakeError::AuthFailed(_)) => {
                 "both sides must use the same secret: check --secret-file and SOCKIT_SECRET"

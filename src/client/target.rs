@@ -28,7 +28,15 @@ impl Target {
 impl FromStr for Target {
     type Err = String;
 
+    /// A target with port [`DEFAULT_PORT`] when none is given.
     fn from_str(text: &str) -> Result<Target, String> {
+        Target::parse_with_port(text, DEFAULT_PORT)
+    }
+}
+
+impl Target {
+    /// Parses `text`, with `default_port` when it names none.
+    pub fn parse_with_port(text: &str, default_port: u16) -> Result<Target, String> {
         if let Some(path) = unix_socket_path(text) {
             return Ok(Target::Unix(path));
         }
@@ -36,7 +44,7 @@ impl FromStr for Target {
             return Ok(tcp(addr.ip().to_string(), addr.port()));
         }
         if let Ok(ip) = text.trim_matches(['[', ']']).parse::<IpAddr>() {
-            return Ok(tcp(ip.to_string(), DEFAULT_PORT));
+            return Ok(tcp(ip.to_string(), default_port));
         }
         let (host, port) = match text.rsplit_once(':') {
             Some((host, port)) => {
@@ -45,10 +53,10 @@ impl FromStr for Target {
                     .map_err(|_| format!("`{port}` in `{text}` is not a port number"))?;
                 (host, port)
             }
-            None => (text, DEFAULT_PORT),
+            None => (text, default_port),
         };
         if host.is_empty() {
-            return Err(format!("`{text}` names no host (try 127.0.0.1:{DEFAULT_PORT})"));
+            return Err(format!("`{text}` names no host (try 127.0.0.1:{default_port})"));
         }
         Ok(tcp(host.to_owned(), port))
     }
@@ -87,5 +95,11 @@ mod tests {
         }
         assert!("host:notaport".parse::<Target>().is_err());
         assert!(":80".parse::<Target>().is_err());
+        let time = Target::parse_with_port("localhost", 9000).unwrap();
+        assert_eq!(time.to_string(), "localhost:9000");
+        assert_eq!(
+            Target::parse_with_port("[::1]:7", 9000).unwrap().to_string(),
+            "[::1]:7"
+        );
     }
 }

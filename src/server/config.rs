@@ -1,6 +1,8 @@
 //! Server settings, their defaults, and the optional TOML file that can set any of them.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -12,6 +14,8 @@ use crate::wire::DEFAULT_MAX_HEADER_LEN;
 
 /// The port sockit serves and clients dial when none is given.
 pub const DEFAULT_PORT: u16 = 8080;
+/// The course's time server port (UDP), where `sockit time` asks when given none.
+pub const DEFAULT_TIME_PORT: u16 = 9000;
 
 /// Everything a [`super::Server`] needs. [`ServerConfig::new`] gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -33,6 +37,14 @@ pub struct ServerConfig {
     /// First delay before answering a failed authentication; doubles per recent failure.
     pub auth_failure_delay: Duration,
     pub services: ServicesConfig,
+    /// The course's UDP time service (a strftime format in, the time out).
+    pub time_listen: Option<SocketAddr>,
+    /// RFC 867 daytime, over TCP and UDP on this address.
+    pub daytime_listen: Option<SocketAddr>,
+    /// RFC 868 time, over TCP and UDP on this address.
+    pub rfc868_listen: Option<SocketAddr>,
+    /// SNTP (RFC 4330) server, over UDP.
+    pub sntp_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -49,7 +61,35 @@ impl ServerConfig {
             max_header_len: DEFAULT_MAX_HEADER_LEN,
             auth_failure_delay: Duration::from_millis(50),
             services: ServicesConfig::default(),
+            time_listen: Some(([127, 0, 0, 1], DEFAULT_TIME_PORT).into()),
+            daytime_listen: None,
+            rfc868_listen: None,
+            sntp_listen: None,
         }
+    }
+}
+
+/// Where an optional service listens: `IP:PORT`, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceListen(pub Option<SocketAddr>);
+
+impl FromStr for ServiceListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ServiceListen, String> {
+        if text == "off" {
+            return Ok(ServiceListen(None));
+        }
+        text.parse()
+            .map(|addr| ServiceListen(Some(addr)))
+            .map_err(|_| format!("`{text}` is not IP:PORT (127.0.0.1:9000, [::1]:9000) nor `off`"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceListen {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ServiceListen, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -78,6 +118,10 @@ pub struct FileConfig {
     pub exec_grace: Option<Duration>,
     pub root: Option<PathBuf>,
     pub quota: Option<u64>,
+    pub time_listen: Option<ServiceListen>,
+    pub daytime_listen: Option<ServiceListen>,
+    pub rfc868_listen: Option<ServiceListen>,
+    pub sntp_listen: Option<ServiceListen>,
 }
 
 impl FileConfig {
@@ -110,6 +154,15 @@ impl FileConfig {
         }
         if self.quota.is_some() {
             files.quota = self.quota;
+        }
+        let listens = [
+            (&mut config.time_listen, self.time_listen),
+            (&mut config.daytime_listen, self.daytime_listen),
+            (&mut config.rfc868_listen, self.rfc868_listen),
+            (&mut config.sntp_listen, self.sntp_listen),
+        ];
+        for (slot, value) in listens {
+            set(slot, value.map(|listen| listen.0));
         }
     }
 }
@@ -181,5 +234,17 @@ mod tests {
         assert_eq!(config.idle_timeout, Duration::from_secs(120));
         assert_eq!(config.handshake_timeout, Duration::from_secs(3));
         assert!(toml::from_str::<FileConfig>("listn = []").is_err());
+    }
+
+    #[test]
+    fn time_services_are_set_or_turned_off() {
+        let file: FileConfig = toml::from_str("time_listen = \"off\"\nsntp_listen = \"[::1]:1123\"").unwrap();
+        let mut config = ServerConfig::new(Secret::generate());
+        assert_eq!(config.time_listen, Some("127.0.0.1:9000".parse().unwrap()));
+        file.apply(&mut config);
+        assert_eq!(config.time_listen, None);
+        assert_eq!(config.sntp_listen, Some("[::1]:1123".parse().unwrap()));
+        assert_eq!(config.daytime_listen, None);
+        assert!(toml::from_str::<FileConfig>("time_listen = \"9000\"").is_err());
     }
 }

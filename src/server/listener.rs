@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use socket2::{Domain, Socket, Type};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 
 use crate::services::Peer;
 
@@ -73,17 +73,7 @@ impl Listener {
     /// `[::]:PORT` and `0.0.0.0:PORT` can both be bound.
     pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
         match addr {
-            ListenAddr::Tcp(addr) => {
-                let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
-                socket.set_reuse_address(true)?;
-                if addr.is_ipv6() {
-                    socket.set_only_v6(true)?;
-                }
-                socket.set_nonblocking(true)?;
-                socket.bind(&(*addr).into())?;
-                socket.listen(1024)?;
-                Ok(Listener::Tcp(TcpListener::from_std(socket.into())?))
-            }
+            ListenAddr::Tcp(addr) => Ok(Listener::Tcp(bind_tcp(*addr)?)),
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path)?;
                 Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
@@ -113,6 +103,31 @@ impl Listener {
             }
         }
     }
+}
+
+/// A TCP listener bound as [`Listener::bind`] explains.
+pub(super) fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A UDP socket, IPv6-only for IPv6 addresses like TCP listeners. No SO_REUSEADDR: for UDP
+/// it would let two servers bind one port and silently split its datagrams.
+pub(super) fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 impl Drop for Listener {

@@ -4,10 +4,17 @@
 //! once; beyond it the server stops accepting and clients wait in the kernel's backlog, which
 //! costs the server nothing. Shutdown is two-stage: first stop accepting and let every
 //! connection finish the request it is serving, then, past the deadline, drop the rest.
+//!
+//! Beside the native protocol the server runs unframed services (the course's UDP time
+//! service, the standard time protocols) on their own sockets ([`udp`], [`stream`]), with the
+//! same shutdown.
 
 mod config;
+mod endpoints;
 mod listener;
 mod session;
+pub mod stream;
+pub mod udp;
 
 use std::future::Future;
 use std::io;
@@ -19,9 +26,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{DEFAULT_PORT, FileConfig, ServerConfig, parse_duration};
+pub use config::{DEFAULT_PORT, DEFAULT_TIME_PORT, FileConfig, ServerConfig, ServiceListen, parse_duration};
+pub use endpoints::{ServiceAddr, Transport};
 pub use listener::{ListenAddr, Listener, Stream, unix_socket_path};
+pub use stream::StreamService;
+pub use udp::DatagramService;
 
+use self::endpoints::Endpoint;
 use crate::auth::{AuthMode, FailureThrottle, SessionKeys};
 use crate::services::Registry;
 use crate::wire::Limits;
@@ -44,6 +55,7 @@ struct Shared {
 /// A bound, not yet running server.
 pub struct Server {
     listeners: Vec<Listener>,
+    endpoints: Vec<Endpoint>,
     shared: Arc<Shared>,
 }
 
@@ -55,6 +67,8 @@ impl Server {
         Server::bind_with(config, registry).await
     }
 
+    /// Binds every listen address of `config`, serving `registry`'s services natively and the
+    /// unframed services `config` turns on.
     pub async fn bind_with(config: ServerConfig, registry: Registry) -> io::Result<Server> {
         let mut listeners = Vec::new();
         for addr in &config.listen {
@@ -63,6 +77,7 @@ impl Server {
             info!("listening on {}", listener.local_addr()?);
             listeners.push(listener);
         }
+        let endpoints = endpoints::bind_all(&config)?;
         let base = Limits::default().with_max_header_len(config.max_header_len);
         let shared = Shared {
             keys: SessionKeys::new(config.secret.clone(), AuthMode::from_plaintext(config.plaintext)),
@@ -78,6 +93,7 @@ impl Server {
         };
         Ok(Server {
             listeners,
+            endpoints,
             shared: Arc::new(shared),
         })
     }
@@ -87,6 +103,14 @@ impl Server {
         self.listeners
             .iter()
             .filter_map(|listener| listener.local_addr().ok())
+            .collect()
+    }
+
+    /// Where the unframed services (time, daytime, rfc868, sntp) were bound.
+    pub fn service_addrs(&self) -> Vec<ServiceAddr> {
+        self.endpoints
+            .iter()
+            .filter_map(|endpoint| endpoint.addr().ok())
             .collect()
     }
 
@@ -104,6 +128,9 @@ impl Server {
                 abort.clone(),
             );
             tasks.spawn(accept);
+        }
+        for endpoint in self.endpoints {
+            endpoint.spawn(&tasks, &self.shared.stopping, &abort);
         }
         shutdown.await;
         let deadline = self.shared.config.shutdown_timeout;

@@ -19,10 +19,12 @@ use crate::wire::{
 };
 
 pub mod chat;
+pub mod clock;
 pub mod echo;
 pub mod exec;
 pub mod files;
 pub mod root;
+pub mod time;
 
 /// How a command's body reaches its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +192,7 @@ impl Registry {
         let mut registry = Registry::default();
         registry.register(echo::Echo);
         registry.register(chat::Chat::default());
+        registry.register(time::Time);
         registry.register(exec::Exec::new(config.exec.clone()));
         registry.register(files::Files::new(&config.files).map_err(|e| {
             std::io::Error::new(

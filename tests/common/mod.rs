@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -49,10 +50,16 @@ impl ServerProcess {
         ServerProcess::spawn(dir, secret_file.clone(), &args)
     }
 
-    /// Starts `sockit serve ARGS...` with `dir` as its config directory.
+    /// Starts `sockit serve ARGS...` with `dir` as its config directory. The UDP time service
+    /// is turned off unless ARGS set `--time-listen`, so that tests running in parallel do not
+    /// fight over its default port.
     pub fn spawn(dir: TempDir, secret_file: PathBuf, args: &[&str]) -> ServerProcess {
+        let mut args = args.to_vec();
+        if args.first() == Some(&"serve") && !args.contains(&"--time-listen") {
+            args.extend(["--time-listen", "off"]);
+        }
         let mut child = sockit_command(dir.path())
-            .args(args)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -103,6 +110,27 @@ impl ServerProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Where an unframed service (`time`, `daytime`, `rfc868`, `sntp`) was bound over
+    /// `transport` (`udp` or `tcp`), from its `SERVICE service on TRANSPORT ADDR` log line.
+    pub fn service_addr(&self, service: &str, transport: &str) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(addr) = self
+                .log()
+                .lines()
+                .find_map(|line| service_addr(line, service, transport))
+            {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{service} service on {transport}` in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn secret(&self) -> Secret {
@@ -162,6 +190,20 @@ pub fn listen_addr(line: &str) -> Option<String> {
             .next()?
             .to_owned(),
     )
+}
+
+/// The address in a `SERVICE service on TRANSPORT ADDR` log line, text or JSON, for exactly
+/// that service (`time` does not match `daytime`).
+pub fn service_addr(line: &str, service: &str, transport: &str) -> Option<SocketAddr> {
+    let needle = format!("{service} service on {transport} ");
+    let (before, rest) = line.split_once(&needle)?;
+    if before.ends_with(|c: char| c.is_alphanumeric()) {
+        return None;
+    }
+    rest.split(|c: char| c.is_whitespace() || c == '"')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A `sockit` command with `config_dir` as its config directory and no secret in the

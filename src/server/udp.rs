@@ -1,0 +1,257 @@
+//! Serving datagrams: one receive loop per UDP socket, a service that answers each datagram,
+//! and a per-source rate limit.
+//!
+//! UDP has no handshake, so a datagram's source address can be forged. A service that answers
+//! anything could then be aimed at a third party (reflection), or at another such service to
+//! make the two answer each other forever. Three defences: every reply datagram costs its
+//! destination a token from a per-source bucket ([`RateLimit`]); datagrams from ports below
+//! 1024, where servers rather than clients live, are ignored unless a service opts in; and
+//! services answer with no more than the request needs (see each service).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Replies per second each source may receive, once its burst is spent.
+pub const REPLIES_PER_SECOND: f64 = 20.0;
+/// Replies a quiet source may receive at once.
+pub const REPLY_BURST: f64 = 40.0;
+/// Sources tracked at once; see [`RateLimit`] for what happens beyond.
+pub const MAX_TRACKED_SOURCES: usize = 8192;
+
+/// Largest datagram read whole; anything longer is truncated by the kernel.
+const RECEIVE_BUFFER: usize = 65_536;
+
+/// A service that answers datagrams.
+#[async_trait]
+pub trait DatagramService: Send + Sync {
+    /// The reply datagrams for one request: none, one or several.
+    async fn answer(&self, request: &[u8], from: SocketAddr) -> Vec<Bytes>;
+
+    /// Whether datagrams from this source port deserve an answer. By default only ports from
+    /// 1024 up, where clients' ephemeral ports are: a request "from" port 7, 13, 19 or 37 is
+    /// most likely forged to start a loop with the classic service there.
+    fn answers_port(&self, port: u16) -> bool {
+        port >= 1024
+    }
+}
+
+/// Per-source token buckets: [`REPLIES_PER_SECOND`] with bursts of [`REPLY_BURST`] by default.
+///
+/// IPv4 sources are counted per address, IPv6 sources per /64 (one host usually owns a whole
+/// /64, so counting its addresses apart would hand it billions of buckets). The table holds at
+/// most `max_sources` entries, so forged sources cannot exhaust memory: when it is full, the
+/// entries whose buckets have refilled (as good as new) are swept away, at most once per
+/// refill period; if none have, new sources are not answered until some do. Excess datagrams
+/// are dropped silently: dropping is what stops reflection.
+pub struct RateLimit {
+    per_second: f64,
+    burst: f64,
+    max_sources: usize,
+    buckets: HashMap<IpAddr, Bucket>,
+    next_sweep: Instant,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Default for RateLimit {
+    fn default() -> RateLimit {
+        RateLimit::new(REPLIES_PER_SECOND, REPLY_BURST, MAX_TRACKED_SOURCES)
+    }
+}
+
+impl RateLimit {
+    pub fn new(per_second: f64, burst: f64, max_sources: usize) -> RateLimit {
+        RateLimit {
+            per_second,
+            burst,
+            max_sources,
+            buckets: HashMap::new(),
+            next_sweep: Instant::now(),
+        }
+    }
+
+    /// Takes a token for one reply to `ip`; false if it has none left.
+    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let key = source_key(ip);
+        if let Some(bucket) = self.buckets.get_mut(&key) {
+            bucket.refill(now, self.per_second, self.burst);
+            return bucket.take();
+        }
+        if self.buckets.len() >= self.max_sources && !self.sweep(now) {
+            return false;
+        }
+        self.buckets.insert(
+            key,
+            Bucket {
+                tokens: self.burst - 1.0,
+                updated: now,
+            },
+        );
+        true
+    }
+
+    /// Sources currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Forgets sources whose buckets are full again; true if that made room.
+    fn sweep(&mut self, now: Instant) -> bool {
+        if now < self.next_sweep {
+            return false;
+        }
+        let (per_second, burst) = (self.per_second, self.burst);
+        self.buckets.retain(|_, bucket| {
+            bucket.refill(now, per_second, burst);
+            bucket.tokens < burst
+        });
+        self.next_sweep = now + Duration::from_secs_f64(1.0 / per_second);
+        self.buckets.len() < self.max_sources
+    }
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant, per_second: f64, burst: f64) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(burst);
+        self.updated = now;
+    }
+
+    fn take(&mut self) -> bool {
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// What the rate limit counts a source as: IPv4 addresses (also IPv4-mapped IPv6 ones)
+/// alone, IPv6 addresses by their /64.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+/// Answers datagrams on `socket` until `stopping` is cancelled. Errors are logged and the
+/// loop goes on; nothing a peer sends can end it.
+pub async fn serve_datagrams(
+    name: &'static str,
+    socket: UdpSocket,
+    service: Arc<dyn DatagramService>,
+    mut limit: RateLimit,
+    stopping: CancellationToken,
+) {
+    let mut buffer = vec![0; RECEIVE_BUFFER];
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buffer) => received,
+            () = stopping.cancelled() => return,
+        };
+        let (len, from) = match received {
+            Ok(received) => received,
+            Err(error) => {
+                receive_failed(name, &error).await;
+                continue;
+            }
+        };
+        if from.port() == 0 || !service.answers_port(from.port()) {
+            debug!(service = name, %from, "ignored a datagram from a server port");
+            continue;
+        }
+        if !limit.allow(from.ip(), Instant::now()) {
+            debug!(service = name, %from, "rate limited");
+            continue;
+        }
+        let replies = service.answer(&buffer[..len], from).await;
+        for (index, reply) in replies.iter().enumerate() {
+            if index > 0 && !limit.allow(from.ip(), Instant::now()) {
+                break;
+            }
+            if let Err(error) = socket.send_to(reply, from).await {
+                debug!(service = name, %from, %error, "reply not sent");
+            }
+        }
+    }
+}
+
+/// Logs a failed receive. ICMP errors reported for earlier replies are routine; anything else
+/// (out of memory, say) is warned about, with a pause so that a persistent failure cannot spin.
+async fn receive_failed(name: &'static str, error: &io::Error) {
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => {
+            debug!(service = name, %error, "receive failed");
+        }
+        _ => {
+            warn!(service = name, %error, "receive failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_source_gets_its_burst_then_the_refill_rate() {
+        let mut limit = RateLimit::new(20.0, 40.0, 100);
+        let start = Instant::now();
+        let allowed = (0..100).filter(|_| limit.allow(ip("10.0.0.1"), start)).count();
+        assert_eq!(allowed, 40);
+        assert!(!limit.allow(ip("10.0.0.1"), start + Duration::from_millis(10)));
+        let later = start + Duration::from_millis(500);
+        let allowed = (0..100).filter(|_| limit.allow(ip("10.0.0.1"), later)).count();
+        assert_eq!(allowed, 10);
+        assert!(limit.allow(ip("10.0.0.2"), later), "other sources are unaffected");
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let mut limit = RateLimit::new(1.0, 2.0, 100);
+        let now = Instant::now();
+        assert!(limit.allow(ip("2001:db8::1"), now));
+        assert!(limit.allow(ip("2001:db8::ffff:2"), now));
+        assert!(!limit.allow(ip("2001:db8::3"), now), "same /64");
+        assert!(limit.allow(ip("2001:db8:0:1::1"), now), "another /64");
+        assert!(limit.allow(ip("192.0.2.1"), now));
+        assert!(limit.allow(ip("::ffff:192.0.2.1"), now));
+        assert!(!limit.allow(ip("192.0.2.1"), now));
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_refilled_sources_make_room() {
+        let mut limit = RateLimit::new(10.0, 5.0, 50);
+        let start = Instant::now();
+        for n in 0..200u32 {
+            limit.allow(IpAddr::from(n.to_be_bytes()), start);
+        }
+        assert_eq!(limit.tracked(), 50);
+        assert!(!limit.allow(ip("10.9.9.9"), start), "full of active sources");
+        // Half a second later every bucket has refilled (5 tokens at 10/s): room again.
+        let later = start + Duration::from_millis(500);
+        assert!(limit.allow(ip("10.9.9.9"), later));
+        assert_eq!(limit.tracked(), 1);
+    }
+}

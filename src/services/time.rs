@@ -1,0 +1,247 @@
+//! Time: the course's UDP time server and the native `time` command.
+//!
+//! The course's server receives a datagram holding a `strftime` format and replies with its
+//! local time in that format; an empty datagram means `%Y-%m-%d %X`. Here a format is parsed
+//! before it is used, so a bad one is an error reply and never a crash (chrono's
+//! `format().to_string()` panics on bad formats), and both the format and the reply are capped.
+//!
+//! UDP replies: the time text as UTF-8, or [`ERROR_PREFIX`] followed by a message. A format
+//! whose text would itself begin with that prefix is refused, so a client can always tell
+//! the two apart. An error reply is a fixed message that never repeats the request, so no
+//! reply is larger than its request by more than the time text.
+//!
+//! Native: `{"cmd":"time","id":N,"format":"..."}` (format optional) is answered with
+//! `{"cmd":"time","id":N,"time":"...","unix_ms":...}`, or a `bad_request` error.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::format::{DelayedFormat, StrftimeItems};
+use chrono::{DateTime, Local, TimeZone};
+use serde::Deserialize;
+
+use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
+use crate::server::DatagramService;
+use crate::wire::Header;
+
+/// The course's format, used when a request names none.
+pub const DEFAULT_FORMAT: &str = "%Y-%m-%d %X";
+/// Longest format accepted, in bytes.
+pub const MAX_FORMAT_LEN: usize = 256;
+/// Longest time text sent, in bytes: the course client reads replies with `recv(1024)`.
+pub const MAX_REPLY_LEN: usize = 1024;
+/// What every UDP error reply begins with.
+pub const ERROR_PREFIX: &str = "error: ";
+
+/// Why a format gives no time text. The messages are short: they are UDP error replies, and
+/// a reply to a small request should be small too.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimeFormatError {
+    #[error("format longer than {MAX_FORMAT_LEN} bytes")]
+    TooLong,
+    #[error("format is not UTF-8")]
+    NotUtf8,
+    /// A `%` that starts no conversion chrono knows (`%Q`, a lone `%`, `%5Y`).
+    #[error("invalid strftime format")]
+    Invalid,
+    #[error("time text longer than {MAX_REPLY_LEN} bytes")]
+    ReplyTooLong,
+    #[error("time text would begin with `{ERROR_PREFIX}`")]
+    LooksLikeError,
+}
+
+/// Error replies are at most this long, whatever the request.
+pub const MAX_ERROR_REPLY_LEN: usize = 48;
+
+/// The server's local time now, in `format` (empty means [`DEFAULT_FORMAT`]).
+pub fn format_time(format: &str) -> Result<String, TimeFormatError> {
+    format_at(&Local::now(), format)
+}
+
+/// `time` in `format` (empty means [`DEFAULT_FORMAT`]), never longer than [`MAX_REPLY_LEN`].
+pub fn format_at<Tz: TimeZone>(time: &DateTime<Tz>, format: &str) -> Result<String, TimeFormatError>
+where
+    Tz::Offset: std::fmt::Display,
+{
+    if format.len() > MAX_FORMAT_LEN {
+        return Err(TimeFormatError::TooLong);
+    }
+    let format = if format.is_empty() { DEFAULT_FORMAT } else { format };
+    let items = StrftimeItems::new(format)
+        .parse()
+        .map_err(|_| TimeFormatError::Invalid)?;
+    let formatted: DelayedFormat<_> = time.format_with_items(items.iter());
+    let mut text = CappedString::default();
+    match write!(text, "{formatted}") {
+        Ok(()) => Ok(text.text),
+        Err(_) if text.overflowed => Err(TimeFormatError::ReplyTooLong),
+        // Every item parsed, so this is a conversion chrono cannot fill in for this time.
+        Err(_) => Err(TimeFormatError::Invalid),
+    }
+}
+
+/// A String that refuses to grow past [`MAX_REPLY_LEN`], so a format like `%c` repeated
+/// never builds a large text only to throw it away.
+#[derive(Default)]
+struct CappedString {
+    text: String,
+    overflowed: bool,
+}
+
+impl Write for CappedString {
+    fn write_str(&mut self, piece: &str) -> std::fmt::Result {
+        if self.text.len() + piece.len() > MAX_REPLY_LEN {
+            self.overflowed = true;
+            return Err(std::fmt::Error);
+        }
+        self.text.push_str(piece);
+        Ok(())
+    }
+}
+
+/// The UDP reply to one datagram: the time text, or an error reply.
+pub fn datagram_reply(request: &[u8]) -> Bytes {
+    match datagram_time(request) {
+        Ok(text) => Bytes::from(text),
+        Err(error) => Bytes::from(format!("{ERROR_PREFIX}{error}")),
+    }
+}
+
+fn datagram_time(request: &[u8]) -> Result<String, TimeFormatError> {
+    if request.len() > MAX_FORMAT_LEN {
+        return Err(TimeFormatError::TooLong);
+    }
+    let format = std::str::from_utf8(request).map_err(|_| TimeFormatError::NotUtf8)?;
+    let text = format_time(format)?;
+    if text.starts_with(ERROR_PREFIX) {
+        return Err(TimeFormatError::LooksLikeError);
+    }
+    Ok(text)
+}
+
+/// Reads a UDP reply: the time text, or the server's error message.
+pub fn parse_datagram_reply(reply: &[u8]) -> Result<String, String> {
+    let text = String::from_utf8_lossy(reply);
+    match text.strip_prefix(ERROR_PREFIX) {
+        Some(message) => Err(message.to_owned()),
+        None => Ok(text.into_owned()),
+    }
+}
+
+/// The course's time server over UDP.
+pub struct TimeDatagrams;
+
+#[async_trait]
+impl DatagramService for TimeDatagrams {
+    async fn answer(&self, request: &[u8], _from: SocketAddr) -> Vec<Bytes> {
+        vec![datagram_reply(request)]
+    }
+}
+
+/// The native `time` command.
+pub struct Time;
+
+const COMMANDS: &[CommandSpec] = &[CommandSpec {
+    cmd: "time",
+    max_body: 0,
+    body: BodyMode::Whole,
+}];
+
+#[derive(Deserialize)]
+struct TimeRequest {
+    #[serde(default)]
+    format: String,
+}
+
+#[async_trait]
+impl Service for Time {
+    fn name(&self) -> &'static str {
+        "time"
+    }
+
+    fn commands(&self) -> &[CommandSpec] {
+        COMMANDS
+    }
+
+    async fn handle(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
+        let fields: TimeRequest = request
+            .header
+            .parse()
+            .map_err(|e| ServiceError::bad_request(e.to_string()))?;
+        let now = Local::now();
+        let text = format_at(&now, &fields.format).map_err(|e| ServiceError::bad_request(e.to_string()))?;
+        let reply = Header::new("time")
+            .with_id(request.id())
+            .with("time", text)
+            .with("unix_ms", now.timestamp_millis());
+        session.writer.send(reply, &[]).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{FixedOffset, NaiveDate};
+
+    fn moment() -> DateTime<FixedOffset> {
+        let naive = NaiveDate::from_ymd_opt(2024, 2, 29)
+            .unwrap()
+            .and_hms_opt(13, 5, 9)
+            .unwrap();
+        FixedOffset::east_opt(8 * 3600)
+            .unwrap()
+            .from_local_datetime(&naive)
+            .unwrap()
+    }
+
+    #[test]
+    fn formats_like_strftime_with_the_course_default() {
+        assert_eq!(format_at(&moment(), "").unwrap(), "2024-02-29 13:05:09");
+        assert_eq!(format_at(&moment(), "%Y %m %d").unwrap(), "2024 02 29");
+        assert_eq!(
+            format_at(&moment(), "%a %H:%M %z 100%%").unwrap(),
+            "Thu 13:05 +0800 100%"
+        );
+        assert_eq!(format_at(&moment(), "时间 %X").unwrap(), "时间 13:05:09");
+    }
+
+    #[test]
+    fn bad_formats_are_errors_not_panics() {
+        for format in ["%Q", "%", "abc%", "%999999999Y", "%-Z", "%.j", "%😽"] {
+            assert_eq!(
+                format_at(&moment(), format),
+                Err(TimeFormatError::Invalid),
+                "{format}"
+            );
+        }
+    }
+
+    #[test]
+    fn format_and_reply_are_capped() {
+        let long = "x".repeat(MAX_FORMAT_LEN + 1);
+        assert_eq!(format_at(&moment(), &long), Err(TimeFormatError::TooLong));
+        assert!(format_at(&moment(), &"x".repeat(MAX_FORMAT_LEN)).is_ok());
+        // 128 × `%c` is 256 bytes of format and about 3 KB of text.
+        let wide = "%c".repeat(128);
+        assert_eq!(format_at(&moment(), &wide), Err(TimeFormatError::ReplyTooLong));
+    }
+
+    #[test]
+    fn datagram_replies_are_text_or_short_prefixed_errors() {
+        let year = parse_datagram_reply(&datagram_reply(b"%Y")).unwrap();
+        assert!(year.len() == 4 && year.parse::<u32>().is_ok(), "{year}");
+        let default = parse_datagram_reply(&datagram_reply(b"")).unwrap();
+        assert_eq!(default.len(), "2024-02-29 13:05:09".len(), "{default}");
+        let long = [b'a'; 300];
+        let wide = "%c".repeat(128);
+        for request in [&b"%Q"[..], b"\xff\xfe", &long, wide.as_bytes(), b"error: %Y"] {
+            let reply = datagram_reply(request);
+            let message = parse_datagram_reply(&reply).unwrap_err();
+            assert!(reply.len() <= MAX_ERROR_REPLY_LEN, "{message}");
+        }
+        assert_eq!(parse_datagram_reply(b"2024"), Ok("2024".to_owned()));
+    }
+}
