@@ -3,6 +3,7 @@
 mod bench;
 mod echo;
 mod exec;
+mod fetch;
 mod fs;
 mod keygen;
 mod serve;
@@ -47,6 +48,7 @@ enum Command {
     Rm(fs::RmArgs),
     Mkdir(fs::MkdirArgs),
     Mv(fs::MvArgs),
+    Fetch(fetch::FetchArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -88,6 +90,7 @@ pub fn main() -> ExitCode {
         Command::Rm(args) => fs::run_rm(args),
         Command::Mkdir(args) => fs::run_mkdir(args),
         Command::Mv(args) => fs::run_mv(args),
+        Command::Fetch(args) => fetch::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

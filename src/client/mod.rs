@@ -22,6 +22,7 @@
 
 mod exec;
 mod files;
+pub mod http;
 mod target;
 
 use std::io;
