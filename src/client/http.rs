@@ -186,8 +186,6 @@ impl Fetcher {
                 return Ok(Download {
                     authority: authority(&url),
                     read_timeout: self.options.read_timeout,
-                    chunked: head.is_chunked(),
-                    expected: head.content_length(),
                     received: 0,
                     body: response.into_body().into_reader(),
                     head,
@@ -205,13 +203,10 @@ impl Fetcher {
     fn explain(&self, error: ureq::Error, url: &Url) -> FetchError {
         let authority = authority(url);
         match error {
+            ureq::Error::Io(io) => explain_io(io, url),
             ureq::Error::HostNotFound => FetchError::Resolve {
                 host: host(url),
                 reason: "no address found".to_owned(),
-            },
-            ureq::Error::Io(io) if lookup_failure(&io).is_some() => FetchError::Resolve {
-                host: host(url),
-                reason: lookup_failure(&io).unwrap_or_default(),
             },
             ureq::Error::Timeout(Timeout::Resolve | Timeout::Connect) => FetchError::ConnectTimeout {
                 authority,
@@ -221,10 +216,6 @@ impl Fetcher {
                 authority,
                 after: self.options.read_timeout,
             },
-            ureq::Error::Io(io) if tls_failure(&io).is_some() => FetchError::Tls {
-                authority,
-                reason: tls_failure(&io).map(describe_tls).unwrap_or_default(),
-            },
             ureq::Error::Rustls(tls) => FetchError::Tls {
                 authority,
                 reason: describe_tls(&tls),
@@ -232,18 +223,6 @@ impl Fetcher {
             ureq::Error::Tls(reason) => FetchError::Tls {
                 authority,
                 reason: reason.to_owned(),
-            },
-            ureq::Error::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => FetchError::Protocol {
-                authority,
-                reason: "connection closed before a complete response".to_owned(),
-            },
-            ureq::Error::Io(io) if is_connect_failure(&io) => FetchError::Connect {
-                authority,
-                reason: io_reason(&io),
-            },
-            ureq::Error::Io(io) => FetchError::Connection {
-                authority,
-                reason: io_reason(&io),
             },
             ureq::Error::ConnectionFailed => FetchError::Connect {
                 authority,
@@ -257,14 +236,43 @@ impl Fetcher {
     }
 }
 
+/// ureq passes DNS, connection and TLS handshake failures on as I/O errors: tell them apart.
+fn explain_io(io: io::Error, url: &Url) -> FetchError {
+    let authority = authority(url);
+    if let Some(reason) = lookup_failure(&io) {
+        return FetchError::Resolve {
+            host: host(url),
+            reason,
+        };
+    }
+    if let Some(tls) = tls_failure(&io) {
+        return FetchError::Tls {
+            authority,
+            reason: describe_tls(tls),
+        };
+    }
+    match io.kind() {
+        io::ErrorKind::UnexpectedEof => FetchError::Protocol {
+            authority,
+            reason: "connection closed before a complete response".to_owned(),
+        },
+        kind if is_connect_failure(kind) => FetchError::Connect {
+            authority,
+            reason: io_reason(&io),
+        },
+        _ => FetchError::Connection {
+            authority,
+            reason: io_reason(&io),
+        },
+    }
+}
+
 /// The final response of a [`Fetcher::get`]: its head and a body to read to the end.
 pub struct Download {
     pub head: ResponseHead,
     body: BodyReader<'static>,
     authority: String,
     read_timeout: Duration,
-    chunked: bool,
-    expected: Option<u64>,
     received: u64,
 }
 
@@ -305,7 +313,7 @@ impl Download {
     }
 
     fn shortfall(&self) -> String {
-        match (self.expected, self.chunked) {
+        match (self.head.content_length(), self.head.is_chunked()) {
             (Some(expected), _) => format!("after {} of {expected} bytes", self.received),
             (None, true) => format!("before the last chunk ({} bytes received)", self.received),
             (None, false) => format!("after {} bytes", self.received),
@@ -407,10 +415,10 @@ fn lookup_failure(error: &io::Error) -> Option<String> {
 }
 
 /// Errors that mean no connection was made, as opposed to one that broke.
-fn is_connect_failure(error: &io::Error) -> bool {
+fn is_connect_failure(kind: io::ErrorKind) -> bool {
     use io::ErrorKind::*;
     matches!(
-        error.kind(),
+        kind,
         ConnectionRefused | HostUnreachable | NetworkUnreachable | TimedOut | AddrNotAvailable
     )
 }
