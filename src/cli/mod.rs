@@ -5,6 +5,7 @@ mod chat;
 mod chat_udp;
 mod echo;
 mod exec;
+mod fetch;
 mod fs;
 mod keygen;
 mod serve;
@@ -52,6 +53,7 @@ enum Command {
     Mv(fs::MvArgs),
     Chat(chat::ChatArgs),
     Time(time::TimeArgs),
+    Fetch(fetch::FetchArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -95,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Mv(args) => fs::run_mv(args),
         Command::Chat(args) => chat::run(args),
         Command::Time(args) => time::run(args),
+        Command::Fetch(args) => fetch::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
