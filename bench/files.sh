@@ -6,6 +6,7 @@
 #
 # Usage: bench/files.sh   (about 4 minutes; installs openssh-server, socat and netcat if
 # missing; needs root for the tmpfs mount). Rewrites the files section of BENCHMARKS.md.
+# PARTS="tree" bench/files.sh runs only the small-file part (no report is written).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -25,7 +26,9 @@ out="$results/files.jsonl"
 : >"$out"
 measure() { python3 bench/measure.py "$@" >>"$out"; }
 
+parts=${PARTS:-big tree}
 for place in tmpfs disk; do
+  [[ $parts == *big* ]] || break
   dest=$work/$place
   echo "1 GiB to and from $place" >&2
   start "sockit-$place" $sockit serve --listen 127.0.0.1:0 --time-listen off "${secret[@]}" --root "$dest/sockit"
@@ -76,11 +79,17 @@ for i in range(10000):
         f.write(os.urandom(4096))
 EOF
 tree_bytes=$((10000 * 4096))
-start sockit-tree $sockit serve --listen 127.0.0.1:0 --time-listen off "${secret[@]}" --root "$work/disk/sockit"
-measure tree_sockit $tree_bytes "$sockit put -r ${secret[*]} $addr $work/tree"
-measure tree_scp $tree_bytes "scp -r ${ssh_port_opt[*]} $work/tree 127.0.0.1:$work/disk/scp-tree"
-mkdir -p "$work/disk/nc-tree"
-measure tree_tar_nc $tree_bytes "nc -l 127.0.0.1 $port | tar -x -C $work/disk/nc-tree & sleep 0.2; tar -c -C $work tree | nc -N 127.0.0.1 $port; wait"
-diff -r "$work/tree" "$work/disk/sockit/tree" >/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+for place in tmpfs disk; do
+  dest=$work/$place
+  start "sockit-tree-$place" $sockit serve --listen 127.0.0.1:0 --time-listen off "${secret[@]}" --root "$dest/sockit"
+  measure "tree_sockit_$place" $tree_bytes "$sockit put -r ${secret[*]} $addr $work/tree"
+  measure "tree_scp_$place" $tree_bytes "scp -r ${ssh_port_opt[*]} $work/tree 127.0.0.1:$dest/scp-tree"
+  mkdir -p "$dest/nc-tree"
+  measure "tree_tar_nc_$place" $tree_bytes "nc -l 127.0.0.1 $port | tar -x -C $dest/nc-tree & sleep 0.2; tar -c -C $work tree | nc -N 127.0.0.1 $port; wait"
+  diff -r "$work/tree" "$dest/sockit/tree" >/dev/null
+  diff -r "$work/tree" "$dest/scp-tree" >/dev/null
+done
 
+[[ $parts == *big* ]] || { cat "$out"; exit 0; }
 python3 bench/report.py files "$results" "bench/files.sh"

@@ -107,6 +107,8 @@ async fn three_clients_two_rooms_direct_messages_history_and_presence() {
 
     let mut carol = login(&server, "carol").await;
     carol.sender.join("dev").await.unwrap();
+    // Carol is in `dev` before Bob joins it, so she sees him arrive.
+    drain(&mut carol, "dev").await;
     bob.sender.join("dev").await.unwrap();
     alice.sender.say("lobby", "hello lobby").await.unwrap();
     carol.sender.say("dev", "hello dev").await.unwrap();

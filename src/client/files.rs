@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use tokio::fs::File;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{Client, ClientError};
@@ -285,13 +286,15 @@ impl Client {
             .await
             .map_err(|e| local_error(&partial, e))?;
         progress(have);
+        let disk = DiskWriter::spawn(file.into_std().await, hasher);
         while let Some(chunk) = reader.read_body_chunk().await? {
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| local_error(&partial, e))?;
-            hasher.update(&chunk);
-            progress(chunk.len() as u64);
+            let len = chunk.len() as u64;
+            if !disk.write(chunk).await {
+                break;
+            }
+            progress(len);
         }
+        let (file, hasher) = disk.finish().await.map_err(|e| local_error(&partial, e))?;
         let end = reader.read_message().await?.ok_or(ClientError::Closed)?;
         let actual = hasher.finalize().to_hex();
         if end.header.str("blake3") != Some(actual.as_str()) {
@@ -301,8 +304,6 @@ impl Client {
                 "{remote}: the data does not match its BLAKE3 hash; the partial download was discarded, run again"
             )));
         }
-        file.flush().await.map_err(|e| local_error(&partial, e))?;
-        let file = file.into_std().await;
         file.sync_all().map_err(|e| local_error(&partial, e))?;
         if options.preserve {
             let mode = header.u64("mode").map(|m| m as u32);
@@ -335,6 +336,38 @@ pub fn safe_local_name(name: &str) -> Result<&str, ClientError> {
             "the server sent an unsafe name {}; refusing to write it",
             crate::services::root::escape(name)
         ))),
+    }
+}
+
+/// Writes and hashes a download on a thread of its own, so the disk and the hash work while
+/// the connection's thread decrypts the next chunks (instead of one hop to the blocking pool
+/// per chunk).
+struct DiskWriter {
+    chunks: mpsc::Sender<Bytes>,
+    done: tokio::task::JoinHandle<std::io::Result<(std::fs::File, blake3::Hasher)>>,
+}
+
+impl DiskWriter {
+    fn spawn(mut file: std::fs::File, mut hasher: blake3::Hasher) -> DiskWriter {
+        let (chunks, mut queue) = mpsc::channel::<Bytes>(16);
+        let done = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = queue.blocking_recv() {
+                std::io::Write::write_all(&mut file, &chunk)?;
+                hasher.update(&chunk);
+            }
+            Ok((file, hasher))
+        });
+        DiskWriter { chunks, done }
+    }
+
+    /// Queues a chunk; `false` if the writer has stopped (its error comes from `finish`).
+    async fn write(&self, chunk: Bytes) -> bool {
+        self.chunks.send(chunk).await.is_ok()
+    }
+
+    async fn finish(self) -> std::io::Result<(std::fs::File, blake3::Hasher)> {
+        drop(self.chunks);
+        self.done.await.map_err(std::io::Error::other)?
     }
 }
 
