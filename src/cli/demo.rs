@@ -66,32 +66,31 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn sticky() -> anyhow::Result<()> {
-    let stream = MESSAGES.concat();
     print_line("The sticky-packet problem: TCP keeps the bytes in order, but not where each send() ended.");
     let sizes: Vec<String> = MESSAGES.iter().map(|message| message.len().to_string()).collect();
     print_line(format!(
         "The course's three messages: {} ({} = {} bytes) on 127.0.0.1.",
         messages_listed(),
         sizes.join(" + "),
-        stream.len()
+        stream_len()
     ));
     print_line("[ ] mark where a message starts and ends; ... marks a piece cut from a message.");
-    merged_round(&stream)?;
-    split_round(&stream)?;
+    merged_round()?;
+    split_round()?;
     framed_round()?;
     explain();
     Ok(())
 }
 
 /// Round 1: one `send()` per message, one late `recv(1024)` gets them all.
-fn merged_round(stream: &[u8]) -> io::Result<()> {
+fn merged_round() -> io::Result<()> {
     print_line("");
     print_line(format!(
         "1. Merged: the receiver reads late, with recv({COURSE_READ_SIZE})"
     ));
     print_line(format!("   sender:   {}  close()", sends_listed()));
     print_line("             (TCP_NODELAY is on, so Nagle holds nothing back: each send() leaves at once)");
-    let reads = raw_round(stream, COURSE_READ_SIZE)?;
+    let reads = raw_round(COURSE_READ_SIZE)?;
     let first = reads.first().map_or(0..0, |read| read.range.clone());
     let whole = message_spans().filter(|span| contains(&first, span)).count();
     if whole > 1 {
@@ -108,13 +107,13 @@ fn merged_round(stream: &[u8]) -> io::Result<()> {
 }
 
 /// Round 2: the same sends, read five bytes at a time.
-fn split_round(stream: &[u8]) -> io::Result<()> {
+fn split_round() -> io::Result<()> {
     print_line("");
     print_line(format!(
         "2. Split: the receiver reads with a small buffer, recv({SMALL_READ_SIZE})"
     ));
     print_line(format!("   sender:   {}  close()", sends_listed()));
-    let reads = raw_round(stream, SMALL_READ_SIZE)?;
+    let reads = raw_round(SMALL_READ_SIZE)?;
     let pieces: Vec<String> = MESSAGES
         .iter()
         .zip(message_spans())
@@ -200,18 +199,18 @@ struct Received {
 
 /// Sends each message with its own `send()`, reads with `recv(read_size)` once all have
 /// arrived, prints each read with the message boundaries marked, and returns the reads.
-fn raw_round(stream: &[u8], read_size: usize) -> io::Result<Vec<Received>> {
+fn raw_round(read_size: usize) -> io::Result<Vec<Received>> {
     let (mut sender, mut receiver) = loopback_pair()?;
     sender.set_nodelay(true)?;
     for message in MESSAGES {
         sender.write_all(message)?;
     }
     sender.shutdown(Shutdown::Write)?;
-    let queued = wait_until_queued(&receiver, stream.len())?;
-    if queued < stream.len() {
+    let queued = wait_until_queued(&receiver, stream_len())?;
+    if queued < stream_len() {
         print_line(format!(
             "   receiver: gave up waiting after {ARRIVAL_DEADLINE:?} with {queued} of {} bytes arrived",
-            stream.len()
+            stream_len()
         ));
     } else {
         print_line(format!(
@@ -321,6 +320,11 @@ fn marked(range: &Range<usize>) -> String {
         text.push_str(if end == span.end { "]" } else { "..." });
     }
     text
+}
+
+/// The bytes of all the messages.
+fn stream_len() -> usize {
+    MESSAGES.iter().map(|message| message.len()).sum()
 }
 
 /// Where each message sits in the stream the sender wrote.
