@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod chat_udp;
+mod demo;
 mod echo;
 mod exec;
 mod fetch;
@@ -55,6 +56,7 @@ enum Command {
     Time(time::TimeArgs),
     Fetch(fetch::FetchArgs),
     Bench(bench::BenchArgs),
+    Demo(demo::DemoArgs),
 }
 
 /// How a client command finds the server's secret and which session to ask for.
@@ -99,6 +101,7 @@ pub fn main() -> ExitCode {
         Command::Time(args) => time::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(code) => code,
