@@ -3,11 +3,13 @@
 mod bench;
 mod chat;
 mod chat_udp;
+mod completions;
 mod echo;
 mod exec;
 mod fetch;
 mod fs;
 mod keygen;
+mod man;
 mod serve;
 mod shell;
 mod time;
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use sockit::auth::resolve_secret;
 use sockit::server::parse_duration;
 use sockit::{ClientConfig, ClientError};
@@ -55,6 +57,8 @@ enum Command {
     Time(time::TimeArgs),
     Fetch(fetch::FetchArgs),
     Bench(bench::BenchArgs),
+    Completions(completions::CompletionsArgs),
+    Man(man::ManArgs),
 }
 
 /// How a client command finds the server's secret and which session to ask for.
@@ -99,6 +103,8 @@ pub fn main() -> ExitCode {
         Command::Time(args) => time::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Completions(args) => completions::run(args, Cli::command()),
+        Command::Man(args) => man::run(args, Cli::command()),
     };
     match result {
         Ok(code) => code,
@@ -126,6 +132,15 @@ fn one_line(error: &anyhow::Error) -> String {
 pub fn print_line(line: impl std::fmt::Display) {
     use std::io::Write;
     if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// Writes bytes to stdout; if the reader has gone, stops quietly as [`print_line`] does.
+pub fn print_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if stdout.write_all(bytes).and_then(|()| stdout.flush()).is_err() {
         std::process::exit(0);
     }
 }
