@@ -3,12 +3,14 @@
 mod bench;
 mod chat;
 mod chat_udp;
+mod completions;
 mod demo;
 mod echo;
 mod exec;
 mod fetch;
 mod fs;
 mod keygen;
+mod man;
 mod serve;
 mod shell;
 mod time;
@@ -18,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use sockit::auth::resolve_secret;
 use sockit::server::parse_duration;
 use sockit::{ClientConfig, ClientError};
@@ -57,6 +59,8 @@ enum Command {
     Fetch(fetch::FetchArgs),
     Bench(bench::BenchArgs),
     Demo(demo::DemoArgs),
+    Completions(completions::CompletionsArgs),
+    Man(man::ManArgs),
 }
 
 /// How a client command finds the server's secret and which session to ask for.
@@ -102,6 +106,8 @@ pub fn main() -> ExitCode {
         Command::Fetch(args) => fetch::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Completions(args) => completions::run(args, Cli::command()),
+        Command::Man(args) => man::run(args, Cli::command()),
     };
     match result {
         Ok(code) => code,
@@ -129,6 +135,15 @@ fn one_line(error: &anyhow::Error) -> String {
 pub fn print_line(line: impl std::fmt::Display) {
     use std::io::Write;
     if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// Writes bytes to stdout; if the reader has gone, stops quietly as [`print_line`] does.
+pub fn print_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if stdout.write_all(bytes).and_then(|()| stdout.flush()).is_err() {
         std::process::exit(0);
     }
 }
