@@ -100,7 +100,7 @@ impl Client {
             progress(size);
             return transferred(&reply.header, size, 0);
         }
-        let ready = self.call(header.with("resume", true), b"").await?;
+        let ready = self.call_when_free(header.with("resume", true), b"").await?;
         let id = ready.header.id().unwrap_or(0);
         let offered = ready.header.u64("offset").unwrap_or(0);
         let mut hasher = blake3::Hasher::new();

@@ -195,6 +195,23 @@ impl Client {
         Ok(reply)
     }
 
+    /// [`Client::call`], asked again for up to 3 s while the server answers `busy`: a limit
+    /// that frees up by itself, such as an upload's path still claimed by a connection the
+    /// server has not yet seen close (the client that was just killed and is now resuming).
+    pub async fn call_when_free(&mut self, header: Header, body: &[u8]) -> Result<Message, ClientError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            match self.call(header.clone(), body).await {
+                Err(ClientError::Remote(error))
+                    if error.code == ErrorCode::Busy && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// The echo service: `text` comes back upper-cased.
     pub async fn echo(&mut self, text: impl AsRef<[u8]>) -> Result<Bytes, ClientError> {
         Ok(self.call(Header::new("echo"), text.as_ref()).await?.body)

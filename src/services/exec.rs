@@ -494,7 +494,7 @@ impl Supervisor {
         let exit = exit_header(self.id, status, started.elapsed(), self.timed_out);
         info!(
             id = self.id,
-            ?status,
+            status = %status,
             timed_out = self.timed_out,
             "command finished"
         );
