@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use sockit::auth::{SecretSource, resolve_secret};
 use sockit::server::{FileConfig, ListenAddr, ServiceListen, parse_duration};
+use sockit::services::classic::ClassicListen;
 use sockit::{Server, ServerConfig};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -17,7 +18,7 @@ use super::raise_fd_limit;
 #[derive(Args)]
 #[command(
     about = "Run the sockit server (echo, exec, files and time; encrypted, authenticated sessions)",
-    after_help = "Examples:\n  sockit serve                                   # 127.0.0.1:8080, secret created if missing;\n                                                 # UDP time service on 127.0.0.1:9000\n  sockit serve --listen 0.0.0.0:8080 --listen [::]:8080 --listen /run/sockit.sock\n  sockit serve --listen 127.0.0.1:0 --plaintext  # free port, HMAC auth, no encryption\n  sockit serve --time-listen off                 # no UDP time service\n  sockit serve --rfc868-listen 127.0.0.1:3737 --sntp-listen 127.0.0.1:1123\n                                                 # for `rdate -o 3737` and SNTP clients\n  RUST_LOG=debug sockit serve --log-format json\n\nThe unframed services are logged as `time service on udp ADDR`; their UDP replies are\nrate-limited to 20 per second (bursts of 40) per source address."
+    after_help = "Examples:\n  sockit serve                                   # 127.0.0.1:8080, secret created if missing;\n                                                 # UDP time service on 127.0.0.1:9000\n  sockit serve --listen 0.0.0.0:8080 --listen [::]:8080 --listen /run/sockit.sock\n  sockit serve --listen 127.0.0.1:0 --plaintext  # free port, HMAC auth, no encryption\n  sockit serve --time-listen off                 # no UDP time service\n  sockit serve --rfc868-listen 127.0.0.1:3737 --sntp-listen 127.0.0.1:1123\n                                                 # for `rdate -o 3737` and SNTP clients\n  sockit serve --classic --allow-exec             # also the course's own servers, its clients unchanged\n  sockit serve --classic --classic-listen ftp=127.0.0.1:2121 --classic-listen greeting=off\n  RUST_LOG=debug sockit serve --log-format json\n\nThe unframed services are logged as `time service on udp ADDR` (`classic-echo service on tcp\nADDR`, ...); their UDP replies are rate-limited to 20 per second (bursts of 40) per source address."
 )]
 pub struct ServeArgs {
     /// Listen on IP:PORT, [IPv6]:PORT or a Unix socket path; repeatable; port 0 picks a free
@@ -85,6 +86,18 @@ pub struct ServeArgs {
     /// SNTP (RFC 4330) server over UDP on IP:PORT, answering from the system clock [default: off]
     #[arg(long, value_name = "ADDR")]
     sntp_listen: Option<ServiceListen>,
+    /// Also serve the course's own programs on their course ports (loopback, no encryption):
+    /// upper echo tcp 8081, exec tcp 8082, FTP tcp 8083, HMAC echo tcp 9999, greeting tcp 9998,
+    /// upper echo udp 9001, exec udp 9003; the exec ones only with --allow-exec
+    #[arg(long)]
+    classic: bool,
+    /// Move a classic service (echo, exec, ftp, hmac_echo, greeting, udp_echo, udp_exec) or turn
+    /// it off: NAME=IP:PORT or NAME=off; repeatable
+    #[arg(long, value_name = "NAME=ADDR|off")]
+    classic_listen: Vec<ClassicListen>,
+    /// Let the classic UDP exec (9003) run commands sent from other machines
+    #[arg(long)]
+    classic_exec_any_source: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -152,6 +165,14 @@ impl ServeArgs {
             daytime_listen: self.daytime_listen,
             rfc868_listen: self.rfc868_listen,
             sntp_listen: self.sntp_listen,
+            classic: self.classic.then_some(true),
+            classic_listen: Some(
+                self.classic_listen
+                    .iter()
+                    .map(|listen| (listen.service, ServiceListen(listen.addr)))
+                    .collect(),
+            ),
+            classic_exec_any_source: self.classic_exec_any_source.then_some(true),
             ..FileConfig::default()
         };
         flags.apply(config);

@@ -1,5 +1,6 @@
 //! Server settings, their defaults, and the optional TOML file that can set any of them.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -10,6 +11,7 @@ use serde::{Deserialize, Deserializer};
 use super::listener::ListenAddr;
 use crate::auth::Secret;
 use crate::services::ServicesConfig;
+use crate::services::classic::{ClassicConfig, ClassicService};
 use crate::wire::DEFAULT_MAX_HEADER_LEN;
 
 /// The port sockit serves and clients dial when none is given.
@@ -45,6 +47,8 @@ pub struct ServerConfig {
     pub rfc868_listen: Option<SocketAddr>,
     /// SNTP (RFC 4330) server, over UDP.
     pub sntp_listen: Option<SocketAddr>,
+    /// The course's own services on their course ports (`--classic`).
+    pub classic: ClassicConfig,
 }
 
 impl ServerConfig {
@@ -65,6 +69,7 @@ impl ServerConfig {
             daytime_listen: None,
             rfc868_listen: None,
             sntp_listen: None,
+            classic: ClassicConfig::default(),
         }
     }
 }
@@ -122,6 +127,10 @@ pub struct FileConfig {
     pub daytime_listen: Option<ServiceListen>,
     pub rfc868_listen: Option<ServiceListen>,
     pub sntp_listen: Option<ServiceListen>,
+    pub classic: Option<bool>,
+    /// `[classic_listen]`: `echo = "127.0.0.1:18081"`, `exec = "off"`, ...
+    pub classic_listen: Option<BTreeMap<ClassicService, ServiceListen>>,
+    pub classic_exec_any_source: Option<bool>,
 }
 
 impl FileConfig {
@@ -163,6 +172,12 @@ impl FileConfig {
         ];
         for (slot, value) in listens {
             set(slot, value.map(|listen| listen.0));
+        }
+        let classic = &mut config.classic;
+        set(&mut classic.enabled, self.classic);
+        set(&mut classic.exec_any_source, self.classic_exec_any_source);
+        for (service, listen) in self.classic_listen.iter().flatten() {
+            classic.listen.insert(*service, listen.0);
         }
     }
 }
@@ -246,5 +261,30 @@ mod tests {
         assert_eq!(config.sntp_listen, Some("[::1]:1123".parse().unwrap()));
         assert_eq!(config.daytime_listen, None);
         assert!(toml::from_str::<FileConfig>("time_listen = \"9000\"").is_err());
+    }
+
+    #[test]
+    fn classic_services_are_moved_or_turned_off_one_by_one() {
+        let file: FileConfig =
+            toml::from_str("classic = true\n[classic_listen]\necho = \"127.0.0.1:0\"\nudp_exec = \"off\"")
+                .unwrap();
+        let mut config = ServerConfig::new(Secret::generate());
+        file.apply(&mut config);
+        let classic = &config.classic;
+        assert_eq!(
+            classic.addr(ClassicService::Echo),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(classic.addr(ClassicService::UdpExec), None);
+        assert_eq!(
+            classic.addr(ClassicService::Greeting),
+            Some("127.0.0.1:9998".parse().unwrap())
+        );
+        let typo = toml::from_str::<FileConfig>("[classic_listen]\nehco = \"127.0.0.1:0\"");
+        assert!(
+            typo.unwrap_err()
+                .to_string()
+                .contains("no classic service `ehco`")
+        );
     }
 }

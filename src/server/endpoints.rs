@@ -1,5 +1,6 @@
-//! The unframed services beside the native protocol: the course's UDP time service and the
-//! standard time protocols, each on the address its setting names (or off).
+//! The unframed services beside the native protocol: the course's UDP time service, the
+//! standard time protocols and the classic services, each on the address its setting names
+//! (or off).
 
 use std::fmt;
 use std::io;
@@ -9,12 +10,18 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::ServerConfig;
 use super::listener::{bind_tcp, bind_udp};
-use super::stream::{StreamLimits, StreamService, StreamShutdown, serve_streams};
+use super::stream::{ServiceShutdown, StreamLimits, StreamService, serve_streams};
 use super::udp::{DatagramService, RateLimit, serve_datagrams};
+use crate::services::Backends;
+use crate::services::classic::echo::{HmacEcho, UdpUpperEcho, UpperEcho};
+use crate::services::classic::exec::{TcpExec, UdpExec};
+use crate::services::classic::ftp::Ftp;
+use crate::services::classic::greeting::Greeting;
+use crate::services::classic::{ClassicService, is_loopback};
 use crate::services::clock::{Daytime, Rfc868Time, Sntp};
 use crate::services::time::TimeDatagrams;
 
@@ -36,7 +43,7 @@ impl fmt::Display for Transport {
 /// Where one of the unframed services was bound (with the port chosen for port 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceAddr {
-    /// `time`, `daytime`, `rfc868` or `sntp`.
+    /// `time`, `daytime`, `rfc868`, `sntp`, or a classic service's log name (`classic-echo`).
     pub service: &'static str,
     pub transport: Transport,
     pub addr: SocketAddr,
@@ -50,22 +57,31 @@ pub(super) struct Endpoint {
 
 enum Socket {
     Udp(UdpSocket, Arc<dyn DatagramService>),
-    Tcp(TcpListener, Arc<dyn StreamService>),
+    Tcp(TcpListener, Arc<dyn StreamService>, StreamLimits),
 }
 
-/// One optional service: its name, the flag that sets its address, and what it speaks.
+/// One optional service: its name, how to move it, and what it speaks.
 struct Spec {
     service: &'static str,
-    flag: &'static str,
+    /// The flags that move it or turn it off, for the error when it cannot listen.
+    how_to_move: String,
     addr: Option<SocketAddr>,
     stream: Option<Arc<dyn StreamService>>,
+    limits: StreamLimits,
     datagram: Option<Arc<dyn DatagramService>>,
+    /// What anyone who reaches it can do, if it lets anyone in: logged as a warning.
+    exposure: Option<&'static str>,
 }
 
 /// Binds every unframed service `config` turns on.
-pub(super) fn bind_all(config: &ServerConfig) -> io::Result<Vec<Endpoint>> {
-    let specs = [
-        Spec::new("time", "time-listen", config.time_listen).udp(TimeDatagrams),
+pub(super) fn bind_all(config: &ServerConfig, backends: &Backends) -> io::Result<Vec<Endpoint>> {
+    let mut time = Spec::new("time", "time-listen", config.time_listen).udp(TimeDatagrams);
+    if config.classic.enabled {
+        // In classic mode the time service is one of the course's open services.
+        time.exposure = Some("answers anyone");
+    }
+    let mut specs = vec![
+        time,
         Spec::new("daytime", "daytime-listen", config.daytime_listen)
             .tcp(Daytime)
             .udp(Daytime),
@@ -74,6 +90,11 @@ pub(super) fn bind_all(config: &ServerConfig) -> io::Result<Vec<Endpoint>> {
             .udp(Rfc868Time),
         Spec::new("sntp", "sntp-listen", config.sntp_listen).udp(Sntp),
     ];
+    specs.extend(
+        ClassicService::ALL
+            .into_iter()
+            .filter_map(|service| classic_spec(service, config, backends)),
+    );
     let mut endpoints = Vec::new();
     for spec in specs {
         spec.bind(&mut endpoints)?;
@@ -81,14 +102,50 @@ pub(super) fn bind_all(config: &ServerConfig) -> io::Result<Vec<Endpoint>> {
     Ok(endpoints)
 }
 
+/// A classic service `config` turns on, unless it runs commands and exec is not allowed.
+fn classic_spec(service: ClassicService, config: &ServerConfig, backends: &Backends) -> Option<Spec> {
+    let addr = config.classic.addr(service)?;
+    if service.runs_commands() && !backends.exec.enabled() {
+        warn!(
+            "{service} (on {} {addr}) not started: it runs commands, so it needs --allow-exec as well",
+            service.transport()
+        );
+        return None;
+    }
+    let key = service.key();
+    let spec = Spec {
+        service: service.log_name(),
+        how_to_move: format!(
+            "use --classic-listen {key}=ADDR or {key}=off, or `{key}` under [classic_listen] in the config file"
+        ),
+        addr: Some(addr),
+        stream: None,
+        limits: StreamLimits::interactive(config.idle_timeout),
+        datagram: None,
+        exposure: service.exposure(),
+    };
+    let exec = &backends.exec;
+    Some(match service {
+        ClassicService::Echo => spec.tcp(UpperEcho),
+        ClassicService::Exec => spec.tcp(TcpExec::new(exec.clone())),
+        ClassicService::Ftp => spec.tcp(Ftp::new(backends.files.clone())),
+        ClassicService::HmacEcho => spec.tcp(HmacEcho::new(config.secret.clone(), config.handshake_timeout)),
+        ClassicService::Greeting => spec.tcp(Greeting),
+        ClassicService::UdpEcho => spec.udp(UdpUpperEcho),
+        ClassicService::UdpExec => spec.udp(UdpExec::new(exec.clone(), config.classic.exec_any_source)),
+    })
+}
+
 impl Spec {
     fn new(service: &'static str, flag: &'static str, addr: Option<SocketAddr>) -> Spec {
         Spec {
             service,
-            flag,
+            how_to_move: format!("use --{flag} ADDR or --{flag} off"),
             addr,
             stream: None,
+            limits: StreamLimits::default(),
             datagram: None,
+            exposure: None,
         }
     }
 
@@ -110,7 +167,7 @@ impl Spec {
             let listener = bind_tcp(addr).map_err(|e| self.bind_error(Transport::Tcp, addr, e))?;
             // For port 0, UDP takes the port TCP was given: one service, one port.
             addr = listener.local_addr()?;
-            endpoints.push(self.endpoint(Socket::Tcp(listener, service.clone()))?);
+            endpoints.push(self.endpoint(Socket::Tcp(listener, service.clone(), self.limits))?);
         }
         if let Some(service) = &self.datagram {
             let socket = bind_udp(addr).map_err(|e| self.bind_error(Transport::Udp, addr, e))?;
@@ -127,6 +184,16 @@ impl Spec {
         let bound = endpoint.addr()?;
         // Never "listening on": scripts and tests read that for the native address.
         info!("{} service on {} {}", bound.service, bound.transport, bound.addr);
+        if let Some(exposure) = self.exposure {
+            let reach = match is_loopback(bound.addr.ip()) {
+                true => "anyone on this machine",
+                false => "anyone who can reach this address",
+            };
+            warn!(
+                "{} on {} {} has no authentication and no encryption; {reach} can use it: it {exposure}",
+                bound.service, bound.transport, bound.addr
+            );
+        }
         Ok(endpoint)
     }
 
@@ -139,12 +206,10 @@ impl Spec {
             }
             _ => error.to_string(),
         };
-        let (service, flag) = (self.service, self.flag);
+        let (service, how_to_move) = (self.service, &self.how_to_move);
         io::Error::new(
             error.kind(),
-            format!(
-                "{service} service: cannot listen on {transport} {addr}: {reason} (use --{flag} ADDR or --{flag} off)"
-            ),
+            format!("{service} service: cannot listen on {transport} {addr}: {reason} ({how_to_move})"),
         )
     }
 }
@@ -153,7 +218,7 @@ impl Endpoint {
     pub(super) fn addr(&self) -> io::Result<ServiceAddr> {
         let (transport, addr) = match &self.socket {
             Socket::Udp(socket, _) => (Transport::Udp, socket.local_addr()?),
-            Socket::Tcp(listener, _) => (Transport::Tcp, listener.local_addr()?),
+            Socket::Tcp(listener, _, _) => (Transport::Tcp, listener.local_addr()?),
         };
         Ok(ServiceAddr {
             service: self.service,
@@ -165,24 +230,18 @@ impl Endpoint {
     /// Serves on `tasks` until `stopping`; connections still open past the shutdown deadline
     /// end with `abort`.
     pub(super) fn spawn(self, tasks: &TaskTracker, stopping: &CancellationToken, abort: &CancellationToken) {
+        let shutdown = ServiceShutdown {
+            stopping: stopping.clone(),
+            abort: abort.clone(),
+            tasks: tasks.clone(),
+        };
         match self.socket {
             Socket::Udp(socket, service) => {
-                let serve = serve_datagrams(
-                    self.service,
-                    socket,
-                    service,
-                    RateLimit::default(),
-                    stopping.clone(),
-                );
+                let serve = serve_datagrams(self.service, socket, service, RateLimit::default(), shutdown);
                 tasks.spawn(serve);
             }
-            Socket::Tcp(listener, service) => {
-                let shutdown = StreamShutdown {
-                    stopping: stopping.clone(),
-                    abort: abort.clone(),
-                    tasks: tasks.clone(),
-                };
-                let serve = serve_streams(self.service, listener, service, StreamLimits::default(), shutdown);
+            Socket::Tcp(listener, service, limits) => {
+                let serve = serve_streams(self.service, listener, service, limits, shutdown);
                 tasks.spawn(serve);
             }
         }

@@ -6,7 +6,7 @@
 //! connection finish the request it is serving, then, past the deadline, drop the rest.
 //!
 //! Beside the native protocol the server runs unframed services (the course's UDP time
-//! service, the standard time protocols) on their own sockets ([`udp`], [`stream`]), with the
+//! service, the standard time protocols, the classic services) on their own sockets ([`udp`], [`stream`]), with the
 //! same shutdown.
 
 mod config;
@@ -29,12 +29,12 @@ use tracing::{info, warn};
 pub use config::{DEFAULT_PORT, DEFAULT_TIME_PORT, FileConfig, ServerConfig, ServiceListen, parse_duration};
 pub use endpoints::{ServiceAddr, Transport};
 pub use listener::{ListenAddr, Listener, Stream, unix_socket_path};
-pub use stream::StreamService;
+pub use stream::{ServiceStream, StreamService};
 pub use udp::DatagramService;
 
 use self::endpoints::Endpoint;
 use crate::auth::{AuthMode, FailureThrottle, SessionKeys};
-use crate::services::Registry;
+use crate::services::{Backends, Registry};
 use crate::wire::Limits;
 
 /// What every connection task shares.
@@ -62,14 +62,19 @@ pub struct Server {
 impl Server {
     /// Binds every listen address of `config`, serving the native services.
     pub async fn bind(config: ServerConfig) -> io::Result<Server> {
-        let registry = Registry::native(&config.services)?;
+        let backends = Backends::new(&config.services)?;
         info!("file root {}", config.services.files.root.display());
-        Server::bind_with(config, registry).await
+        let registry = Registry::native(&backends);
+        Server::bind_with(config, registry, backends).await
     }
 
     /// Binds every listen address of `config`, serving `registry`'s services natively and the
-    /// unframed services `config` turns on.
-    pub async fn bind_with(config: ServerConfig, registry: Registry) -> io::Result<Server> {
+    /// unframed services `config` turns on (the classic ones through `backends`).
+    pub async fn bind_with(
+        config: ServerConfig,
+        registry: Registry,
+        backends: Backends,
+    ) -> io::Result<Server> {
         let mut listeners = Vec::new();
         for addr in &config.listen {
             let listener = Listener::bind(addr)
@@ -77,7 +82,7 @@ impl Server {
             info!("listening on {}", listener.local_addr()?);
             listeners.push(listener);
         }
-        let endpoints = endpoints::bind_all(&config)?;
+        let endpoints = endpoints::bind_all(&config, &backends)?;
         let base = Limits::default().with_max_header_len(config.max_header_len);
         let shared = Shared {
             keys: SessionKeys::new(config.secret.clone(), AuthMode::from_plaintext(config.plaintext)),
@@ -106,7 +111,8 @@ impl Server {
             .collect()
     }
 
-    /// Where the unframed services (time, daytime, rfc868, sntp) were bound.
+    /// Where the unframed services (time, daytime, rfc868, sntp, the classic services) were
+    /// bound.
     pub fn service_addrs(&self) -> Vec<ServiceAddr> {
         self.endpoints
             .iter()

@@ -11,14 +11,16 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
+
+use super::stream::ServiceShutdown;
 
 /// Replies per second each source may receive, once its burst is spent.
 pub const REPLIES_PER_SECOND: f64 = 20.0;
@@ -42,7 +44,17 @@ pub trait DatagramService: Send + Sync {
     fn answers_port(&self, port: u16) -> bool {
         port >= 1024
     }
+
+    /// Whether answering may take long (running a command): such answers run in tasks of
+    /// their own, at most [`MAX_LONG_ANSWERS`] at once, so one slow request never holds up the
+    /// others. Quick answers are given in the receive loop.
+    fn runs_long(&self) -> bool {
+        false
+    }
 }
+
+/// Long answers in progress at once per service; datagrams beyond are dropped.
+pub const MAX_LONG_ANSWERS: usize = 256;
 
 /// Per-source token buckets: [`REPLIES_PER_SECOND`] with bursts of [`REPLY_BURST`] by default.
 ///
@@ -150,20 +162,28 @@ fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Answers datagrams on `socket` until `stopping` is cancelled. Errors are logged and the
-/// loop goes on; nothing a peer sends can end it.
+/// Answers datagrams on `socket` until shutdown begins. Errors are logged and the loop goes
+/// on; nothing a peer sends can end it. Long answers run on the shutdown's task tracker, so
+/// shutdown waits for them (and ends them at its deadline).
 pub async fn serve_datagrams(
     name: &'static str,
     socket: UdpSocket,
     service: Arc<dyn DatagramService>,
-    mut limit: RateLimit,
-    stopping: CancellationToken,
+    limit: RateLimit,
+    shutdown: ServiceShutdown,
 ) {
+    let replier = Arc::new(Replier {
+        name,
+        socket,
+        service,
+        limit: Mutex::new(limit),
+    });
+    let long_answers = Arc::new(Semaphore::new(MAX_LONG_ANSWERS));
     let mut buffer = vec![0; RECEIVE_BUFFER];
     loop {
         let received = tokio::select! {
-            received = socket.recv_from(&mut buffer) => received,
-            () = stopping.cancelled() => return,
+            received = replier.socket.recv_from(&mut buffer) => received,
+            () = shutdown.stopping.cancelled() => return,
         };
         let (len, from) = match received {
             Ok(received) => received,
@@ -172,21 +192,57 @@ pub async fn serve_datagrams(
                 continue;
             }
         };
-        if from.port() == 0 || !service.answers_port(from.port()) {
+        if from.port() == 0 || !replier.service.answers_port(from.port()) {
             debug!(service = name, %from, "ignored a datagram from a server port");
             continue;
         }
-        if !limit.allow(from.ip(), Instant::now()) {
+        if !replier.allow(from) {
             debug!(service = name, %from, "rate limited");
             continue;
         }
-        let replies = service.answer(&buffer[..len], from).await;
+        if !replier.service.runs_long() {
+            replier.answer(&buffer[..len], from).await;
+            continue;
+        }
+        let Ok(permit) = long_answers.clone().try_acquire_owned() else {
+            warn!(service = name, %from, "{MAX_LONG_ANSWERS} requests in progress; dropped one");
+            continue;
+        };
+        let request = Bytes::copy_from_slice(&buffer[..len]);
+        let (replier, abort) = (replier.clone(), shutdown.abort.clone());
+        shutdown.tasks.spawn(async move {
+            tokio::select! {
+                () = replier.answer(&request, from) => {}
+                () = abort.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// A datagram service with its socket and rate limit.
+struct Replier {
+    name: &'static str,
+    socket: UdpSocket,
+    service: Arc<dyn DatagramService>,
+    limit: Mutex<RateLimit>,
+}
+
+impl Replier {
+    fn allow(&self, from: SocketAddr) -> bool {
+        let mut limit = self.limit.lock().unwrap_or_else(|e| e.into_inner());
+        limit.allow(from.ip(), Instant::now())
+    }
+
+    /// Sends the service's replies to one request; each one after the first costs a token.
+    async fn answer(&self, request: &[u8], from: SocketAddr) {
+        let replies = self.service.answer(request, from).await;
         for (index, reply) in replies.iter().enumerate() {
-            if index > 0 && !limit.allow(from.ip(), Instant::now()) {
+            if index > 0 && !self.allow(from) {
                 break;
             }
-            if let Err(error) = socket.send_to(reply, from).await {
-                debug!(service = name, %from, %error, "reply not sent");
+            if let Err(error) = self.socket.send_to(reply, from).await {
+                debug!(service = self.name, %from, %error, "reply not sent");
             }
         }
     }

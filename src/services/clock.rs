@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Local, TimeZone};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::time::format_at;
+use crate::server::stream::ServiceStream;
 use crate::server::{DatagramService, StreamService};
 
 /// Seconds from 1900-01-01 (the epoch of RFC 868 and NTP) to 1970-01-01.
@@ -89,7 +89,7 @@ pub struct Daytime;
 
 #[async_trait]
 impl StreamService for Daytime {
-    async fn serve(&self, stream: TcpStream, _peer: SocketAddr) {
+    async fn serve(&self, stream: ServiceStream, _peer: SocketAddr) {
         send_and_close(stream, daytime_text(&Local::now()).as_bytes()).await;
     }
 }
@@ -106,7 +106,7 @@ pub struct Rfc868Time;
 
 #[async_trait]
 impl StreamService for Rfc868Time {
-    async fn serve(&self, stream: TcpStream, _peer: SocketAddr) {
+    async fn serve(&self, stream: ServiceStream, _peer: SocketAddr) {
         send_and_close(stream, &rfc868_time(SystemTime::now())).await;
     }
 }
@@ -139,7 +139,7 @@ impl DatagramService for Sntp {
 }
 
 /// Writes `bytes` and closes; a client that left early is not an error worth reporting.
-async fn send_and_close(mut stream: TcpStream, bytes: &[u8]) {
+async fn send_and_close(mut stream: ServiceStream, bytes: &[u8]) {
     if stream.write_all(bytes).await.is_ok() {
         let _ = stream.shutdown().await;
     }

@@ -29,7 +29,7 @@ use rustix::process::{Pid, Signal, WaitOptions};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, info};
 
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
@@ -80,19 +80,111 @@ impl Default for ExecConfig {
     }
 }
 
-pub struct Exec {
+/// Runs commands for every service allowed to (the native `exec` and the classic remote
+/// shells): one pool of slots, so the server-wide limit counts every command, whoever asked.
+pub struct Runner {
     config: ExecConfig,
     slots: Arc<Semaphore>,
 }
 
-impl Exec {
-    pub fn new(config: ExecConfig) -> Exec {
+impl Runner {
+    pub fn new(config: ExecConfig) -> Runner {
         if config.enabled {
             // Orphans of our commands are reparented to us, so we can reap them.
             let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
         }
         let slots = Arc::new(Semaphore::new(config.max_total));
-        Exec { config, slots }
+        Runner { config, slots }
+    }
+
+    /// Whether the operator allowed remote execution (`--allow-exec`).
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    fn check_enabled(&self) -> Result<(), RemoteError> {
+        if self.config.enabled {
+            return Ok(());
+        }
+        Err(RemoteError::new(
+            ErrorCode::Disabled,
+            "remote execution is disabled on this server (start it with --allow-exec)",
+        ))
+    }
+
+    /// A slot of the server-wide pool, or `busy`.
+    fn slot(&self) -> Result<OwnedSemaphorePermit, RemoteError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            RemoteError::new(
+                ErrorCode::Busy,
+                format!(
+                    "the server already runs {} commands (the limit)",
+                    self.config.max_total
+                ),
+            )
+        })
+    }
+
+    /// Runs `line` with `sh -c` as an `exec` request with no stdin would run (own process
+    /// group, in the home directory, the group stopped and reaped at the end), and gathers its
+    /// output. Past `limits.timeout` the command is stopped; past `limits.max_output` bytes on
+    /// either stream it is stopped and the output cut. If this future is dropped (its client
+    /// went away) the command's group is stopped and reaped all the same.
+    pub async fn run_collected(&self, line: &str, limits: CollectLimits) -> Result<Collected, RemoteError> {
+        self.check_enabled()?;
+        let permit = self.slot()?;
+        let spec = ExecRequest {
+            command: Some(line.to_owned()),
+            ..ExecRequest::default()
+        };
+        let child = spawn(&spec)?;
+        let (done, collected) = oneshot::channel();
+        // Dropping the sender (with this future) tells the supervisor nobody is waiting.
+        let (_signals, signal_rx) = mpsc::channel(1);
+        let gather = Gather {
+            collected: Collected::default(),
+            max_output: limits.max_output,
+            done: Some(done),
+        };
+        let supervisor = Supervisor::new(gather, &self.config, Some(limits.timeout), permit, None);
+        tokio::spawn(supervisor.run(child, signal_rx));
+        collected.await.map_err(|_| {
+            RemoteError::new(
+                ErrorCode::Other("exec_failed".into()),
+                "the command's supervisor ended unexpectedly",
+            )
+        })
+    }
+}
+
+/// Limits of a command whose output is gathered whole.
+#[derive(Clone, Copy, Debug)]
+pub struct CollectLimits {
+    /// Bytes kept of each of stdout and stderr; a command that writes more is stopped.
+    pub max_output: usize,
+    pub timeout: Duration,
+}
+
+/// A command's gathered output and how it ended.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// `None` when the command was stopped for writing too much.
+    pub status: Option<ExitStatus>,
+    pub timed_out: bool,
+    /// Output went past the limit: what is here is its beginning.
+    pub truncated: bool,
+}
+
+/// The native `exec`, `stdin` and `signal` commands.
+pub struct Exec {
+    runner: Arc<Runner>,
+}
+
+impl Exec {
+    pub fn new(runner: Arc<Runner>) -> Exec {
+        Exec { runner }
     }
 }
 
@@ -189,14 +281,10 @@ impl Service for Exec {
 
 impl Exec {
     fn start(&self, request: Request, session: &mut Session) -> Result<(), RemoteError> {
-        if !self.config.enabled {
-            return Err(RemoteError::new(
-                ErrorCode::Disabled,
-                "remote execution is disabled on this server (start it with --allow-exec)",
-            ));
-        }
+        self.runner.check_enabled()?;
         let id = request.id().ok_or_else(|| bad_request("`exec` needs an `id`"))?;
         let spec: ExecRequest = request.header.parse().map_err(|e| bad_request(e.to_string()))?;
+        let max_per_connection = self.runner.config.max_per_connection;
         let running = session.state::<Running>();
         running
             .commands
@@ -204,24 +292,13 @@ impl Exec {
         if running.commands.contains_key(&id) {
             return Err(bad_request(format!("id {id} is already running a command")));
         }
-        if running.commands.len() >= self.config.max_per_connection {
+        if running.commands.len() >= max_per_connection {
             return Err(RemoteError::new(
                 ErrorCode::Busy,
-                format!(
-                    "{} commands already run on this connection (the limit)",
-                    self.config.max_per_connection
-                ),
+                format!("{max_per_connection} commands already run on this connection (the limit)"),
             ));
         }
-        let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
-            RemoteError::new(
-                ErrorCode::Busy,
-                format!(
-                    "the server already runs {} commands (the limit)",
-                    self.config.max_total
-                ),
-            )
-        })?;
+        let permit = self.runner.slot()?;
         let mut child = spawn(&spec)?;
         let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
         let (signal_tx, signal_rx) = mpsc::channel(8);
@@ -240,24 +317,16 @@ impl Exec {
             signals: signal_tx,
         };
         session.state::<Running>().commands.insert(id, controls);
-        let started = Header::new("started")
-            .with_id(Some(id))
-            .with("pid", child.id().unwrap_or(0))
-            .with("stdin_window", STDIN_WINDOW);
-        let supervisor = Supervisor {
+        let frames = Frames {
             id,
             writer: session.writer.clone(),
-            grace: self.config.grace,
-            timeout: spec.timeout_ms.map(Duration::from_millis),
-            group: None,
-            timed_out: false,
-            _permit: permit,
-            _busy: session.busy(),
         };
+        let timeout = spec.timeout_ms.map(Duration::from_millis);
+        let supervisor = Supervisor::new(frames, &self.runner.config, timeout, permit, Some(session.busy()));
         let pid = child.id().unwrap_or(0);
         info!(peer = %session.peer, id, pid, "command started");
         debug!(peer = %session.peer, id, pid, command = ?spec.command, argv = ?spec.argv, "command line");
-        tokio::spawn(supervisor.run(started, child, signal_rx));
+        tokio::spawn(supervisor.run(child, signal_rx));
         Ok(())
     }
 }
@@ -416,17 +485,98 @@ const SIGNALS: [(&str, Signal); 13] = [
     ("STOP", Signal::STOP),
 ];
 
-/// Watches one running command: streams its output, applies signals and the timeout, and
-/// cleans up its process group whatever happens.
-struct Supervisor {
+/// Where a supervised command's output and end go: frames to a native client, or buffers.
+#[async_trait]
+trait Sink: Send + 'static {
+    /// The command started as `pid`; false if nobody is listening any more.
+    async fn started(&mut self, pid: u32) -> bool;
+    /// Output of `stream` (`stdout` or `stderr`); false stops the command (its client is
+    /// gone, or its output is over a limit).
+    async fn output(&mut self, stream: &'static str, bytes: &[u8]) -> bool;
+    /// The command exited, and its group was reaped.
+    async fn exited(&mut self, status: ExitStatus, elapsed: Duration, timed_out: bool);
+}
+
+/// A native `exec`: each event is a frame to the client.
+struct Frames {
     id: u64,
     writer: SharedWriter,
+}
+
+#[async_trait]
+impl Sink for Frames {
+    async fn started(&mut self, pid: u32) -> bool {
+        let started = Header::new("started")
+            .with_id(Some(self.id))
+            .with("pid", pid)
+            .with("stdin_window", STDIN_WINDOW);
+        self.writer.send(started, b"").await.is_ok()
+    }
+
+    async fn output(&mut self, stream: &'static str, bytes: &[u8]) -> bool {
+        let header = Header::new(stream).with_id(Some(self.id));
+        self.writer.send(header, bytes).await.is_ok()
+    }
+
+    async fn exited(&mut self, status: ExitStatus, elapsed: Duration, timed_out: bool) {
+        info!(id = self.id, status = %status, timed_out, "command finished");
+        let exit = exit_header(self.id, status, elapsed, timed_out);
+        let _ = self.writer.send(exit, b"").await;
+    }
+}
+
+/// A command run to completion: its output gathered up to a limit, handed over through
+/// `done` when the supervisor lets go of it (the command exited, or was stopped).
+struct Gather {
+    collected: Collected,
+    max_output: usize,
+    done: Option<oneshot::Sender<Collected>>,
+}
+
+#[async_trait]
+impl Sink for Gather {
+    async fn started(&mut self, _pid: u32) -> bool {
+        true
+    }
+
+    async fn output(&mut self, stream: &'static str, bytes: &[u8]) -> bool {
+        let kept = match stream {
+            "stdout" => &mut self.collected.stdout,
+            _ => &mut self.collected.stderr,
+        };
+        let room = self.max_output.saturating_sub(kept.len());
+        kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        if bytes.len() > room {
+            self.collected.truncated = true;
+            return false;
+        }
+        true
+    }
+
+    async fn exited(&mut self, status: ExitStatus, _elapsed: Duration, timed_out: bool) {
+        self.collected.status = Some(status);
+        self.collected.timed_out = timed_out;
+    }
+}
+
+impl Drop for Gather {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(std::mem::take(&mut self.collected));
+        }
+    }
+}
+
+/// Watches one running command: passes its output to its sink, applies signals and the
+/// timeout, and cleans up its process group whatever happens.
+struct Supervisor<S> {
+    sink: S,
     grace: Duration,
     timeout: Option<Duration>,
     group: Option<Pid>,
     timed_out: bool,
     _permit: OwnedSemaphorePermit,
-    _busy: super::Busy,
+    _busy: Option<super::Busy>,
 }
 
 /// One thing that happened to a running command.
@@ -438,19 +588,39 @@ enum Event {
     Exited(std::io::Result<ExitStatus>),
 }
 
-impl Supervisor {
-    async fn run(mut self, started_frame: Header, mut child: Child, mut signals: mpsc::Receiver<Signal>) {
+impl<S: Sink> Supervisor<S> {
+    fn new(
+        sink: S,
+        config: &ExecConfig,
+        timeout: Option<Duration>,
+        permit: OwnedSemaphorePermit,
+        busy: Option<super::Busy>,
+    ) -> Supervisor<S> {
+        Supervisor {
+            sink,
+            grace: config.grace,
+            timeout,
+            group: None,
+            timed_out: false,
+            _permit: permit,
+            _busy: busy,
+        }
+    }
+
+    /// Supervises `child` until it exits or is stopped. `signals` closing means nobody
+    /// cares any more: the command is stopped.
+    async fn run(mut self, mut child: Child, mut signals: mpsc::Receiver<Signal>) {
         let started = Instant::now();
-        if self.writer.send(started_frame, b"").await.is_err() {
+        self.group = child.id().and_then(|pid| Pid::from_raw(pid as i32));
+        if !self.sink.started(child.id().unwrap_or(0)).await {
             return self.abandon(child).await;
         }
-        self.group = child.id().and_then(|pid| Pid::from_raw(pid as i32));
         let mut pipes = [
             Output::new("stdout", child.stdout.take()),
             Output::new("stderr", child.stderr.take()),
         ];
         let deadline = self.timeout.map(|timeout| started + timeout);
-        // Only cancel-safe waits race here; sending output happens outside the race, so a
+        // Only cancel-safe waits race here; passing output on happens outside the race, so a
         // frame is never cut in half.
         let status = loop {
             let [stdout, stderr] = &mut pipes;
@@ -491,19 +661,13 @@ impl Supervisor {
         }
         signal_group(self.group, Signal::KILL);
         reap_group(self.group, self.grace).await;
-        let exit = exit_header(self.id, status, started.elapsed(), self.timed_out);
-        info!(
-            id = self.id,
-            status = %status,
-            timed_out = self.timed_out,
-            "command finished"
-        );
-        let _ = self.writer.send(exit, b"").await;
+        let timed_out = self.timed_out;
+        self.sink.exited(status, started.elapsed(), timed_out).await;
     }
 
-    /// Sends what was read; `false` once the client is gone. Sending waits for the client, so
-    /// a slow reader slows the command (its pipe fills) and memory stays at one chunk; the
-    /// deadline is still enforced while it waits.
+    /// Passes on what was read; `false` once the sink wants the command stopped. Passing on
+    /// may wait for the client, so a slow reader slows the command (its pipe fills) and
+    /// memory stays at one chunk; the deadline is still enforced while it waits.
     async fn relay(
         &mut self,
         output: &mut Output,
@@ -517,12 +681,11 @@ impl Supervisor {
             }
             Ok(n) => n,
         };
-        let header = Header::new(output.name).with_id(Some(self.id));
-        let send = self.writer.send(header, &output.buf[..n]);
+        let send = self.sink.output(output.name, &output.buf[..n]);
         tokio::pin!(send);
         loop {
             tokio::select! {
-                sent = &mut send => return sent.is_ok(),
+                sent = &mut send => return sent,
                 () = sleep_until(deadline), if !self.timed_out => {
                     self.timed_out = true;
                     signal_group(self.group, Signal::TERM);
@@ -538,9 +701,10 @@ impl Supervisor {
         spawn_kill_after(self.group, self.grace);
     }
 
-    /// The client is gone: stop the whole group and reap it; nobody is left to tell.
+    /// The client is gone (or the output too large): stop the whole group and reap it;
+    /// nobody is left to tell.
     async fn abandon(self, mut child: Child) {
-        debug!(id = self.id, "client gone; stopping its command");
+        debug!(group = ?self.group, "stopping a command nobody waits for");
         signal_group(self.group, Signal::TERM);
         spawn_kill_after(self.group, self.grace);
         let _ = child.wait().await;

@@ -73,24 +73,80 @@ impl Default for FilesConfig {
     }
 }
 
-pub struct Files {
-    root: Arc<FileRoot>,
+/// The file root with what every service writing into it must share: the quota, and the
+/// paths with an upload in progress (a second upload to one path, by any protocol, waits its
+/// turn instead of writing into the same partial file).
+pub struct FileStore {
+    root: FileRoot,
     quota: Option<u64>,
-    /// Paths with an upload in progress: a second upload to the same path waits its turn.
     uploading: Arc<Mutex<HashSet<RootPath>>>,
 }
 
-impl Files {
-    pub fn new(config: &FilesConfig) -> io::Result<Files> {
-        Ok(Files {
-            root: Arc::new(FileRoot::open(&config.root)?),
+impl FileStore {
+    pub fn open(config: &FilesConfig) -> io::Result<FileStore> {
+        Ok(FileStore {
+            root: FileRoot::open(&config.root)?,
             quota: config.quota,
             uploading: Arc::default(),
         })
     }
 
-    pub fn root(&self) -> &Arc<FileRoot> {
+    pub fn root(&self) -> &FileRoot {
         &self.root
+    }
+
+    /// Reserves `path` for one upload until the claim is dropped; `busy` if another holds it.
+    pub fn claim(&self, path: &RootPath) -> Result<Claim, RemoteError> {
+        let mut set = self.uploading.lock().unwrap_or_else(|e| e.into_inner());
+        if !set.insert(path.clone()) {
+            return Err(RemoteError::new(
+                ErrorCode::Busy,
+                format!("another upload to {path} is in progress"),
+            ));
+        }
+        Ok(Claim {
+            path: path.clone(),
+            set: self.uploading.clone(),
+        })
+    }
+
+    /// Refuses, before any byte is written, a size the disk or the quota cannot take.
+    pub fn check_room(&self, path: &RootPath, size: u64) -> Result<(), RemoteError> {
+        let free = self.root().free_space().map_err(|e| io_error(path, e))?;
+        if size > free {
+            return Err(remote(
+                "no_space",
+                format!("{path} needs {size} bytes; the server has {free} free"),
+            ));
+        }
+        if let Some(quota) = self.quota {
+            let used = self
+                .root
+                .usage(&RootPath::parse("").expect("root"))
+                .map_err(|e| io_error(path, e))?;
+            if used.saturating_add(size) > quota {
+                return Err(remote(
+                    "quota_exceeded",
+                    format!("{path} ({size} bytes) would exceed the quota: {used} of {quota} bytes used"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The native file commands.
+pub struct Files {
+    store: Arc<FileStore>,
+}
+
+impl Files {
+    pub fn new(store: Arc<FileStore>) -> Files {
+        Files { store }
+    }
+
+    fn root(&self) -> &FileRoot {
+        self.store.root()
     }
 }
 
@@ -181,7 +237,7 @@ fn write_partial(root: &FileRoot, put: &PendingPut) -> io::Result<()> {
 }
 
 /// Holds a path against concurrent uploads until dropped.
-struct Claim {
+pub struct Claim {
     path: RootPath,
     set: Arc<Mutex<HashSet<RootPath>>>,
 }
@@ -225,9 +281,9 @@ impl Service for Files {
         if pending.is_empty() {
             return Ok(());
         }
-        let root = self.root.clone();
+        let store = self.store.clone();
         let (pending, outcomes) = tokio::task::spawn_blocking(move || {
-            let outcomes = commit_all(&root, &pending);
+            let outcomes = commit_all(store.root(), &pending);
             (pending, outcomes)
         })
         .await
@@ -239,7 +295,7 @@ impl Service for Files {
                     .with("size", put.data.len() as u64)
                     .with("blake3", put.blake3.as_str()),
                 Err(error) => {
-                    let _ = self.root.remove_partial(&put.path);
+                    let _ = self.root().remove_partial(&put.path);
                     io_error(&put.path, error).to_header(None)
                 }
             };
@@ -279,13 +335,13 @@ impl Files {
         match request.header.cmd() {
             "ls" => {
                 let path = self.path_of(&request)?;
-                let entries = self.root.list(&path).map_err(|e| io_error(&path, e))?;
+                let entries = self.root().list(&path).map_err(|e| io_error(&path, e))?;
                 let body = serde_json::to_vec(&entries).expect("entries serialize");
                 Ok(session.writer.send(reply, &body).await?)
             }
             "stat" => {
                 let path = self.path_of(&request)?;
-                let entry = self.root.stat(&path).map_err(|e| io_error(&path, e))?;
+                let entry = self.root().stat(&path).map_err(|e| io_error(&path, e))?;
                 Ok(session
                     .writer
                     .send(Header::from_message("stat", &entry).with_id(id), b"")
@@ -295,9 +351,9 @@ impl Files {
                 let args: PathRequest = parse(&request)?;
                 let path = checked(&args.path)?;
                 let done = if request.header.cmd() == "mkdir" {
-                    self.root.mkdir(&path, args.parents)
+                    self.root().mkdir(&path, args.parents)
                 } else {
-                    self.root.remove(&path, args.recursive)
+                    self.root().remove(&path, args.recursive)
                 };
                 done.map_err(|e| io_error(&path, e))?;
                 Ok(session.writer.send(reply, b"").await?)
@@ -305,7 +361,7 @@ impl Files {
             "mv" => {
                 let args: MoveRequest = parse(&request)?;
                 let (from, to) = (checked(&args.from)?, checked(&args.to)?);
-                self.root
+                self.root()
                     .rename(&from, &to, args.force)
                     .map_err(|e| io_error(&to, e))?;
                 Ok(session.writer.send(reply, b"").await?)
@@ -326,7 +382,7 @@ impl Files {
     async fn get(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
         let args: PathRequest = parse(&request)?;
         let path = checked(&args.path)?;
-        let std_file = self.root.open_file(&path).map_err(|e| io_error(&path, e))?;
+        let std_file = self.root().open_file(&path).map_err(|e| io_error(&path, e))?;
         let meta = std_file.metadata().map_err(|e| io_error(&path, e))?;
         let size = meta.len();
         if args.offset > size {
@@ -379,19 +435,19 @@ impl Files {
         let id = request.id().ok_or_else(|| bad_request("`put` needs an `id`"))?;
         let args: PutRequest = parse(&request)?;
         let path = checked(&args.path)?;
-        if !args.force && self.root.exists(&path) {
+        if !args.force && self.root().exists(&path) {
             return Err(remote(
                 "exists",
                 format!("{path} already exists (use --force to replace it)"),
             )
             .into());
         }
-        let claim = self.claim(&path)?;
-        self.check_room(&path, args.size)?;
+        let claim = self.store.claim(&path)?;
+        self.store.check_room(&path, args.size)?;
         if let Some(expected) = &args.blake3 {
             return self.put_inline(id, claim, &args, expected, session).await;
         }
-        let std_file = self.root.open_partial(&path).map_err(|e| io_error(&path, e))?;
+        let std_file = self.root().open_partial(&path).map_err(|e| io_error(&path, e))?;
         let mut upload = Upload {
             path,
             file: File::from_std(std_file),
@@ -530,7 +586,7 @@ impl Files {
         }
         let actual = upload.hasher.finalize().to_hex();
         if actual.as_str() != expected {
-            let _ = self.root.remove_partial(&path);
+            let _ = self.root().remove_partial(&path);
             return Err(remote(
                 "hash_mismatch",
                 format!("{path}: the data does not match its BLAKE3 hash; nothing was written"),
@@ -540,53 +596,12 @@ impl Files {
         upload.file.flush().await.map_err(|e| io_error(&path, e))?;
         let file = upload.file.into_std().await;
         apply_metadata(&file, upload.mode, upload.mtime).map_err(|e| io_error(&path, e))?;
-        self.root
+        self.root()
             .commit_partial(&path, &file, upload.force)
             .map_err(|e| io_error(&path, e))?;
         Ok(Header::new("put_ok")
             .with("size", upload.size)
             .with("blake3", actual.as_str()))
-    }
-
-    fn claim(&self, path: &RootPath) -> Result<Claim, ServiceError> {
-        let mut set = self.uploading.lock().unwrap_or_else(|e| e.into_inner());
-        if !set.insert(path.clone()) {
-            return Err(RemoteError::new(
-                ErrorCode::Busy,
-                format!("another upload to {path} is in progress"),
-            )
-            .into());
-        }
-        Ok(Claim {
-            path: path.clone(),
-            set: self.uploading.clone(),
-        })
-    }
-
-    /// Refuses, before any byte is written, a size the disk or the quota cannot take.
-    fn check_room(&self, path: &RootPath, size: u64) -> Result<(), ServiceError> {
-        let free = self.root.free_space().map_err(|e| io_error(path, e))?;
-        if size > free {
-            return Err(remote(
-                "no_space",
-                format!("{path} needs {size} bytes; the server has {free} free"),
-            )
-            .into());
-        }
-        if let Some(quota) = self.quota {
-            let used = self
-                .root
-                .usage(&RootPath::parse("").expect("root"))
-                .map_err(|e| io_error(path, e))?;
-            if used.saturating_add(size) > quota {
-                return Err(remote(
-                    "quota_exceeded",
-                    format!("{path} ({size} bytes) would exceed the quota: {used} of {quota} bytes used"),
-                )
-                .into());
-            }
-        }
-        Ok(())
     }
 }
 
@@ -679,7 +694,7 @@ fn remote(code: &str, message: impl Into<String>) -> RemoteError {
 }
 
 /// A file-system failure as the client should see it, naming the path.
-fn io_error(path: &RootPath, error: io::Error) -> RemoteError {
+pub fn io_error(path: &RootPath, error: io::Error) -> RemoteError {
     let code = match error.kind() {
         io::ErrorKind::NotFound => "not_found",
         io::ErrorKind::AlreadyExists => "exists",

@@ -19,6 +19,7 @@ use crate::wire::{
 };
 
 pub mod chat;
+pub mod classic;
 pub mod clock;
 pub mod echo;
 pub mod exec;
@@ -186,21 +187,41 @@ pub struct ServicesConfig {
     pub files: files::FilesConfig,
 }
 
-impl Registry {
-    /// The native services this build offers. Fails if the file root cannot be created.
-    pub fn native(config: &ServicesConfig) -> std::io::Result<Registry> {
-        let mut registry = Registry::default();
-        registry.register(echo::Echo);
-        registry.register(chat::Chat::default());
-        registry.register(time::Time);
-        registry.register(exec::Exec::new(config.exec.clone()));
-        registry.register(files::Files::new(&config.files).map_err(|e| {
+/// What the native and the classic services share, made once per server: the exec runner
+/// (its slots count every command on the server) and the file store (one upload per path at
+/// a time, whichever protocol writes it).
+#[derive(Clone)]
+pub struct Backends {
+    pub exec: Arc<exec::Runner>,
+    pub files: Arc<files::FileStore>,
+}
+
+impl Backends {
+    /// Fails if the file root cannot be created.
+    pub fn new(config: &ServicesConfig) -> std::io::Result<Backends> {
+        let files = files::FileStore::open(&config.files).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("file root {}: {e}", config.files.root.display()),
             )
-        })?);
-        Ok(registry)
+        })?;
+        Ok(Backends {
+            exec: Arc::new(exec::Runner::new(config.exec.clone())),
+            files: Arc::new(files),
+        })
+    }
+}
+
+impl Registry {
+    /// The native services this build offers.
+    pub fn native(backends: &Backends) -> Registry {
+        let mut registry = Registry::default();
+        registry.register(echo::Echo);
+        registry.register(chat::Chat::default());
+        registry.register(time::Time);
+        registry.register(exec::Exec::new(backends.exec.clone()));
+        registry.register(files::Files::new(backends.files.clone()));
+        registry
     }
 
     /// Adds a service. Two services claiming one command is a programming error.

@@ -1,0 +1,136 @@
+//! The course's upper-case echo servers: over TCP on 8081, over UDP on 9001, and behind the
+//! HMAC challenge on 9999.
+//!
+//! **8081, TCP.** The course's server (`phone.bind(('127.0.0.1',8081))`) has a connection
+//! loop and a communication loop: `data=conn.recv(1024)`, `conn.send(data.upper())`. It serves
+//! one client at a time, spins forever when a client leaves (it never checks for an empty
+//! `recv`), and its `bytes.upper()` knows only ASCII. Here: any number of clients at once, a
+//! client that closes ends only its own connection, a silent one is closed after the idle
+//! timeout, and upper-casing is the native echo's (Unicode for UTF-8 text, ASCII for
+//! anything else).
+//!
+//! **9001, UDP.** `msg,addr=recvfrom(1024)`, `sendto(msg.upper(),addr)`: the same, datagram
+//! by datagram, with the per-source rate limit of every sockit UDP service; a reply longer
+//! than a datagram can be is cut to 65507 bytes.
+//!
+//! **9999, TCP, HMAC.** The course's `conn_auth`: send `os.urandom(32)`, read the client's
+//! `hmac.new(secret_key, msg, 'md5').digest()` (16 bytes), compare with
+//! `hmac.compare_digest`, close on a mismatch, then upper echo. The course's `recv(16)` may
+//! return part of the digest, and a client that never answers holds its (only) server
+//! forever; here the 16 bytes are read whole within the handshake timeout, the comparison is
+//! constant-time, and every refusal is logged with the peer's address. The key is the server's
+//! secret as text (see [`HmacEcho`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use md5::Md5;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use super::{MAX_DATAGRAM, READ_CHUNK, cut};
+use crate::auth::Secret;
+use crate::server::{DatagramService, ServiceStream, StreamService};
+use crate::services::echo::upper;
+
+/// The course's TCP upper echo (8081).
+pub struct UpperEcho;
+
+#[async_trait]
+impl StreamService for UpperEcho {
+    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) {
+        if let Err(error) = echo_upper(&mut stream).await {
+            debug!(service = "classic-echo", %peer, %error, "connection ended");
+        }
+    }
+}
+
+/// Sends each chunk back upper-cased until the client closes.
+async fn echo_upper(stream: &mut ServiceStream) -> std::io::Result<()> {
+    let mut buffer = vec![0; READ_CHUNK];
+    loop {
+        let n = stream.read_request(&mut buffer).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        stream.write_all(&upper(&buffer[..n])).await?;
+    }
+}
+
+/// The course's UDP upper echo (9001).
+pub struct UdpUpperEcho;
+
+#[async_trait]
+impl DatagramService for UdpUpperEcho {
+    async fn answer(&self, request: &[u8], _from: SocketAddr) -> Vec<Bytes> {
+        vec![Bytes::from(cut(upper(request), MAX_DATAGRAM))]
+    }
+}
+
+/// Bytes of the challenge, as the course's `os.urandom(32)`.
+pub const CHALLENGE_LEN: usize = 32;
+/// Bytes of the answer: an HMAC-MD5 digest.
+pub const DIGEST_LEN: usize = 16;
+
+/// The course's HMAC-authenticated upper echo (9999).
+///
+/// The key is the secret exactly as the native protocol reads it: the secret file's (or
+/// `SOCKIT_SECRET`'s) text with surrounding whitespace removed, as UTF-8 bytes. For a secret
+/// made by `sockit keygen` that is its 64 hex characters, so a course client's
+/// `secret_key=open(path,'rb').read().strip()` is the same key.
+pub struct HmacEcho {
+    secret: Secret,
+    /// How long the client has to answer the challenge.
+    answer_timeout: Duration,
+}
+
+impl HmacEcho {
+    pub fn new(secret: Secret, answer_timeout: Duration) -> HmacEcho {
+        HmacEcho {
+            secret,
+            answer_timeout,
+        }
+    }
+
+    /// The digest a client holding the secret answers to `challenge`.
+    pub fn expected(&self, challenge: &[u8]) -> Hmac<Md5> {
+        let mut mac = Hmac::<Md5>::new_from_slice(self.secret.as_bytes()).expect("any key length");
+        mac.update(challenge);
+        mac
+    }
+
+    /// Sends a challenge and checks the answer; the reason when the client fails.
+    async fn authenticate(&self, stream: &mut ServiceStream) -> Result<(), String> {
+        let challenge: [u8; CHALLENGE_LEN] = rand::random();
+        stream
+            .write_all(&challenge)
+            .await
+            .map_err(|e| format!("challenge not sent: {e}"))?;
+        let mut answer = [0u8; DIGEST_LEN];
+        match tokio::time::timeout(self.answer_timeout, stream.read_exact(&mut answer)).await {
+            Err(_) => return Err(format!("no answer within {:?}", self.answer_timeout)),
+            Ok(Err(error)) => return Err(format!("no complete answer: {error}")),
+            Ok(Ok(_)) => {}
+        }
+        self.expected(&challenge)
+            .verify_slice(&answer)
+            .map_err(|_| "wrong answer (another key, or not the course's HMAC-MD5)".to_owned())
+    }
+}
+
+#[async_trait]
+impl StreamService for HmacEcho {
+    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) {
+        if let Err(reason) = self.authenticate(&mut stream).await {
+            warn!(service = "classic-hmac-echo", %peer, "authentication refused: {reason}; connection closed");
+            return;
+        }
+        info!(service = "classic-hmac-echo", %peer, "client authenticated");
+        if let Err(error) = echo_upper(&mut stream).await {
+            debug!(service = "classic-hmac-echo", %peer, %error, "connection ended");
+        }
+    }
+}

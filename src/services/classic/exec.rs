@@ -1,0 +1,186 @@
+//! The course's remote shells: over TCP on 8082 (its final, struct + JSON design) and over
+//! UDP on 9003. Both run commands through the native exec runner, so they need
+//! `--allow-exec` and share its limits and its cleanup.
+//!
+//! **8082, TCP.** The course's server reads a command with `conn.recv(1024)`, runs it with
+//! `subprocess.Popen(cmd, shell=True)`, and answers `struct.pack('i', len(header))`, the JSON
+//! header `{"data_size": N}` (the other version of the page calls it `msg_length`), then N
+//! bytes: stderr if there was any, else stdout, so half of `ls; lllll; pwd` is lost. It
+//! serves one client at a time, its commands have no time limit, and a command reading stdin
+//! waits forever on a pipe nobody writes. Here: each read of the connection is one command
+//! (up to 64 KiB, never cut at 1024); the reply's header carries both names,
+//! `{"data_size": N, "msg_length": N}`, and the N bytes are stdout followed by stderr, nothing
+//! lost; a command with no output gets `data_size` 0 and no bytes, which the course's client
+//! (`while recv_size < data_len`) prints as an empty line. Commands run in their own process
+//! group, in the home directory, with stdin empty, for at most [`COMMAND_TIMEOUT`], their
+//! output capped at [`TCP_MAX_OUTPUT`] per stream (a command that writes more is stopped and
+//! its output cut); a note on stderr says when either happened. A client that closes while
+//! its command runs has the command stopped. Many clients at once.
+//!
+//! **9003, UDP.** The course's server takes a datagram as a command and answers two
+//! datagrams, `sendto(stderr)` then `sendto(stdout)`, blocking every other client while a
+//! command runs. Here the same two datagrams, each cut to 65507 bytes (the most a datagram
+//! holds), commands run concurrently, and sources other than loopback are refused (logged, no
+//! reply) unless `--classic-exec-any-source`: a UDP source address can be forged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, info, warn};
+
+use super::{MAX_DATAGRAM, READ_CHUNK, cut, header_bytes, is_loopback, shown};
+use crate::server::{DatagramService, ServiceStream, StreamService};
+use crate::services::exec::{CollectLimits, Collected, Runner};
+
+/// How long a classic command may run before it is stopped.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes of stdout, and of stderr, kept for a TCP reply.
+pub const TCP_MAX_OUTPUT: usize = 8 * 1024 * 1024;
+
+/// The header of a TCP reply, in both spellings the course uses.
+#[derive(Serialize)]
+pub struct ExecReplyHeader {
+    pub data_size: usize,
+    pub msg_length: usize,
+}
+
+/// The course's remote shell over TCP (8082).
+pub struct TcpExec {
+    runner: Arc<Runner>,
+}
+
+impl TcpExec {
+    pub fn new(runner: Arc<Runner>) -> TcpExec {
+        TcpExec { runner }
+    }
+
+    async fn serve_commands(&self, stream: &mut ServiceStream, peer: SocketAddr) -> std::io::Result<()> {
+        let mut buffer = vec![0; READ_CHUNK];
+        loop {
+            let n = stream.read_request(&mut buffer).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            let limits = CollectLimits {
+                max_output: TCP_MAX_OUTPUT,
+                timeout: COMMAND_TIMEOUT,
+            };
+            let run = run(&self.runner, &buffer[..n], limits, "classic-exec", peer);
+            let collected = tokio::select! {
+                collected = run => collected,
+                () = stream.closed() => {
+                    info!(service = "classic-exec", %peer, "client left; its command was stopped");
+                    return Ok(());
+                }
+            };
+            let mut output = collected.stdout;
+            output.extend_from_slice(&collected.stderr);
+            let header = ExecReplyHeader {
+                data_size: output.len(),
+                msg_length: output.len(),
+            };
+            stream.write_all(&header_bytes(&header)).await?;
+            stream.write_all(&output).await?;
+        }
+    }
+}
+
+#[async_trait]
+impl StreamService for TcpExec {
+    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) {
+        if let Err(error) = self.serve_commands(&mut stream, peer).await {
+            debug!(service = "classic-exec", %peer, %error, "connection ended");
+        }
+    }
+}
+
+/// The course's remote shell over UDP (9003).
+pub struct UdpExec {
+    runner: Arc<Runner>,
+    any_source: bool,
+}
+
+impl UdpExec {
+    pub fn new(runner: Arc<Runner>, any_source: bool) -> UdpExec {
+        UdpExec { runner, any_source }
+    }
+}
+
+#[async_trait]
+impl DatagramService for UdpExec {
+    async fn answer(&self, request: &[u8], from: SocketAddr) -> Vec<Bytes> {
+        if !self.any_source && !is_loopback(from.ip()) {
+            warn!(
+                service = "classic-udp-exec",
+                %from,
+                "refused a command from beyond this machine (allow with --classic-exec-any-source)"
+            );
+            return Vec::new();
+        }
+        let limits = CollectLimits {
+            max_output: MAX_DATAGRAM,
+            timeout: COMMAND_TIMEOUT,
+        };
+        let collected = run(&self.runner, request, limits, "classic-udp-exec", from).await;
+        vec![
+            Bytes::from(cut(collected.stderr, MAX_DATAGRAM)),
+            Bytes::from(cut(collected.stdout, MAX_DATAGRAM)),
+        ]
+    }
+
+    fn runs_long(&self) -> bool {
+        true
+    }
+}
+
+/// Runs one command line for a classic client. Whatever goes wrong (exec disabled, the
+/// server busy, a command that is not UTF-8) becomes a `sockit: ...` line on stderr, which is
+/// what the course's clients can show; so do a timeout and a cut.
+async fn run(
+    runner: &Runner,
+    command: &[u8],
+    limits: CollectLimits,
+    service: &'static str,
+    peer: SocketAddr,
+) -> Collected {
+    let Ok(line) = std::str::from_utf8(command) else {
+        warn!(service, %peer, command = %shown(command), "refused a command that is not UTF-8");
+        return failed("the command is not UTF-8 text");
+    };
+    info!(service, %peer, command = %shown(command), "running");
+    let mut collected = match runner.run_collected(line, limits).await {
+        Ok(collected) => collected,
+        Err(error) => {
+            warn!(service, %peer, "command refused: {}", error.message);
+            return failed(&error.message);
+        }
+    };
+    debug!(service, %peer, status = ?collected.status, timed_out = collected.timed_out, truncated = collected.truncated, "command ended");
+    if collected.timed_out {
+        let note = format!(
+            "sockit: the command ran past {limits_timeout:?} and was stopped\n",
+            limits_timeout = limits.timeout
+        );
+        collected.stderr.extend_from_slice(note.as_bytes());
+    }
+    if collected.truncated {
+        let note = format!(
+            "sockit: the command wrote more than {} bytes to one stream; it was stopped and its output cut\n",
+            limits.max_output
+        );
+        collected.stderr.extend_from_slice(note.as_bytes());
+    }
+    collected
+}
+
+fn failed(message: &str) -> Collected {
+    Collected {
+        stderr: format!("sockit: {message}\n").into_bytes(),
+        ..Collected::default()
+    }
+}
