@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use sockit::auth::{SecretSource, resolve_secret};
+use sockit::metrics::MetricsListen;
 use sockit::server::{FileConfig, ListenAddr, ServiceListen, parse_duration};
 use sockit::{Server, ServerConfig};
 use tracing::info;
@@ -17,7 +18,7 @@ use super::raise_fd_limit;
 #[derive(Args)]
 #[command(
     about = "Run the sockit server (echo, exec, files and time; encrypted, authenticated sessions)",
-    after_help = "Examples:\n  sockit serve                                   # 127.0.0.1:8080, secret created if missing;\n                                                 # UDP time service on 127.0.0.1:9000\n  sockit serve --listen 0.0.0.0:8080 --listen [::]:8080 --listen /run/sockit.sock\n  sockit serve --listen 127.0.0.1:0 --plaintext  # free port, HMAC auth, no encryption\n  sockit serve --time-listen off                 # no UDP time service\n  sockit serve --rfc868-listen 127.0.0.1:3737 --sntp-listen 127.0.0.1:1123\n                                                 # for `rdate -o 3737` and SNTP clients\n  RUST_LOG=debug sockit serve --log-format json\n\nThe unframed services are logged as `time service on udp ADDR`; their UDP replies are\nrate-limited to 20 per second (bursts of 40) per source address."
+    after_help = "Examples:\n  sockit serve                                   # 127.0.0.1:8080, secret created if missing;\n                                                 # UDP time service on 127.0.0.1:9000\n  sockit serve --listen 0.0.0.0:8080 --listen [::]:8080 --listen /run/sockit.sock\n  sockit serve --listen 127.0.0.1:0 --plaintext  # free port, HMAC auth, no encryption\n  sockit serve --time-listen off                 # no UDP time service\n  sockit serve --rfc868-listen 127.0.0.1:3737 --sntp-listen 127.0.0.1:1123\n                                                 # for `rdate -o 3737` and SNTP clients\n  sockit serve --metrics 9100                    # Prometheus metrics at http://127.0.0.1:9100/metrics\n  RUST_LOG=debug sockit serve --log-format json\n\nThe unframed services are logged as `time service on udp ADDR`; their UDP replies are\nrate-limited to 20 per second (bursts of 40) per source address."
 )]
 pub struct ServeArgs {
     /// Listen on IP:PORT, [IPv6]:PORT or a Unix socket path; repeatable; port 0 picks a free
@@ -85,6 +86,10 @@ pub struct ServeArgs {
     /// SNTP (RFC 4330) server over UDP on IP:PORT, answering from the system clock [default: off]
     #[arg(long, value_name = "ADDR")]
     sntp_listen: Option<ServiceListen>,
+    /// Prometheus metrics at http://ADDR/metrics; ADDR is IP:PORT, or a PORT on 127.0.0.1, or
+    /// `off`. Unauthenticated: keep it on loopback or a private network [default: off]
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<MetricsListen>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -152,6 +157,7 @@ impl ServeArgs {
             daytime_listen: self.daytime_listen,
             rfc868_listen: self.rfc868_listen,
             sntp_listen: self.sntp_listen,
+            metrics: self.metrics,
             ..FileConfig::default()
         };
         flags.apply(config);

@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::listener::ListenAddr;
 use crate::auth::Secret;
+use crate::metrics::MetricsListen;
 use crate::services::ServicesConfig;
 use crate::wire::DEFAULT_MAX_HEADER_LEN;
 
@@ -45,6 +46,8 @@ pub struct ServerConfig {
     pub rfc868_listen: Option<SocketAddr>,
     /// SNTP (RFC 4330) server, over UDP.
     pub sntp_listen: Option<SocketAddr>,
+    /// Prometheus metrics over HTTP at `/metrics` on this address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -65,6 +68,7 @@ impl ServerConfig {
             daytime_listen: None,
             rfc868_listen: None,
             sntp_listen: None,
+            metrics_listen: None,
         }
     }
 }
@@ -122,6 +126,7 @@ pub struct FileConfig {
     pub daytime_listen: Option<ServiceListen>,
     pub rfc868_listen: Option<ServiceListen>,
     pub sntp_listen: Option<ServiceListen>,
+    pub metrics: Option<MetricsListen>,
 }
 
 impl FileConfig {
@@ -160,6 +165,10 @@ impl FileConfig {
             (&mut config.daytime_listen, self.daytime_listen),
             (&mut config.rfc868_listen, self.rfc868_listen),
             (&mut config.sntp_listen, self.sntp_listen),
+            (
+                &mut config.metrics_listen,
+                self.metrics.map(|m| ServiceListen(m.0)),
+            ),
         ];
         for (slot, value) in listens {
             set(slot, value.map(|listen| listen.0));
