@@ -114,7 +114,7 @@ pub enum ExecOutcome {
     Success,
     /// Exited with another status.
     Failure,
-    /// Killed by a signal it did not ask for from the timeout.
+    /// Killed by a signal (sent by the client, or by anyone else).
     Signaled,
     /// Stopped by its `timeout_ms`.
     TimedOut,
@@ -137,7 +137,8 @@ pub enum Datagram {
     Answered,
     /// Its source had spent its reply budget.
     RateLimited,
-    /// From a server port (below 1024, or 0): likely forged.
+    /// Not answered: from a server port (below 1024, or 0, likely forged), or a request the
+    /// service does not answer.
     Ignored,
 }
 

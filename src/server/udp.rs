@@ -20,6 +20,8 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::metrics::{Datagram, metrics};
+
 /// Replies per second each source may receive, once its burst is spent.
 pub const REPLIES_PER_SECOND: f64 = 20.0;
 /// Replies a quiet source may receive at once.
@@ -174,13 +176,20 @@ pub async fn serve_datagrams(
         };
         if from.port() == 0 || !service.answers_port(from.port()) {
             debug!(service = name, %from, "ignored a datagram from a server port");
+            metrics().datagram(name, Datagram::Ignored);
             continue;
         }
         if !limit.allow(from.ip(), Instant::now()) {
             debug!(service = name, %from, "rate limited");
+            metrics().datagram(name, Datagram::RateLimited);
             continue;
         }
         let replies = service.answer(&buffer[..len], from).await;
+        let counted = match replies.is_empty() {
+            true => Datagram::Ignored,
+            false => Datagram::Answered,
+        };
+        metrics().datagram(name, counted);
         for (index, reply) in replies.iter().enumerate() {
             if index > 0 && !limit.allow(from.ip(), Instant::now()) {
                 break;

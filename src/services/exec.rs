@@ -33,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info};
 
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
+use crate::metrics::{ExecOutcome, Tracked, metrics};
 use crate::wire::{ErrorCode, Header, RemoteError, SharedWriter};
 
 /// The largest stdin chunk a client may send in one frame.
@@ -253,6 +254,7 @@ impl Exec {
             timed_out: false,
             _permit: permit,
             _busy: session.busy(),
+            _running: Tracked::new(&metrics().exec_running),
         };
         let pid = child.id().unwrap_or(0);
         info!(peer = %session.peer, id, pid, "command started");
@@ -427,6 +429,8 @@ struct Supervisor {
     timed_out: bool,
     _permit: OwnedSemaphorePermit,
     _busy: super::Busy,
+    /// Counts the command in `sockit_exec_processes_running` until it is reaped.
+    _running: Tracked,
 }
 
 /// One thing that happened to a running command.
@@ -491,6 +495,7 @@ impl Supervisor {
         }
         signal_group(self.group, Signal::KILL);
         reap_group(self.group, self.grace).await;
+        metrics().exec_finished(outcome(status, self.timed_out));
         let exit = exit_header(self.id, status, started.elapsed(), self.timed_out);
         info!(
             id = self.id,
@@ -541,10 +546,23 @@ impl Supervisor {
     /// The client is gone: stop the whole group and reap it; nobody is left to tell.
     async fn abandon(self, mut child: Child) {
         debug!(id = self.id, "client gone; stopping its command");
+        metrics().exec_finished(ExecOutcome::Abandoned);
         signal_group(self.group, Signal::TERM);
         spawn_kill_after(self.group, self.grace);
         let _ = child.wait().await;
         reap_group(self.group, self.grace * 2).await;
+    }
+}
+
+/// How a command that exited counts in `sockit_exec_commands_total`.
+fn outcome(status: ExitStatus, timed_out: bool) -> ExecOutcome {
+    if timed_out {
+        return ExecOutcome::TimedOut;
+    }
+    match status.code() {
+        Some(0) => ExecOutcome::Success,
+        Some(_) => ExecOutcome::Failure,
+        None => ExecOutcome::Signaled,
     }
 }
 
