@@ -60,6 +60,24 @@ async fn answer(mut stream: TcpStream) {
     };
     let _ = stream.write_all(&response.into_bytes()).await;
     let _ = stream.shutdown().await;
+    linger(&mut stream).await;
+}
+
+/// Reads (and drops) what the peer still sends, briefly, before closing: closing with unread
+/// input makes the kernel reset the connection, which can destroy the answer before the peer
+/// reads it (a 431 to an oversized request, say).
+async fn linger(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut left = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// Reads up to the blank line ending the request head; `None` if it is longer than allowed.

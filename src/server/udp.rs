@@ -185,9 +185,10 @@ pub async fn serve_datagrams(
             continue;
         }
         let replies = service.answer(&buffer[..len], from).await;
-        let counted = match replies.is_empty() {
-            true => Datagram::Ignored,
-            false => Datagram::Answered,
+        let counted = if replies.is_empty() {
+            Datagram::Ignored
+        } else {
+            Datagram::Answered
         };
         metrics().datagram(name, counted);
         for (index, reply) in replies.iter().enumerate() {
