@@ -69,7 +69,7 @@ async fn answer(mut stream: TcpStream) {
 async fn linger(stream: &mut TcpStream) {
     let mut sink = [0u8; 4096];
     let drain = async {
-        let mut left = 64 * 1024;
+        let mut left: usize = 64 * 1024;
         while left > 0 {
             match stream.read(&mut sink).await {
                 Ok(0) | Err(_) => return,
