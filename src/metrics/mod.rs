@@ -390,3 +390,41 @@ impl<'de> Deserialize<'de> for MetricsListen {
         text.parse().map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Secret;
+    use crate::server::{FileConfig, ServerConfig};
+
+    #[test]
+    fn a_bare_port_means_loopback_and_off_turns_metrics_off() {
+        let parse = |text: &str| text.parse::<MetricsListen>().map(|listen| listen.0);
+        assert_eq!(parse("9100"), Ok(Some("127.0.0.1:9100".parse().unwrap())));
+        assert_eq!(parse("[::1]:9100"), Ok(Some("[::1]:9100".parse().unwrap())));
+        assert_eq!(parse("off"), Ok(None));
+        assert!(parse("localhost:9100").is_err());
+        assert!(parse("70000").is_err());
+        let file: FileConfig = toml::from_str("metrics = \"0.0.0.0:9100\"").unwrap();
+        let mut config = ServerConfig::new(Secret::generate());
+        assert_eq!(config.metrics_listen, None);
+        file.apply(&mut config);
+        assert_eq!(config.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
+    }
+
+    #[test]
+    fn counters_render_with_prefix_labels_and_total() {
+        metrics().request("echo", "echo");
+        let text = metrics().render();
+        assert!(text.contains("# TYPE sockit_requests_total counter"), "{text}");
+        assert!(
+            text.contains("sockit_requests_total{service=\"echo\",command=\"echo\"} "),
+            "{text}"
+        );
+        assert!(
+            text.contains("sockit_socket_bytes_total{direction=\"in\"} "),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE sockit_connections_open gauge"), "{text}");
+    }
+}
