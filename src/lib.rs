@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod metrics;
 pub mod server;
 pub mod services;
 pub mod wire;

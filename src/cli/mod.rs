@@ -43,7 +43,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    Serve(serve::ServeArgs),
+    // Boxed: `serve` has far more options than any other command.
+    Serve(Box<serve::ServeArgs>),
     Echo(echo::EchoArgs),
     Exec(exec::ExecArgs),
     Keygen(keygen::KeygenArgs),
@@ -90,7 +91,7 @@ impl ClientArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Echo(args) => echo::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Keygen(args) => keygen::run(args),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use sockit::auth::{SecretSource, resolve_secret};
+use sockit::metrics::MetricsListen;
 use sockit::server::{FileConfig, ListenAddr, ServiceListen, parse_duration};
 use sockit::services::classic::ClassicListen;
 use sockit::{Server, ServerConfig};
@@ -18,7 +19,7 @@ use super::raise_fd_limit;
 #[derive(Args)]
 #[command(
     about = "Run the sockit server (echo, exec, files and time; encrypted, authenticated sessions)",
-    after_help = "Examples:\n  sockit serve                                   # 127.0.0.1:8080, secret created if missing;\n                                                 # UDP time service on 127.0.0.1:9000\n  sockit serve --listen 0.0.0.0:8080 --listen [::]:8080 --listen /run/sockit.sock\n  sockit serve --listen 127.0.0.1:0 --plaintext  # free port, HMAC auth, no encryption\n  sockit serve --time-listen off                 # no UDP time service\n  sockit serve --rfc868-listen 127.0.0.1:3737 --sntp-listen 127.0.0.1:1123\n                                                 # for `rdate -o 3737` and SNTP clients\n  sockit serve --classic --allow-exec             # also the course's own servers, its clients unchanged\n  sockit serve --classic --classic-listen ftp=127.0.0.1:2121 --classic-listen greeting=off\n  RUST_LOG=debug sockit serve --log-format json\n\nThe unframed services are logged as `time service on udp ADDR` (`classic-echo service on tcp\nADDR`, ...); their UDP replies are rate-limited to 20 per second (bursts of 40) per source address."
+    after_help = "Examples:\n  sockit serve                                   # 127.0.0.1:8080, secret created if missing;\n                                                 # UDP time service on 127.0.0.1:9000\n  sockit serve --listen 0.0.0.0:8080 --listen [::]:8080 --listen /run/sockit.sock\n  sockit serve --listen 127.0.0.1:0 --plaintext  # free port, HMAC auth, no encryption\n  sockit serve --time-listen off                 # no UDP time service\n  sockit serve --rfc868-listen 127.0.0.1:3737 --sntp-listen 127.0.0.1:1123\n                                                 # for `rdate -o 3737` and SNTP clients\n  sockit serve --classic --allow-exec             # also the course's own servers, its clients unchanged\n  sockit serve --classic --classic-listen ftp=127.0.0.1:2121 --classic-listen greeting=off\n  sockit serve --metrics 9100                    # Prometheus metrics at http://127.0.0.1:9100/metrics\n  RUST_LOG=debug sockit serve --log-format json\n\nThe unframed services are logged as `time service on udp ADDR` (`classic-echo service on tcp\nADDR`, ...); their UDP replies are rate-limited to 20 per second (bursts of 40) per source address."
 )]
 pub struct ServeArgs {
     /// Listen on IP:PORT, [IPv6]:PORT or a Unix socket path; repeatable; port 0 picks a free
@@ -98,6 +99,10 @@ pub struct ServeArgs {
     /// Let the classic UDP exec (9003) run commands sent from other machines
     #[arg(long)]
     classic_exec_any_source: bool,
+    /// Prometheus metrics at http://ADDR/metrics; ADDR is IP:PORT, or a PORT on 127.0.0.1, or
+    /// `off`. Unauthenticated: keep it on loopback or a private network [default: off]
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<MetricsListen>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -173,6 +178,7 @@ impl ServeArgs {
                     .collect(),
             ),
             classic_exec_any_source: self.classic_exec_any_source.then_some(true),
+            metrics: self.metrics,
             ..FileConfig::default()
         };
         flags.apply(config);

@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::listener::ListenAddr;
 use crate::auth::Secret;
+use crate::metrics::MetricsListen;
 use crate::services::ServicesConfig;
 use crate::services::classic::{ClassicConfig, ClassicService};
 use crate::wire::DEFAULT_MAX_HEADER_LEN;
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     pub sntp_listen: Option<SocketAddr>,
     /// The course's own services on their course ports (`--classic`).
     pub classic: ClassicConfig,
+    /// Prometheus metrics over HTTP at `/metrics` on this address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -70,6 +73,7 @@ impl ServerConfig {
             rfc868_listen: None,
             sntp_listen: None,
             classic: ClassicConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -131,6 +135,7 @@ pub struct FileConfig {
     /// `[classic_listen]`: `echo = "127.0.0.1:18081"`, `exec = "off"`, ...
     pub classic_listen: Option<BTreeMap<ClassicService, ServiceListen>>,
     pub classic_exec_any_source: Option<bool>,
+    pub metrics: Option<MetricsListen>,
 }
 
 impl FileConfig {
@@ -169,6 +174,10 @@ impl FileConfig {
             (&mut config.daytime_listen, self.daytime_listen),
             (&mut config.rfc868_listen, self.rfc868_listen),
             (&mut config.sntp_listen, self.sntp_listen),
+            (
+                &mut config.metrics_listen,
+                self.metrics.map(|m| ServiceListen(m.0)),
+            ),
         ];
         for (slot, value) in listens {
             set(slot, value.map(|listen| listen.0));

@@ -21,6 +21,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +35,7 @@ pub use udp::DatagramService;
 
 use self::endpoints::Endpoint;
 use crate::auth::{AuthMode, FailureThrottle, SessionKeys};
+use crate::metrics::{Tracked, metrics};
 use crate::services::{Backends, Registry};
 use crate::wire::Limits;
 
@@ -56,6 +58,8 @@ struct Shared {
 pub struct Server {
     listeners: Vec<Listener>,
     endpoints: Vec<Endpoint>,
+    /// Where `/metrics` is served, if anywhere.
+    metrics: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -83,6 +87,7 @@ impl Server {
             listeners.push(listener);
         }
         let endpoints = endpoints::bind_all(&config, &backends)?;
+        let metrics = bind_metrics(config.metrics_listen)?;
         let base = Limits::default().with_max_header_len(config.max_header_len);
         let shared = Shared {
             keys: SessionKeys::new(config.secret.clone(), AuthMode::from_plaintext(config.plaintext)),
@@ -99,6 +104,7 @@ impl Server {
         Ok(Server {
             listeners,
             endpoints,
+            metrics,
             shared: Arc::new(shared),
         })
     }
@@ -120,10 +126,25 @@ impl Server {
             .collect()
     }
 
+    /// Where `/metrics` is served (with the port chosen for port 0), if anywhere.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref()?.local_addr().ok()
+    }
+
     /// Serves until `shutdown` completes, then shuts down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let connections = Arc::new(Semaphore::new(self.shared.config.max_connections));
+        let max_connections = self.shared.config.max_connections;
+        let connections = Arc::new(Semaphore::new(max_connections));
+        metrics()
+            .connections_limit
+            .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
         let tasks = TaskTracker::new();
+        if let Some(listener) = self.metrics {
+            tasks.spawn(crate::metrics::http::serve(
+                listener,
+                self.shared.stopping.clone(),
+            ));
+        }
         let abort = CancellationToken::new();
         for listener in self.listeners {
             let accept = accept_loop(
@@ -163,9 +184,15 @@ async fn accept_loop(
     abort: CancellationToken,
 ) {
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            () = shared.stopping.cancelled() => return,
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                metrics().connections_limit_reached.inc();
+                tokio::select! {
+                    permit = connections.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                    () = shared.stopping.cancelled() => return,
+                }
+            }
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -180,9 +207,12 @@ async fn accept_loop(
                 continue;
             }
         };
+        metrics().connections_accepted.inc();
+        let open = Tracked::new(&metrics().connections_open);
         let shared = shared.clone();
         let abort = abort.clone();
         tasks.spawn(async move {
+            let _open = open;
             tokio::select! {
                 () = session::serve(stream, peer, &shared) => {}
                 () = abort.cancelled() => {}
@@ -190,4 +220,16 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// Binds the `/metrics` endpoint, if `--metrics` asked for one.
+fn bind_metrics(addr: Option<std::net::SocketAddr>) -> io::Result<Option<TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = listener::bind_tcp(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("metrics: cannot listen on {addr}: {e}")))?;
+    // Never "listening on": scripts and tests read that for the native address.
+    info!("metrics on http://{}/metrics", listener.local_addr()?);
+    Ok(Some(listener))
 }

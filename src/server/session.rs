@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::{Shared, Stream};
 use crate::auth;
+use crate::metrics::{Handshake, metrics};
 use std::sync::Arc;
 
 use crate::services::{BodyMode, Peer, Request, Service, ServiceError, Session};
@@ -25,6 +26,11 @@ pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
         Stream::Tcp(stream) => Connection::tcp(stream, limits),
         Stream::Unix(stream) => Connection::unix(stream, limits),
     };
+    let counted = metrics();
+    conn.count_bytes(
+        counted.socket_bytes_received.clone(),
+        counted.socket_bytes_sent.clone(),
+    );
     if !handshake(&mut conn, peer, shared).await {
         return;
     }
@@ -51,9 +57,13 @@ async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> bool {
         auth::accept(conn, &shared.keys, shared.registry.features()).await
     });
     let error = match attempt.await {
-        Ok(Ok(())) => return true,
+        Ok(Ok(())) => {
+            metrics().handshake(Handshake::Ok);
+            return true;
+        }
         Ok(Err(error)) => error,
         Err(_) => {
+            metrics().handshake(Handshake::Timeout);
             debug!(%peer, "handshake not completed within {deadline:?}");
             let remote = RemoteError::new(
                 ErrorCode::Timeout,
@@ -63,6 +73,11 @@ async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> bool {
             return false;
         }
     };
+    metrics().handshake(match error {
+        auth::HandshakeError::AuthFailed(_) => Handshake::AuthFailed,
+        auth::HandshakeError::Closed => Handshake::Closed,
+        _ => Handshake::Refused,
+    });
     if error.is_auth_failure() {
         let delay = shared.throttle.record_failure(peer.ip());
         warn!(%peer, delay_ms = delay.as_millis() as u64, "authentication failed");
@@ -145,18 +160,19 @@ async fn dispatch(
                 header.cmd()
             ),
         );
-        return session.writer.send_error(id, &error).await;
+        return send_error(&session.writer, id, &error).await;
     };
     let body = match spec.body {
         BodyMode::Whole => session.reader.read_whole_body().await?,
         BodyMode::Stream => Bytes::new(),
     };
     *last_service = Some(service.clone());
+    metrics().request(service.name(), spec.cmd);
     match service.handle(Request { header, body }, session).await {
         Ok(()) => skip_body(&mut session.reader).await,
         Err(ServiceError::Reply(error)) => {
             skip_body(&mut session.reader).await?;
-            session.writer.send_error(id, &error).await
+            send_error(&session.writer, id, &error).await
         }
         Err(ServiceError::Connection(error)) => Err(error),
     }
@@ -168,12 +184,20 @@ async fn skip_body(reader: &mut FrameReader) -> Result<(), FrameError> {
     Ok(())
 }
 
+/// Answers a request with an error frame.
+async fn send_error(writer: &SharedWriter, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
+    metrics().error_sent(&error.code);
+    writer.send_error(id, error).await
+}
+
 /// Sends a last error frame if the peer is still reading; never waits long.
 async fn part(writer: &mut FrameWriter, error: &RemoteError) {
+    metrics().error_sent(&error.code);
     let _ = timeout(PARTING_GRACE, writer.send_error(None, error)).await;
 }
 
 /// [`part`] for a session, whose writer other tasks may be holding.
 async fn part_shared(writer: &SharedWriter, error: &RemoteError) {
+    metrics().error_sent(&error.code);
     let _ = timeout(PARTING_GRACE, writer.send_error(None, error)).await;
 }

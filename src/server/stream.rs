@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::metrics::metrics;
+
 /// A service that talks raw bytes over a TCP connection, with no sockit framing or session.
 #[async_trait]
 pub trait StreamService: Send + Sync {
@@ -96,6 +98,7 @@ pub async fn serve_streams(
                 continue;
             }
         };
+        metrics().stream_connection(name);
         let service = service.clone();
         let abort = shutdown.abort.clone();
         let stream = ServiceStream::new(stream, limits.idle_timeout, shutdown.stopping.clone());

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::stream::ServiceShutdown;
+use crate::metrics::{Datagram, metrics};
 
 /// Replies per second each source may receive, once its burst is spent.
 pub const REPLIES_PER_SECOND: f64 = 20.0;
@@ -194,10 +195,12 @@ pub async fn serve_datagrams(
         };
         if from.port() == 0 || !replier.service.answers_port(from.port()) {
             debug!(service = name, %from, "ignored a datagram from a server port");
+            metrics().datagram(name, Datagram::Ignored);
             continue;
         }
         if !replier.allow(from) {
             debug!(service = name, %from, "rate limited");
+            metrics().datagram(name, Datagram::RateLimited);
             continue;
         }
         if !replier.service.runs_long() {
@@ -237,6 +240,12 @@ impl Replier {
     /// Sends the service's replies to one request; each one after the first costs a token.
     async fn answer(&self, request: &[u8], from: SocketAddr) {
         let replies = self.service.answer(request, from).await;
+        let counted = if replies.is_empty() {
+            Datagram::Ignored
+        } else {
+            Datagram::Answered
+        };
+        metrics().datagram(self.name, counted);
         for (index, reply) in replies.iter().enumerate() {
             if index > 0 && !self.allow(from) {
                 break;

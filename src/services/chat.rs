@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::root::escape;
 use super::{BodyMode, Busy, CommandSpec, Request, Service, ServiceError, Session};
+use crate::metrics::metrics;
 use crate::wire::{ErrorCode, Header, RemoteError, SharedWriter};
 
 /// Messages kept per room and replayed to whoever joins.
@@ -286,6 +287,7 @@ impl Hub {
         self.by_name.insert(name.to_owned(), id);
         let rooms = BTreeSet::new();
         let name = name.to_owned();
+        metrics().chat_online.inc();
         self.members.insert(
             id,
             Member {
@@ -364,6 +366,7 @@ impl Hub {
             room.history.pop_front();
         }
         room.history.push_back(posted);
+        metrics().chat_message("room");
         let everyone: Vec<MemberId> = room.members.iter().copied().collect();
         self.deliver(&everyone, &event.to_header(None));
         Ok(())
@@ -382,6 +385,7 @@ impl Hub {
             time: now(),
             text: text.to_owned(),
         };
+        metrics().chat_message("direct");
         let header = event.to_header(None);
         if recipient == me {
             self.deliver(&[me], &header);
@@ -461,6 +465,7 @@ impl Hub {
             self.part(member, &room, reason);
         }
         if let Some(gone) = self.members.remove(&member) {
+            metrics().chat_online.dec();
             self.by_name.remove(&gone.name);
             gone.kick.cancel();
         }

@@ -33,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, info};
 
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
+use crate::metrics::{ExecOutcome, Tracked, metrics};
 use crate::wire::{ErrorCode, Header, RemoteError, SharedWriter};
 
 /// The largest stdin chunk a client may send in one frame.
@@ -577,6 +578,8 @@ struct Supervisor<S> {
     timed_out: bool,
     _permit: OwnedSemaphorePermit,
     _busy: Option<super::Busy>,
+    /// Counts the command in `sockit_exec_processes_running` until it is reaped.
+    _running: Tracked,
 }
 
 /// One thing that happened to a running command.
@@ -604,6 +607,7 @@ impl<S: Sink> Supervisor<S> {
             timed_out: false,
             _permit: permit,
             _busy: busy,
+            _running: Tracked::new(&metrics().exec_running),
         }
     }
 
@@ -661,6 +665,7 @@ impl<S: Sink> Supervisor<S> {
         }
         signal_group(self.group, Signal::KILL);
         reap_group(self.group, self.grace).await;
+        metrics().exec_finished(outcome(status, self.timed_out));
         let timed_out = self.timed_out;
         self.sink.exited(status, started.elapsed(), timed_out).await;
     }
@@ -705,10 +710,23 @@ impl<S: Sink> Supervisor<S> {
     /// nobody is left to tell.
     async fn abandon(self, mut child: Child) {
         debug!(group = ?self.group, "stopping a command nobody waits for");
+        metrics().exec_finished(ExecOutcome::Abandoned);
         signal_group(self.group, Signal::TERM);
         spawn_kill_after(self.group, self.grace);
         let _ = child.wait().await;
         reap_group(self.group, self.grace * 2).await;
+    }
+}
+
+/// How a command that exited counts in `sockit_exec_commands_total`.
+fn outcome(status: ExitStatus, timed_out: bool) -> ExecOutcome {
+    if timed_out {
+        return ExecOutcome::TimedOut;
+    }
+    match status.code() {
+        Some(0) => ExecOutcome::Success,
+        Some(_) => ExecOutcome::Failure,
+        None => ExecOutcome::Signaled,
     }
 }
 

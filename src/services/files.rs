@@ -33,6 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::root::{FileRoot, RootPath};
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
+use crate::metrics::{Transfer, metrics};
 use crate::wire::{ErrorCode, FrameError, Header, RemoteError};
 
 /// Files up to this size travel inline in their `put` frame.
@@ -291,12 +292,17 @@ impl Service for Files {
         let mut writer = session.writer.lock().await;
         for (put, outcome) in pending.into_iter().zip(outcomes) {
             let header = match outcome {
-                Ok(()) => Header::new("put_ok")
-                    .with("size", put.data.len() as u64)
-                    .with("blake3", put.blake3.as_str()),
+                Ok(()) => {
+                    metrics().transfer_completed(Transfer::Upload);
+                    Header::new("put_ok")
+                        .with("size", put.data.len() as u64)
+                        .with("blake3", put.blake3.as_str())
+                }
                 Err(error) => {
                     let _ = self.root().remove_partial(&put.path);
-                    io_error(&put.path, error).to_header(None)
+                    let error = io_error(&put.path, error);
+                    metrics().error_sent(&error.code);
+                    error.to_header(None)
                 }
             };
             writer.queue(header.with_id(Some(put.id)), b"")?;
@@ -409,6 +415,7 @@ impl Files {
         writer.queue_header(&header)?;
         let mut remaining = size - args.offset;
         let mut buf = vec![0u8; CHUNK];
+        let sent = metrics().transfer_bytes(Transfer::Download);
         while remaining > 0 {
             let want = remaining.min(CHUNK as u64) as usize;
             let n = file.read(&mut buf[..want]).await.map_err(FrameError::Io)?;
@@ -422,13 +429,16 @@ impl Files {
             }
             hasher.update(&buf[..n]);
             writer.send_body(&buf[..n]).await?;
+            sent.inc_by(n as u64);
             remaining -= n as u64;
         }
         let end = Header::new("get_end")
             .with_id(request.id())
             .with("blake3", hasher.finalize().to_hex().as_str());
         writer.queue(end, b"")?;
-        Ok(writer.flush().await?)
+        writer.flush().await?;
+        metrics().transfer_completed(Transfer::Download);
+        Ok(())
     }
 
     async fn put(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
@@ -515,6 +525,9 @@ impl Files {
             )
             .into());
         }
+        metrics()
+            .transfer_bytes(Transfer::Upload)
+            .inc_by(data.len() as u64);
         let pending = session.state::<PendingPuts>();
         pending.0.push(PendingPut {
             id,
@@ -571,6 +584,7 @@ impl Files {
             .ok_or_else(|| bad_request(format!("no upload {id} in progress")))?;
         let expected = request.header.str("blake3").unwrap_or_default().to_owned();
         let report = self.finish(upload, &expected).await?;
+        metrics().transfer_completed(Transfer::Upload);
         Ok(session.writer.send(report.with_id(Some(id)), b"").await?)
     }
 
@@ -608,6 +622,7 @@ impl Files {
 /// Appends the current frame's body to an upload. A failed write (a full disk) drops the
 /// partial file and is reported; the rest of the body is skipped by the dispatcher.
 async fn receive_body(upload: &mut Upload, session: &mut Session) -> Result<(), ServiceError> {
+    let received = metrics().transfer_bytes(Transfer::Upload);
     while let Some(chunk) = session.reader.read_body_chunk().await? {
         if upload.written + chunk.len() as u64 > upload.size {
             return Err(bad_request(format!(
@@ -621,6 +636,7 @@ async fn receive_body(upload: &mut Upload, session: &mut Session) -> Result<(), 
         }
         upload.hasher.update(&chunk);
         upload.written += chunk.len() as u64;
+        received.inc_by(chunk.len() as u64);
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use snow::StatelessTransportState;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream, tcp, unix};
@@ -66,6 +67,7 @@ impl Connection {
                 opener: None,
                 read_size: MIN_READ,
                 eof: false,
+                received: None,
             },
             writer: FrameWriter {
                 io: write,
@@ -74,6 +76,7 @@ impl Connection {
                 sealer: None,
                 clear_len: 0,
                 max_header_len,
+                sent: None,
             },
         }
     }
@@ -93,6 +96,13 @@ impl Connection {
         self.writer.clear_len = self.writer.out.len();
         self.writer.sealer = Some(sealer);
         self.reader.start_decrypting(opener);
+    }
+
+    /// Adds every byte read from and written to the socket (ciphertext in an encrypted
+    /// session) to these counters: the server's traffic metrics.
+    pub fn count_bytes(&mut self, received: Counter, sent: Counter) {
+        self.reader.received = Some(received);
+        self.writer.sent = Some(sent);
     }
 
     pub fn is_encrypted(&self) -> bool {
@@ -132,6 +142,7 @@ pub struct FrameReader {
     opener: Option<Opener>,
     read_size: usize,
     eof: bool,
+    received: Option<Counter>,
 }
 
 impl FrameReader {
@@ -239,6 +250,7 @@ impl FrameReader {
         }
         buf.reserve(self.read_size);
         let n = self.io.read_buf(buf).await?;
+        count(&self.received, n);
         if n == 0 {
             self.eof = true;
         } else if n >= self.read_size {
@@ -262,6 +274,7 @@ pub struct FrameWriter {
     /// Queued bytes at the front of `out` that predate encryption.
     clear_len: usize,
     max_header_len: usize,
+    sent: Option<Counter>,
 }
 
 impl FrameWriter {
@@ -308,10 +321,12 @@ impl FrameWriter {
                 sealer.seal(&self.out[clear..], &mut self.sealed);
                 self.out.clear();
                 self.io.write_all(&self.sealed).await?;
+                count(&self.sent, self.sealed.len());
                 self.sealed.clear();
             }
             None => {
                 self.io.write_all(&self.out).await?;
+                count(&self.sent, self.out.len());
                 self.out.clear();
             }
         }
@@ -345,6 +360,12 @@ impl SharedWriter {
     /// Exclusive use of the writer until the guard drops.
     pub async fn lock(&self) -> MutexGuard<'_, FrameWriter> {
         self.0.lock().await
+    }
+}
+
+fn count(counter: &Option<Counter>, bytes: usize) {
+    if let Some(counter) = counter {
+        counter.inc_by(bytes as u64);
     }
 }
 
