@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{ServerProcess, sockit_command};
@@ -407,19 +407,8 @@ fn interactive_client_in_a_terminal() {
         {"expect": "2 online: alice, bob"},
         {"send": "/quit\r"},
     ]);
-    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pty_drive.py");
-    let mut command = Command::new("python3");
-    command
-        .arg(driver)
-        .arg(script.to_string())
-        .arg("--")
-        .arg(common::SOCKIT);
-    command.args(server.cli_args(&["chat", &server.addr, "--name", "alice"]));
-    command
-        .env("XDG_CONFIG_HOME", server.dir.path())
-        .env("HOME", server.dir.path())
-        .env("TERM", "xterm")
-        .env_remove("NO_COLOR");
+    let mut command = common::pty_drive(&server, &script, &["chat", &server.addr, "--name", "alice"]);
+    command.env("TERM", "xterm").env_remove("NO_COLOR");
     let driving = std::thread::spawn(move || command.output().expect("python3 runs the pty driver"));
 
     runtime.block_on(async {

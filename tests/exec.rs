@@ -430,18 +430,9 @@ fn the_shell_runs_lines_remotely_and_ctrl_c_interrupts_only_the_command() {
         {"expect": ">>: "},
         {"send": "quit\r"},
     ]);
-    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pty_drive.py");
-    let mut command = Command::new("python3");
-    command
-        .arg(driver)
-        .arg(script.to_string())
-        .arg("--")
-        .arg(common::SOCKIT);
-    command.args(server.cli_args(&["shell", &server.addr]));
-    command
-        .env("XDG_CONFIG_HOME", server.dir.path())
-        .env("HOME", server.dir.path());
-    let output = command.output().expect("python3 runs the pty driver");
+    let output = common::pty_drive(&server, &script, &["shell", &server.addr])
+        .output()
+        .expect("python3 runs the pty driver");
     let shown = stdout(&output);
     assert!(output.status.success(), "{shown}\n{}", stderr(&output));
     assert!(shown.contains("EXIT 0"), "{shown}");

@@ -13,13 +13,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use rustyline::DefaultEditor;
-use rustyline::error::ReadlineError;
 use sockit::client::{ChatFeed, ChatIncoming, ChatSender, ChatSession};
 use sockit::services::chat::{ChatEvent, DEFAULT_ROOM};
 use sockit::services::root::escape;
 use sockit::{Client, ClientConfig};
 
-use super::{ClientArgs, EXIT_FAILURE, client_runtime};
+use super::{ClientArgs, EXIT_FAILURE, client_runtime, prompt_line};
 
 #[derive(Args)]
 #[command(
@@ -155,18 +154,10 @@ fn interactive(target: &str, config: &ClientConfig, name: &str, room: &str) -> a
             Some(room) => format!("#{}> ", escape(room)),
             None => "> ".to_owned(),
         };
-        let line = match editor.readline(&prompt) {
-            Ok(line) => line,
-            Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => break,
-            Err(error) => return Err(error.into()),
+        let Some(line) = prompt_line(&mut editor, &prompt)? else {
+            break;
         };
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let _ = editor.add_history_entry(line);
-        match runtime.block_on(rooms.run_line(&mut sender, line)) {
+        match runtime.block_on(rooms.run_line(&mut sender, &line)) {
             Ok(true) => {}
             Ok(false) => break,
             Err(error) => eprintln!("sockit: {error:#}"),

@@ -149,6 +149,25 @@ pub fn print_bytes(bytes: &[u8]) {
     }
 }
 
+/// The next non-empty line typed at `prompt`, trimmed and added to the history; `None` at
+/// Ctrl-D. Ctrl-C at the prompt only clears the line, as in a shell.
+pub fn prompt_line(editor: &mut rustyline::DefaultEditor, prompt: &str) -> rustyline::Result<Option<String>> {
+    use rustyline::error::ReadlineError;
+    loop {
+        match editor.readline(prompt) {
+            Ok(line) if line.trim().is_empty() => {}
+            Ok(line) => {
+                let line = line.trim().to_owned();
+                let _ = editor.add_history_entry(&line);
+                return Ok(Some(line));
+            }
+            Err(ReadlineError::Interrupted) => {}
+            Err(ReadlineError::Eof) => return Ok(None),
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// A single-threaded runtime: client commands do one thing at a time and start faster so.
 pub fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()

@@ -5,12 +5,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 use rustyline::DefaultEditor;
-use rustyline::error::ReadlineError;
 use sockit::services::exec::ExecRequest;
 use sockit::{Client, ClientConfig, ClientError};
 
 use super::exec::run_attached;
-use super::{ClientArgs, client_runtime};
+use super::{ClientArgs, client_runtime, prompt_line};
 
 #[derive(Args)]
 #[command(
@@ -38,22 +37,11 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         args.target,
         client.server_info().server
     );
-    loop {
-        let line = match editor.readline(">>: ") {
-            Ok(line) => line,
-            Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => break,
-            Err(error) => return Err(error.into()),
-        };
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
+    while let Some(line) = prompt_line(&mut editor, ">>: ")? {
         if line == "quit" || line == "exit" {
             break;
         }
-        let _ = editor.add_history_entry(line);
-        match runtime.block_on(run_line(&mut client, &args.target, &config, line)) {
+        match runtime.block_on(run_line(&mut client, &args.target, &config, &line)) {
             Ok(0) => {}
             Ok(status) => eprintln!("[exit {status}]"),
             Err(error) => eprintln!("sockit: {error}"),

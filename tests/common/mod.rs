@@ -218,6 +218,22 @@ pub fn sockit_command(config_dir: &Path) -> Command {
     command
 }
 
+/// Runs `sockit ARGS...` (with `server`'s secret) in a pseudo-terminal driven by
+/// `tests/support/pty_drive.py` through `script` (its steps: expect, send, sleep).
+pub fn pty_drive(server: &ServerProcess, script: &serde_json::Value, args: &[&str]) -> Command {
+    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pty_drive.py");
+    let mut command = Command::new("python3");
+    command
+        .arg(driver)
+        .arg(script.to_string())
+        .arg("--")
+        .arg(SOCKIT)
+        .args(server.cli_args(args))
+        .env("XDG_CONFIG_HOME", server.dir.path())
+        .env("HOME", server.dir.path());
+    command
+}
+
 pub fn run_cli(config_dir: &Path, args: &[&str]) -> Output {
     sockit_command(config_dir)
         .args(args)
