@@ -276,11 +276,11 @@ async fn forward(
     close_session.cancel();
 }
 
-type MemberId = u64;
+pub(super) type MemberId = u64;
 
 /// Who is online and where. Always locked briefly and never across an `await`.
 #[derive(Default)]
-struct Hub {
+pub(super) struct Hub {
     members: HashMap<MemberId, Member>,
     by_name: HashMap<String, MemberId>,
     rooms: HashMap<String, Room>,
@@ -309,7 +309,12 @@ static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 
 impl Hub {
     /// Carries out a logged-in member's request.
-    fn apply(&mut self, me: MemberId, id: Option<u64>, request: ChatRequest) -> Result<(), RemoteError> {
+    pub(super) fn apply(
+        &mut self,
+        me: MemberId,
+        id: Option<u64>,
+        request: ChatRequest,
+    ) -> Result<(), RemoteError> {
         match request {
             ChatRequest::Join { room } => self.join(me, id, room),
             ChatRequest::Leave { room } => self.leave(me, id, room),
@@ -324,7 +329,7 @@ impl Hub {
         }
     }
 
-    fn login(
+    pub(super) fn login(
         &mut self,
         name: &str,
         outbox: mpsc::Sender<Header>,
@@ -352,7 +357,7 @@ impl Hub {
         Ok(id)
     }
 
-    fn join(&mut self, me: MemberId, id: Option<u64>, room_name: &str) -> Result<(), RemoteError> {
+    pub(super) fn join(&mut self, me: MemberId, id: Option<u64>, room_name: &str) -> Result<(), RemoteError> {
         if !self.rooms.contains_key(room_name) && self.rooms.len() >= MAX_ROOMS {
             return Err(RemoteError::new(
                 ErrorCode::Busy,
