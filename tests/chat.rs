@@ -490,3 +490,33 @@ fn udp_console_shows_messages_and_sends_replies() {
         console.wait().unwrap();
     }
 }
+
+/// Fuzzing found that a refusal quoted the whole offending name: a nickname of 10,000 DEL
+/// characters (10 KB in the request) made a refusal of about 80 KB once escaped, larger than
+/// any header may be, so the server closed the connection instead of answering.
+#[tokio::test]
+async fn a_huge_bad_name_is_refused_with_a_short_answer() {
+    let server = ServerProcess::start(&[]);
+    let huge = "\u{7f}".repeat(10_000);
+    let client = Client::connect(&server.addr, &server.client_config())
+        .await
+        .unwrap();
+    match client.chat_login(&huge).await {
+        Err(sockit::client::ClientError::Remote(error)) => {
+            assert_eq!(error.code.as_str(), "bad_request");
+            assert!(error.message.len() < 512, "{}", error.message);
+        }
+        Err(other) => panic!("expected a bad_request answer, got {other}"),
+        Ok(_) => panic!("a 10,000-character nickname was accepted"),
+    }
+    let mut alice = login(&server, "alice").await;
+    alice.sender.join("lobby").await.unwrap();
+    drain(&mut alice, "lobby").await;
+    for (to, text) in [(huge.as_str(), "hi"), ("bob", "ok")] {
+        alice.sender.direct(to, text).await.unwrap();
+        match next(&mut alice.feed).await {
+            ChatIncoming::Refused { error, .. } => assert!(error.message.len() < 512, "{}", error.message),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}

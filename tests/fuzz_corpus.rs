@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use sockit::client::fuzzing::check_http_response;
+use sockit::services::fuzzing::{check_chat_header, check_time_datagram};
 use sockit::wire::fuzzing::{check_decoder, check_header};
 
 fn replay(target: &str, check: fn(&[u8])) {
@@ -28,4 +30,20 @@ fn frame_decoder_corpus_replays_cleanly() {
 #[test]
 fn header_json_corpus_replays_cleanly() {
     replay("header_json", check_header);
+}
+
+#[test]
+fn time_datagram_corpus_replays_cleanly() {
+    replay("time_datagram", check_time_datagram);
+}
+
+#[test]
+fn chat_header_corpus_replays_cleanly() {
+    replay("chat_header", check_chat_header);
+}
+
+/// Serves each input to the real Fetcher from a loopback server in this process.
+#[test]
+fn http_response_corpus_replays_cleanly() {
+    replay("http_response", check_http_response);
 }

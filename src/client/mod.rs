@@ -24,6 +24,7 @@
 mod chat;
 mod exec;
 mod files;
+pub mod fuzzing;
 pub mod http;
 mod target;
 mod time;

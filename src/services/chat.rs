@@ -132,23 +132,61 @@ impl Service for Chat {
 
     async fn handle(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
         let id = request.id();
-        let header = &request.header;
-        if header.cmd() == "chat_login" {
-            return self.login(id, field(header, "name")?, session).await;
+        let me = session.state::<ChatLogin>().0.as_ref().map(|login| login.member);
+        if me.is_none() && request.header.cmd() != "chat_login" {
+            return Err(not_logged_in());
         }
-        let Some(me) = session.state::<ChatLogin>().0.as_ref().map(|login| login.member) else {
-            return Err(refusal("not_logged_in", "log in first with chat_login"));
-        };
-        let mut hub = self.hub.lock().expect("chat hub lock");
-        match header.cmd() {
-            "chat_join" => hub.join(me, id, valid_name(field(header, "room")?, "room")?)?,
-            "chat_leave" => hub.leave(me, id, field(header, "room")?)?,
-            "chat_say" => hub.say(me, field(header, "room")?, valid_text(field(header, "text")?)?)?,
-            "chat_msg" => hub.direct(me, field(header, "to")?, valid_text(field(header, "text")?)?)?,
-            "chat_who" => hub.who(me, id, field(header, "room")?)?,
-            _ => hub.rooms(me, id),
+        let command = ChatRequest::from_header(&request.header)?;
+        if let ChatRequest::Login { name } = command {
+            return self.login(id, name, session).await;
         }
-        Ok(())
+        let me = me.ok_or_else(not_logged_in)?;
+        Ok(self.hub.lock().expect("chat hub lock").apply(me, id, command)?)
+    }
+}
+
+/// A chat request with its fields taken out of the header and checked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChatRequest<'a> {
+    Login { name: &'a str },
+    Join { room: &'a str },
+    Leave { room: &'a str },
+    Say { room: &'a str, text: &'a str },
+    Direct { to: &'a str, text: &'a str },
+    Who { room: &'a str },
+    Rooms,
+}
+
+impl<'a> ChatRequest<'a> {
+    /// Reads a `chat_*` request. New names (nickname, room joined) and message texts are
+    /// validated here; names that must already exist are looked up by the hub instead.
+    pub fn from_header(header: &'a Header) -> Result<ChatRequest<'a>, ServiceError> {
+        let field = |key| field(header, key);
+        Ok(match header.cmd() {
+            "chat_login" => ChatRequest::Login {
+                name: valid_name(field("name")?, "nickname")?,
+            },
+            "chat_join" => ChatRequest::Join {
+                room: valid_name(field("room")?, "room")?,
+            },
+            "chat_leave" => ChatRequest::Leave { room: field("room")? },
+            "chat_say" => ChatRequest::Say {
+                room: field("room")?,
+                text: valid_text(field("text")?)?,
+            },
+            "chat_msg" => ChatRequest::Direct {
+                to: field("to")?,
+                text: valid_text(field("text")?)?,
+            },
+            "chat_who" => ChatRequest::Who { room: field("room")? },
+            "chat_rooms" => ChatRequest::Rooms,
+            other => {
+                return Err(ServiceError::bad_request(format!(
+                    "`{}` is not a chat request",
+                    shown(other)
+                )));
+            }
+        })
     }
 }
 
@@ -160,7 +198,7 @@ impl Chat {
                 login.name
             )));
         }
-        let name = valid_name(name, "nickname")?.to_owned();
+        let name = name.to_owned();
         let (outbox, queue) = mpsc::channel(QUEUE_LEN);
         let kick = CancellationToken::new();
         let member = self
@@ -239,11 +277,11 @@ async fn forward(
     close_session.cancel();
 }
 
-type MemberId = u64;
+pub(super) type MemberId = u64;
 
 /// Who is online and where. Always locked briefly and never across an `await`.
 #[derive(Default)]
-struct Hub {
+pub(super) struct Hub {
     members: HashMap<MemberId, Member>,
     by_name: HashMap<String, MemberId>,
     rooms: HashMap<String, Room>,
@@ -271,7 +309,28 @@ struct Posted {
 static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 
 impl Hub {
-    fn login(
+    /// Carries out a logged-in member's request.
+    pub(super) fn apply(
+        &mut self,
+        me: MemberId,
+        id: Option<u64>,
+        request: ChatRequest,
+    ) -> Result<(), RemoteError> {
+        match request {
+            ChatRequest::Join { room } => self.join(me, id, room),
+            ChatRequest::Leave { room } => self.leave(me, id, room),
+            ChatRequest::Say { room, text } => self.say(me, room, text),
+            ChatRequest::Direct { to, text } => self.direct(me, to, text),
+            ChatRequest::Who { room } => self.who(me, id, room),
+            ChatRequest::Rooms => {
+                self.rooms(me, id);
+                Ok(())
+            }
+            ChatRequest::Login { .. } => Err(RemoteError::new(ErrorCode::BadRequest, "already logged in")),
+        }
+    }
+
+    pub(super) fn login(
         &mut self,
         name: &str,
         outbox: mpsc::Sender<Header>,
@@ -300,7 +359,7 @@ impl Hub {
         Ok(id)
     }
 
-    fn join(&mut self, me: MemberId, id: Option<u64>, room_name: &str) -> Result<(), RemoteError> {
+    pub(super) fn join(&mut self, me: MemberId, id: Option<u64>, room_name: &str) -> Result<(), RemoteError> {
         if !self.rooms.contains_key(room_name) && self.rooms.len() >= MAX_ROOMS {
             return Err(RemoteError::new(
                 ErrorCode::Busy,
@@ -376,7 +435,7 @@ impl Hub {
         let Some(&recipient) = self.by_name.get(to) else {
             return Err(RemoteError::new(
                 ErrorCode::Other("not_found".into()),
-                format!("nobody called `{}` is online", escape(to)),
+                format!("nobody called `{}` is online", shown(to)),
             ));
         };
         let event = ChatEvent::Direct {
@@ -399,7 +458,7 @@ impl Hub {
         if !self.rooms.contains_key(room_name) {
             return Err(RemoteError::new(
                 ErrorCode::Other("not_found".into()),
-                format!("there is no room `{}`", escape(room_name)),
+                format!("there is no room `{}`", shown(room_name)),
             ));
         }
         let members = self.members_of(room_name);
@@ -518,11 +577,25 @@ fn refusal(code: &str, message: impl Into<String>) -> ServiceError {
     ServiceError::Reply(RemoteError::new(ErrorCode::Other(code.into()), message))
 }
 
+fn not_logged_in() -> ServiceError {
+    refusal("not_logged_in", "log in first with chat_login")
+}
+
 fn not_in_room(room: &str) -> RemoteError {
     RemoteError::new(
         ErrorCode::Other("not_in_room".into()),
-        format!("you are not in room `{}`", escape(room)),
+        format!("you are not in room `{}`", shown(room)),
     )
+}
+
+/// A name from a request as a refusal quotes it: escaped, and cut after [`MAX_NAME`]
+/// characters, so that a refusal stays small whatever was sent (escaping can make a control
+/// character eight bytes long, and a refusal larger than a header may be is never sent).
+fn shown(name: &str) -> String {
+    let mut chars = name.chars();
+    let head: String = chars.by_ref().take(MAX_NAME).collect();
+    let cut = if chars.next().is_some() { "…" } else { "" };
+    format!("{}{cut}", escape(&head))
 }
 
 /// Nicknames and room names: 1 to 32 characters, no spaces or control characters, and no
@@ -542,7 +615,7 @@ pub fn valid_name<'a>(name: &'a str, what: &str) -> Result<&'a str, RemoteError>
         None => Ok(name),
         Some(why) => Err(RemoteError::new(
             ErrorCode::BadRequest,
-            format!("{what} `{}` {why}", escape(name)),
+            format!("{what} `{}` {why}", shown(name)),
         )),
     }
 }

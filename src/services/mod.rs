@@ -24,6 +24,7 @@ pub mod clock;
 pub mod echo;
 pub mod exec;
 pub mod files;
+pub mod fuzzing;
 pub mod root;
 pub mod time;
 
