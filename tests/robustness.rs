@@ -470,3 +470,22 @@ async fn shutdown_closes_idle_sessions_and_refuses_new_ones() {
         "nothing listens any more"
     );
 }
+
+/// An unknown command is quoted in its refusal only in part: escaping could make a long one
+/// larger than any header may be, and the refusal must still go out.
+#[tokio::test]
+async fn a_huge_unknown_command_is_refused_and_the_session_goes_on() {
+    let server = ServerProcess::start(&[]);
+    let mut client = Client::connect(&server.addr, &server.client_config())
+        .await
+        .unwrap();
+    let huge = "\u{7f}".repeat(30_000);
+    match client.call(Header::new(huge), b"").await {
+        Err(ClientError::Remote(error)) => {
+            assert_eq!(error.code, ErrorCode::UnknownCmd);
+            assert!(error.message.len() < 1024, "{} bytes", error.message.len());
+        }
+        other => panic!("expected an unknown_cmd refusal, got {other:?}"),
+    }
+    assert_eq!(client.echo("still here").await.unwrap(), "STILL HERE");
+}

@@ -592,10 +592,7 @@ fn not_in_room(room: &str) -> RemoteError {
 /// characters, so that a refusal stays small whatever was sent (escaping can make a control
 /// character eight bytes long, and a refusal larger than a header may be is never sent).
 fn shown(name: &str) -> String {
-    let mut chars = name.chars();
-    let head: String = chars.by_ref().take(MAX_NAME).collect();
-    let cut = if chars.next().is_some() { "…" } else { "" };
-    format!("{}{cut}", escape(&head))
+    super::root::escape_at_most(name, MAX_NAME)
 }
 
 /// Nicknames and room names: 1 to 32 characters, no spaces or control characters, and no

@@ -101,6 +101,15 @@ pub fn escape(text: &str) -> String {
         .collect()
 }
 
+/// [`escape`] of at most the first `max_chars` characters, with `…` if more were cut: for
+/// quoting a peer's text in a reply, which must stay small however long the text was.
+pub fn escape_at_most(text: &str, max_chars: usize) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(max_chars).collect();
+    let cut = if chars.next().is_some() { "…" } else { "" };
+    format!("{}{cut}", escape(&head))
+}
+
 /// One directory entry, as `ls` and `stat` report it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
