@@ -331,7 +331,23 @@ impl Report {
                 false
             }
         };
+        // Each connection the proxy cut breaks at most one session; any other break is the
+        // server's doing.
+        let interruptions: u64 = self
+            .counts
+            .iter()
+            .filter(|(key, _)| key.starts_with("interrupted: ") && !key.contains(workload::BUSY))
+            .map(|(_, n)| n)
+            .sum();
+        println!(
+            "  sessions broken: {interruptions}, connections cut by the proxy: {}",
+            count("proxy connections: cut")
+        );
         let mut verdict = vec![
+            (
+                "every broken session explained by a cut",
+                interruptions <= count("proxy connections: cut"),
+            ),
             ("no failures", count("failures") == 0),
             ("no data lost", count("data lost") == 0),
             ("files verified", count("files: verified byte-exact") > 0),

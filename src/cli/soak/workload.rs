@@ -45,6 +45,8 @@ enum Trouble {
     /// The connection broke (the proxy's doing, most likely): reconnect and go on.
     Interrupted(ClientError),
     Failed(String),
+    /// The step ended its session on purpose: reconnect, nothing went wrong.
+    Abandoned,
 }
 
 impl From<ClientError> for Trouble {
@@ -59,6 +61,9 @@ impl From<ClientError> for Trouble {
 }
 
 type Step<T> = Result<T, Trouble>;
+
+/// The interruption that is the server's answer, not a broken connection.
+pub const BUSY: &str = "server busy";
 
 /// Runs one worker until the deadline; its role follows from its index.
 pub async fn worker(load: Arc<Load>, index: usize) {
@@ -85,6 +90,7 @@ pub async fn worker(load: Arc<Load>, index: usize) {
                 load.tally.add(&format!("interrupted: {}", kind_of(&error)), 1);
                 client = None;
             }
+            Err(Trouble::Abandoned) => client = None,
             Err(Trouble::Failed(what)) => {
                 load.tally.fail(&what);
                 client = None;
@@ -98,7 +104,7 @@ fn kind_of(error: &ClientError) -> &'static str {
     match error {
         ClientError::Handshake(_) => "during the handshake",
         ClientError::Timeout(_) => "connect timeout",
-        ClientError::Remote(_) => "server busy",
+        ClientError::Remote(_) => BUSY,
         _ => "connection lost",
     }
 }
@@ -125,7 +131,7 @@ async fn echo(load: &Load, client: &mut Client) -> Step<()> {
         0 => rand::rng().random_range(1024..64 * 1024),
         _ => rand::rng().random_range(1..256),
     };
-    let text: Vec<u8> = (0..size).map(|_| rand::rng().random_range(b'a'..=b'z')).collect();
+    let text: Vec<u8> = random_bytes(size).iter().map(|b| b'a' + b % 26).collect();
     let reply = within("echo", async { Ok(client.echo(&text).await?) }).await?;
     if reply != text.to_ascii_uppercase() {
         return Err(Trouble::Failed(format!(
@@ -166,15 +172,16 @@ async fn udp_time(load: &Load) -> Step<()> {
 async fn exec(load: &Load, client: &mut Client, round: u64) -> Step<()> {
     let mut request = ExecRequest::default();
     request.env.insert("SOAK_TOKEN".into(), load.token.clone());
+    // Each exec worker's first command is one it abandons.
     match round % 8 {
-        0 => {
+        1 => {
             request.command = Some("sleep 60".into());
             within("exec start", async { Ok(client.exec(&request).await.map(drop)?) }).await?;
             load.tally.add("done: exec abandoned while running", 1);
             // Dropping the session abandons the command; the caller reconnects.
-            Err(Trouble::Interrupted(ClientError::Closed))
+            Err(Trouble::Abandoned)
         }
-        1..=3 => exec_stdin(load, client, request).await,
+        2..=4 => exec_stdin(load, client, request).await,
         _ => {
             request.command = Some(format!("echo soak {round}"));
             let (stdout, _, report) =
@@ -193,7 +200,7 @@ async fn exec_stdin(load: &Load, client: &mut Client, mut request: ExecRequest) 
     request.command = Some("cat".into());
     request.stdin = true;
     let size = rand::rng().random_range(1..256 * 1024);
-    let input: Vec<u8> = (0..size).map(|_| rand::rng().random()).collect();
+    let input = random_bytes(size);
     let output = within("exec with stdin", async {
         let mut command = client.exec(&request).await?;
         let feed = async {
@@ -235,7 +242,7 @@ async fn files(load: &Load, client: &mut Client, index: usize, round: u64) -> St
     };
     let name = format!("w{index}-{round}.bin");
     let local = load.scratch.join(&name);
-    let data: Vec<u8> = (0..size).map(|_| rand::rng().random()).collect();
+    let data = random_bytes(size);
     tokio::fs::write(&local, &data)
         .await
         .map_err(|e| Trouble::Failed(format!("scratch file: {e}")))?;
@@ -263,7 +270,7 @@ async fn transfer_both_ways(
             match session(load, &mut fresh).await {
                 Ok(client) => client,
                 Err(Trouble::Interrupted(_)) => continue,
-                Err(failed) => return Err(failed),
+                Err(other) => return Err(other),
             }
         };
         let step = if uploaded {
@@ -362,6 +369,13 @@ async fn chat(load: &Load, index: usize, round: u64) -> Step<()> {
     Ok(())
 }
 
+/// Random bytes, filled in bulk: byte by byte would hold a worker thread for seconds.
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0; len];
+    rand::fill(&mut bytes[..]);
+    bytes
+}
+
 fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -373,7 +387,7 @@ fn unix_ms() -> i64 {
 /// resumed upload must land byte-exact.
 pub async fn killed_uploads(load: Arc<Load>, sockit: PathBuf, secret_file: PathBuf) {
     let original = load.scratch.join("killed-put-source.bin");
-    let data: Vec<u8> = (0..32 * 1024 * 1024).map(|_| rand::random::<u8>()).collect();
+    let data = random_bytes(32 * 1024 * 1024);
     if let Err(error) = tokio::fs::write(&original, &data).await {
         load.tally.fail(&format!("killed uploads: {error}"));
         return;
