@@ -331,18 +331,16 @@ impl Report {
                 false
             }
         };
-        // Each connection the proxy cut breaks at most one session; any other break is the
-        // server's doing.
+        // Each cut the proxy made breaks at most one session; any other break is the server's
+        // doing.
         let interruptions: u64 = self
             .counts
             .iter()
             .filter(|(key, _)| key.starts_with("interrupted: ") && !key.contains(workload::BUSY))
             .map(|(_, n)| n)
             .sum();
-        println!(
-            "  sessions broken: {interruptions}, connections cut by the proxy: {}",
-            count("proxy connections: cut")
-        );
+        let cuts = count("faults: cut mid-stream");
+        println!("  sessions broken: {interruptions}, cuts made by the proxy: {cuts}");
         let mut verdict = vec![
             (
                 "every broken session explained by a cut",
