@@ -425,25 +425,31 @@ pub async fn killed_uploads(load: Arc<Load>, sockit: PathBuf, secret_file: PathB
             load.tally.add("faults: sockit put killed with SIGKILL", 1);
         }
         let _ = victim.wait().await;
-        if tokio::fs::read(load.root.join(&name))
-            .await
-            .is_ok_and(|landed| landed == data)
-        {
-            // The upload won the race against the kill: nothing to resume.
-            load.tally.add("files: verified byte-exact", 1);
-            load.tally.add("files: killed uploads done before the kill", 1);
-            let _ = tokio::fs::remove_file(&local).await;
-            let _ = tokio::fs::remove_file(load.root.join(&name)).await;
-            continue;
-        }
-        let finish = timeout(Duration::from_secs(120), put().output()).await;
+        let rerun = timeout(Duration::from_secs(120), put().output()).await;
         let landed = tokio::fs::read(load.root.join(&name)).await.unwrap_or_default();
-        match finish {
-            Ok(Ok(output)) if output.status.success() && landed == data => {
-                load.tally.add("files: verified byte-exact", 1);
-                if String::from_utf8_lossy(&output.stderr).contains("resumed after") {
+        match rerun {
+            Ok(Ok(output)) if landed == data => {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                let how = if !output.status.success() && stderr.contains("already exists") {
+                    // Every byte was out before the kill: the server finished the upload alone.
+                    "files: killed uploads the server finished alone"
+                } else if !output.status.success() {
+                    "failed"
+                } else if stderr.contains("resumed after") {
                     load.tally.add("files: transfers resumed", 1);
-                    load.tally.add("files: killed uploads resumed", 1);
+                    "files: killed uploads resumed"
+                } else {
+                    "files: killed uploads redone from the start"
+                };
+                if how == "failed" {
+                    load.tally.fail(&format!(
+                        "killed upload {name}: rerun {}: {}",
+                        output.status,
+                        stderr.trim()
+                    ));
+                } else {
+                    load.tally.add(how, 1);
+                    load.tally.add("files: verified byte-exact", 1);
                 }
             }
             Ok(Ok(output)) => {
