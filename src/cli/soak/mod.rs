@@ -326,7 +326,7 @@ impl Report {
                     micros(auth.correct.max())
                 );
                 // Throttled: beyond the first few, refusals come later than an attacker waits.
-                auth.answered * 100 <= auth.attempts && auth.correct.len() > 0
+                auth.answered * 100 <= auth.attempts && !auth.correct.is_empty()
             }
             None => {
                 println!("  wrong secrets: did not finish in time");
