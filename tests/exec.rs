@@ -7,9 +7,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, run_cli, stderr, stdout};
+use common::{ServerProcess, run_cli, rustix_kill, stderr, stdout};
 use sockit::auth::{self, AuthMode, SessionKeys};
-use sockit::client::ExecEvent;
+use sockit::client::{ExecEvent, RemoteCommand};
 use sockit::services::exec::ExecRequest;
 use sockit::wire::{Connection, ErrorCode, Header, Limits, RemoteError};
 use sockit::{Client, ClientError};
@@ -467,4 +467,43 @@ async fn argv_runs_without_a_shell_and_spawn_failures_are_clear() {
         Err(other) => panic!("expected a remote error, got {other}"),
         Ok(_) => panic!("a missing program cannot start"),
     }
+}
+
+/// Found by the soak suite: a writer waiting for the stdin window used to wait forever once
+/// the connection died, since no acknowledgement could come any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_waiting_for_the_stdin_window_fails_when_the_connection_dies() {
+    let server = exec_server();
+    let mut client = Client::connect(&server.addr, &server.client_config())
+        .await
+        .unwrap();
+    // The command never reads its stdin, so the window fills and stays shut.
+    let mut request = shell("sleep 2");
+    request.stdin = true;
+    let RemoteCommand {
+        mut output,
+        mut input,
+    } = client.exec(&request).await.unwrap();
+    let unread = vec![b'x'; 64 * 1024 * 1024];
+    let writer = input.write_stdin(&unread);
+    let reader = async {
+        loop {
+            if let Err(error) = output.next_event().await {
+                return error;
+            }
+        }
+    };
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rustix_kill(server.pid(), "KILL");
+    };
+    let (written, _, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(writer, reader, killer)
+    })
+    .await
+    .expect("the writer gives up once the connection is gone");
+    assert!(
+        written.is_err(),
+        "64 MiB cannot have gone into a command that reads nothing"
+    );
 }

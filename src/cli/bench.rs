@@ -24,7 +24,7 @@ use super::{ClientArgs, client_runtime, raise_fd_limit};
 #[derive(Args)]
 #[command(
     about = "Measure a server: echo round trips, connection setup, idle connections",
-    after_help = "Examples:\n  sockit bench echo 127.0.0.1:8080 --connections 16 --duration 5s\n  sockit bench echo 127.0.0.1:9090 --raw        # any unframed upper-echo server\n  sockit bench connect 127.0.0.1:8080 --count 1000\n  sockit bench idle 127.0.0.1:8080 --connections 10000 --server-pid $PID\n  sockit bench exec 127.0.0.1:8080 --count 500      # needs serve --allow-exec"
+    after_help = "Examples:\n  sockit bench echo 127.0.0.1:8080 --connections 16 --duration 5s\n  sockit bench echo 127.0.0.1:9090 --raw        # any unframed upper-echo server\n  sockit bench connect 127.0.0.1:8080 --count 1000\n  sockit bench idle 127.0.0.1:8080 --connections 10000 --server-pid $PID\n  sockit bench exec 127.0.0.1:8080 --count 500      # needs serve --allow-exec\n  sockit bench soak --duration 10m --clients 200   # starts its own server"
 )]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -41,6 +41,8 @@ enum BenchKind {
     Idle(IdleBench),
     /// Latency of running a command, over one session or a fresh session each time
     Exec(ExecBench),
+    /// The fault and soak suite: a mixed workload through a fault proxy, then abuse; a verdict
+    Soak(super::soak::SoakArgs),
 }
 
 #[derive(Args)]
@@ -119,6 +121,9 @@ struct IdleBench {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let BenchKind::Soak(soak) = args.kind {
+        return super::soak::run(soak);
+    }
     raise_fd_limit();
     let runtime = client_runtime()?;
     let report = match args.kind {
@@ -126,6 +131,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchKind::Connect(bench) => runtime.block_on(connect(bench))?,
         BenchKind::Idle(bench) => runtime.block_on(idle(bench))?,
         BenchKind::Exec(bench) => runtime.block_on(exec(bench))?,
+        BenchKind::Soak(_) => unreachable!("run above"),
     };
     println!("{report}");
     Ok(ExitCode::SUCCESS)
@@ -359,16 +365,16 @@ fn session_kind(raw: bool, client: &ClientArgs) -> &'static str {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(super) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
 }
 
-fn micros(nanos: u64) -> f64 {
+pub(super) fn micros(nanos: u64) -> f64 {
     (nanos as f64 / 100.0).round() / 10.0
 }
 
 /// Resident memory of a local process, from /proc.
-fn resident_kib(pid: u32) -> anyhow::Result<u64> {
+pub(super) fn resident_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

@@ -13,6 +13,7 @@ mod keygen;
 mod man;
 mod serve;
 mod shell;
+mod soak;
 mod time;
 mod transfer;
 

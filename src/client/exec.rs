@@ -98,6 +98,16 @@ impl CommandOutput<'_> {
     /// The next output chunk or the exit report. After `Exit`, the connection is free for the
     /// next request.
     pub async fn next_event(&mut self) -> Result<ExecEvent, ClientError> {
+        let event = self.read_event().await;
+        if !matches!(event, Ok(ExecEvent::Stdout(_) | ExecEvent::Stderr(_))) {
+            // No window opens after this: a writer waiting for one gets `Closed` now rather
+            // than waiting forever on a connection that is gone.
+            self.credit.close();
+        }
+        event
+    }
+
+    async fn read_event(&mut self) -> Result<ExecEvent, ClientError> {
         loop {
             let message = self.reader.read_message().await?.ok_or(ClientError::Closed)?;
             let header = &message.header;

@@ -1,0 +1,227 @@
+//! Adversaries straight at the server (no proxy): slowloris connections trickling a handshake
+//! one byte at a time, a flood of connections opened and closed, and wrong-secret attempts from
+//! the same address as a correct client; with probes measuring what a normal client sees.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::RngExt;
+use sockit::auth::{self, AuthMode, HandshakeError, SessionKeys};
+use sockit::wire::{Connection, Limits};
+use sockit::{Client, ClientConfig, ClientError, Secret};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use super::super::bench::new_histogram;
+use super::Tally;
+
+/// Pause between two trickled bytes.
+const TRICKLE_EVERY: Duration = Duration::from_millis(300);
+
+/// The first bytes a real client sends: its hello frame, captured off an in-memory pipe.
+async fn client_hello() -> Vec<u8> {
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let keys = SessionKeys::new(Secret::generate(), AuthMode::Noise);
+    let talker = tokio::spawn(async move {
+        let mut conn = Connection::from_io(ours, Limits::default());
+        let _ = auth::connect(&mut conn, &keys).await;
+    });
+    let mut hello = vec![0; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(2), theirs.read(&mut hello))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    talker.abort();
+    hello.truncate(n);
+    hello
+}
+
+/// Keeps `count` connections open, each sending the hello one byte per [`TRICKLE_EVERY`] and
+/// never its last byte; when the server reaps one, it is opened again.
+pub async fn slowloris(server: String, count: usize, until: Instant, tally: Arc<Tally>) {
+    let hello = Arc::new(client_hello().await);
+    let mut set = JoinSet::new();
+    for n in 0..count {
+        let (server, hello, tally) = (server.clone(), hello.clone(), tally.clone());
+        set.spawn(async move {
+            // Spread the opening over a second, as a real attacker ramps up.
+            tokio::time::sleep(Duration::from_millis((n % 1000) as u64)).await;
+            while Instant::now() < until {
+                let Ok(mut stream) = TcpStream::connect(&server).await else {
+                    tally.add("slowloris: connect failed", 1);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                tally.add("slowloris: connections opened", 1);
+                for byte in hello.iter().take(hello.len().saturating_sub(1)) {
+                    if Instant::now() >= until || stream.write_all(&[*byte]).await.is_err() {
+                        break;
+                    }
+                    tally.add("slowloris: bytes trickled", 1);
+                    tokio::time::sleep(TRICKLE_EVERY).await;
+                }
+                // The whole hello but one byte is out: wait for the server to give up on us.
+                let mut sink = [0; 256];
+                let left = until.saturating_duration_since(Instant::now());
+                if let Ok(Ok(_)) = tokio::time::timeout(left, stream.read(&mut sink)).await {
+                    tally.add("slowloris: reaped by the server", 1);
+                }
+            }
+        });
+    }
+    set.join_all().await;
+}
+
+/// Opens and closes connections in tight loops; every fourth runs a whole handshake first.
+pub async fn flood(server: String, config: ClientConfig, until: Instant, tally: Arc<Tally>) {
+    let mut set = JoinSet::new();
+    for _ in 0..8 {
+        let (server, config, tally) = (server.clone(), config.clone(), tally.clone());
+        set.spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                if n % 4 == 0 {
+                    match Client::connect(&server, &config).await {
+                        Ok(client) => drop(client),
+                        Err(_) => tally.add("flood: handshakes failed", 1),
+                    }
+                } else if TcpStream::connect(&server).await.is_err() {
+                    tally.add("flood: connects failed", 1);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                tally.add("flood: connections opened and closed", 1);
+            }
+        });
+    }
+    set.join_all().await;
+}
+
+/// Echo round trips on one established session, one every 10 ms, until `until`.
+pub async fn echo_probe(
+    server: String,
+    config: ClientConfig,
+    until: Instant,
+    tally: Arc<Tally>,
+) -> Histogram<u64> {
+    let mut latencies = new_histogram();
+    let mut client = match Client::connect(&server, &config).await {
+        Ok(client) => client,
+        Err(error) => {
+            tally.fail(&format!("echo probe: cannot connect: {error}"));
+            return latencies;
+        }
+    };
+    while Instant::now() < until {
+        let begin = Instant::now();
+        match client.echo("probe").await {
+            Ok(reply) if reply == "PROBE" => {
+                let _ = latencies.record(begin.elapsed().as_nanos() as u64);
+            }
+            Ok(other) => tally.fail(&format!("echo probe: answered {other:?}")),
+            Err(error) => {
+                tally.fail(&format!("echo probe: {error}"));
+                return latencies;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    latencies
+}
+
+/// What came of the wrong-secret attempts.
+pub struct AuthAbuse {
+    pub attempts: u64,
+    pub elapsed: Duration,
+    /// Refusals that came back within the attacker's patience.
+    pub answered: u64,
+    /// Attempts that got no answer in time: the server was holding its refusal back.
+    pub held_back: u64,
+    /// Fresh sessions (handshake + echo) a correct client opened meanwhile.
+    pub correct: Histogram<u64>,
+}
+
+/// `attempts` wrong-secret handshakes, `parallel` at a time, each waiting `patience` for the
+/// refusal; meanwhile a correct client from the same address opens a fresh session every
+/// 100 ms and echoes once.
+pub async fn wrong_secrets(
+    server: String,
+    config: ClientConfig,
+    attempts: u64,
+    parallel: u64,
+    patience: Duration,
+    tally: Arc<Tally>,
+) -> AuthAbuse {
+    let mut wrong = config.clone();
+    wrong.secret = Secret::generate();
+    wrong.connect_timeout = patience;
+    let begin = Instant::now();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = tokio::spawn(correct_client(
+        server.clone(),
+        config,
+        done.clone(),
+        tally.clone(),
+    ));
+    let mut set = JoinSet::new();
+    for lane in 0..parallel {
+        let (server, wrong) = (server.clone(), wrong.clone());
+        let share = attempts / parallel + u64::from(lane < attempts % parallel);
+        set.spawn(async move {
+            let (mut answered, mut held_back) = (0, 0);
+            for _ in 0..share {
+                match Client::connect(&server, &wrong).await {
+                    Err(ClientError::Handshake(HandshakeError::AuthFailed(_))) => answered += 1,
+                    Err(ClientError::Timeout(_)) => held_back += 1,
+                    // Anything else (refused, reset) is neither; the caller reports the gap.
+                    _ => {}
+                }
+            }
+            (answered, held_back)
+        });
+    }
+    let (mut answered, mut held_back) = (0, 0);
+    for (a, h) in set.join_all().await {
+        answered += a;
+        held_back += h;
+    }
+    let elapsed = begin.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let correct = probe.await.unwrap_or_else(|_| new_histogram());
+    AuthAbuse {
+        attempts,
+        elapsed,
+        answered,
+        held_back,
+        correct,
+    }
+}
+
+async fn correct_client(
+    server: String,
+    config: ClientConfig,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    tally: Arc<Tally>,
+) -> Histogram<u64> {
+    let mut latencies = new_histogram();
+    while !done.load(std::sync::atomic::Ordering::Acquire) {
+        let begin = Instant::now();
+        let outcome = async {
+            let mut client = Client::connect(&server, &config).await?;
+            client.echo("still welcome").await
+        };
+        match outcome.await {
+            Ok(reply) if reply == "STILL WELCOME" => {
+                let _ = latencies.record(begin.elapsed().as_nanos() as u64);
+            }
+            Ok(other) => tally.fail(&format!("correct client during auth abuse: echo {other:?}")),
+            Err(error) => tally.fail(&format!("correct client during auth abuse: {error}")),
+        }
+        let pause = rand::rng().random_range(50..150);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    latencies
+}

@@ -1,0 +1,389 @@
+//! `sockit bench soak`: the fault and soak suite.
+//!
+//! It starts the real `sockit serve` (this very binary) with exec allowed and a temporary file
+//! root, puts a fault proxy of its own in front of it, and runs a mixed workload of library
+//! clients through the proxy, plus `sockit put` processes killed mid-transfer and resumed.
+//! Then, straight at the server, slowloris connections and a connection flood while a probe
+//! measures echo latency, and wrong-secret attempts while a correct client keeps logging in.
+//! It ends with numbers and a verdict, and exits non-zero on FAIL.
+
+mod abuse;
+mod proxy;
+mod server;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use hdrhistogram::Histogram;
+use sockit::ClientConfig;
+use sockit::server::parse_duration;
+use tokio::task::JoinSet;
+
+use super::bench::micros;
+use super::raise_fd_limit;
+use server::{Footprint, ServerUnderTest};
+use workload::Load;
+
+/// After the load stops, the server's descriptors must come back to within this many of the
+/// count at the start (listeners, log, the runtime's own), once connections have closed.
+const FD_SLACK: u64 = 16;
+/// After the load stops, the server's resident memory may exceed the start by at most this
+/// much. glibc keeps freed transfer buffers in its per-thread arenas (about 110 MiB after a
+/// minute, 45 MiB with `MALLOC_MMAP_THRESHOLD_=65536`); a leak of even 1% of the tens of
+/// gigabytes a full run moves does not fit.
+const RSS_SLACK_KIB: u64 = 192 * 1024;
+/// How long the server gets to close connections and reap commands after the load stops.
+const SETTLE: Duration = Duration::from_secs(15);
+
+#[derive(Args)]
+pub struct SoakArgs {
+    /// Total running time, adversarial phases included
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Concurrent library clients in the mixed workload (through the fault proxy)
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// Slowloris connections held open during the adversarial phase
+    #[arg(long, default_value_t = 1000)]
+    slowloris: usize,
+    /// Wrong-secret handshakes from one address
+    #[arg(long, default_value_t = 10_000)]
+    auth_attempts: u64,
+    /// Fail if the echo probe's p99 under slowloris and flood exceeds this (`off`: report only)
+    #[arg(long, default_value = "50ms", value_parser = parse_bound)]
+    p99_bound: LatencyBound,
+    /// The sockit binary to serve with [default: this one]
+    #[arg(long, value_name = "PATH")]
+    sockit: Option<PathBuf>,
+}
+
+/// A latency the verdict holds the echo probe to, or none (`off`).
+#[derive(Clone, Copy, Debug)]
+struct LatencyBound(Option<Duration>);
+
+fn parse_bound(text: &str) -> Result<LatencyBound, String> {
+    match text {
+        "off" => Ok(LatencyBound(None)),
+        _ => parse_duration(text).map(|bound| LatencyBound(Some(bound))),
+    }
+}
+
+/// Counters by name, shared by every task; `failures: …` must all stay zero.
+#[derive(Default)]
+pub struct Tally {
+    counts: Mutex<BTreeMap<String, u64>>,
+    first_failures: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    pub fn add(&self, key: &str, n: u64) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry(key.to_owned()).or_default() += n;
+    }
+
+    /// Records a failure; the first few are kept word for word for the report.
+    pub fn fail(&self, what: &str) {
+        self.add("failures", 1);
+        let mut first = self.first_failures.lock().unwrap_or_else(|p| p.into_inner());
+        if first.len() < 20 {
+            first.push(what.to_owned());
+        }
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let passed = runtime.block_on(soak(args))?;
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// How the run's time is split: the adversarial phases take a quarter, 10 s to 60 s each.
+fn phases(total: Duration) -> (Duration, Duration) {
+    let adversarial = (total / 4).clamp(Duration::from_secs(10), Duration::from_secs(60));
+    (total.saturating_sub(adversarial * 2), adversarial)
+}
+
+async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
+    let sockit = match &args.sockit {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot find this binary")?,
+    };
+    let dir = tempfile::tempdir()?;
+    let mut server = ServerUnderTest::start(&sockit, dir.path())?;
+    let tally = Arc::new(Tally::default());
+    let config = ClientConfig::new(sockit::Secret::load(&server.secret_file)?);
+    let (mixed, adversarial) = phases(args.duration);
+    let started = Instant::now();
+    // A warm-up session, so "start" is a server that has served, not an empty process.
+    sockit::Client::connect(&server.addr.to_string(), &config)
+        .await?
+        .echo("warm up")
+        .await?;
+    let at_start = server.footprint();
+    println!(
+        "soak: server pid {} on {}, {} clients for {}, then {} slowloris + flood for {}, then {} wrong secrets",
+        server.pid(),
+        server.addr,
+        args.clients,
+        humantime(mixed),
+        args.slowloris,
+        humantime(adversarial),
+        args.auth_attempts
+    );
+
+    let token = format!("{}-{}", std::process::id(), rand::random::<u32>());
+    let proxy = proxy::start(server.addr, tally.clone()).await?;
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch)?;
+    let load = Arc::new(Load {
+        proxy: proxy.to_string(),
+        server: server.addr.to_string(),
+        time_addr: server.time_addr.to_string(),
+        config: config.clone(),
+        tally: tally.clone(),
+        until: Instant::now() + mixed,
+        scratch,
+        root: server.root.clone(),
+        token: token.clone(),
+    });
+    let mut workers = JoinSet::new();
+    for index in 0..args.clients {
+        workers.spawn(workload::worker(load.clone(), index));
+    }
+    workers.spawn(workload::killed_uploads(
+        load.clone(),
+        sockit.clone(),
+        server.secret_file.clone(),
+    ));
+    let mut peak = at_start;
+    while !workers.is_empty() {
+        tokio::select! {
+            _ = workers.join_next() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                let now = server.footprint();
+                peak = Footprint { rss_kib: peak.rss_kib.max(now.rss_kib), fds: peak.fds.max(now.fds) };
+            }
+        }
+    }
+    let alive_after_load = server.alive();
+
+    let target = server.addr.to_string();
+    let until = Instant::now() + adversarial;
+    let probe = tokio::spawn(abuse::echo_probe(
+        target.clone(),
+        config.clone(),
+        until,
+        tally.clone(),
+    ));
+    tokio::join!(
+        abuse::slowloris(target.clone(), args.slowloris, until, tally.clone()),
+        abuse::flood(target.clone(), config.clone(), until, tally.clone()),
+    );
+    let probe = probe
+        .await
+        .unwrap_or_else(|_| Histogram::new(3).expect("valid histogram"));
+    let auth = tokio::time::timeout(
+        adversarial * 3,
+        abuse::wrong_secrets(
+            target,
+            config,
+            args.auth_attempts,
+            500,
+            Duration::from_millis(500),
+            tally.clone(),
+        ),
+    )
+    .await;
+    let alive_after_abuse = server.alive();
+
+    let (at_end, leftovers) = settle(&server, at_start, &token).await;
+    let alive = alive_after_load && alive_after_abuse && server.alive();
+    let report = Report {
+        elapsed: started.elapsed(),
+        counts: tally.snapshot(),
+        failures: tally
+            .first_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        alive,
+        at_start,
+        peak,
+        at_end,
+        leftovers,
+        probe,
+        auth: auth.ok(),
+        p99_bound: args.p99_bound.0,
+    };
+    Ok(report.print())
+}
+
+/// Waits, up to [`SETTLE`], for the server's descriptors to come back down and the commands
+/// it started to be gone; returns its footprint then and what is left over.
+async fn settle(server: &ServerUnderTest, at_start: Footprint, token: &str) -> (Footprint, Vec<String>) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let now = server.footprint();
+        let leftovers = server.leftover_processes(token);
+        let settled = now.fds <= at_start.fds + FD_SLACK && leftovers.is_empty();
+        if settled || Instant::now() >= deadline {
+            return (now, leftovers);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+struct Report {
+    elapsed: Duration,
+    counts: BTreeMap<String, u64>,
+    failures: Vec<String>,
+    alive: bool,
+    at_start: Footprint,
+    peak: Footprint,
+    at_end: Footprint,
+    leftovers: Vec<String>,
+    probe: Histogram<u64>,
+    auth: Option<abuse::AuthAbuse>,
+    p99_bound: Option<Duration>,
+}
+
+impl Report {
+    /// Prints the numbers and the verdict; true on PASS.
+    fn print(&self) -> bool {
+        println!("soak: ran {}", humantime(self.elapsed));
+        for (key, value) in &self.counts {
+            println!("  {key}: {value}");
+        }
+        let count = |key: &str| self.counts.get(key).copied().unwrap_or(0);
+        let faults: u64 = self
+            .counts
+            .iter()
+            .filter(|(key, _)| key.starts_with("faults: "))
+            .map(|(_, n)| n)
+            .sum();
+        let requests: u64 = self
+            .counts
+            .iter()
+            .filter(|(key, _)| key.starts_with("done: "))
+            .map(|(_, n)| n)
+            .sum();
+        println!("  requests done (all services): {requests}");
+        println!("  faults injected (all kinds): {faults}");
+        println!(
+            "  server RSS: {} KiB at start, {} KiB peak, {} KiB at end (bound: start + {} KiB)",
+            self.at_start.rss_kib, self.peak.rss_kib, self.at_end.rss_kib, RSS_SLACK_KIB
+        );
+        println!(
+            "  server open fds: {} at start, {} peak, {} at end (bound: start + {FD_SLACK})",
+            self.at_start.fds, self.peak.fds, self.at_end.fds
+        );
+        println!("  server restarts needed: {}", u8::from(!self.alive));
+        println!("  processes left behind by exec: {}", self.leftovers.len());
+        for process in &self.leftovers {
+            println!("    {process}");
+        }
+        let p99 = Duration::from_nanos(self.probe.value_at_quantile(0.99));
+        println!(
+            "  echo probe under slowloris + flood: {} round trips, p50 {} us, p99 {} us, max {} us",
+            self.probe.len(),
+            micros(self.probe.value_at_quantile(0.5)),
+            micros(self.probe.value_at_quantile(0.99)),
+            micros(self.probe.max())
+        );
+        let auth_ok = match &self.auth {
+            Some(auth) => {
+                println!(
+                    "  wrong secrets: {} attempts in {:.1} s ({:.0}/s), {} refused within 500 ms, {} held back longer",
+                    auth.attempts,
+                    auth.elapsed.as_secs_f64(),
+                    auth.attempts as f64 / auth.elapsed.as_secs_f64(),
+                    auth.answered,
+                    auth.held_back
+                );
+                println!(
+                    "  correct client meanwhile: {} fresh sessions, p50 {} us, p99 {} us, max {} us",
+                    auth.correct.len(),
+                    micros(auth.correct.value_at_quantile(0.5)),
+                    micros(auth.correct.value_at_quantile(0.99)),
+                    micros(auth.correct.max())
+                );
+                // Throttled: beyond the first few, refusals come later than an attacker waits.
+                auth.answered * 100 <= auth.attempts && !auth.correct.is_empty()
+            }
+            None => {
+                println!("  wrong secrets: did not finish in time");
+                false
+            }
+        };
+        // Each cut the proxy made breaks at most one session; any other break is the server's
+        // doing.
+        let interruptions: u64 = self
+            .counts
+            .iter()
+            .filter(|(key, _)| key.starts_with("interrupted: ") && !key.contains(workload::BUSY))
+            .map(|(_, n)| n)
+            .sum();
+        let cuts = count("faults: cut mid-stream");
+        println!("  sessions broken: {interruptions}, cuts made by the proxy: {cuts}");
+        let mut verdict = vec![
+            (
+                "every broken session explained by a cut",
+                interruptions <= count("proxy connections: cut"),
+            ),
+            ("no failures", count("failures") == 0),
+            ("no data lost", count("data lost") == 0),
+            ("files verified", count("files: verified byte-exact") > 0),
+            ("server stayed up", self.alive),
+            (
+                "fds back within bound",
+                self.at_end.fds <= self.at_start.fds + FD_SLACK,
+            ),
+            (
+                "RSS within bound",
+                self.at_end.rss_kib <= self.at_start.rss_kib + RSS_SLACK_KIB,
+            ),
+            ("no exec leftovers", self.leftovers.is_empty()),
+            ("wrong secrets throttled, correct client served", auth_ok),
+            ("echo probe ran", !self.probe.is_empty()),
+        ];
+        if let Some(bound) = self.p99_bound {
+            verdict.push(("echo p99 within bound", p99 <= bound));
+        }
+        for failure in &self.failures {
+            println!("  failure: {failure}");
+        }
+        let failed: Vec<&str> = verdict
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(name, _)| *name)
+            .collect();
+        if failed.is_empty() {
+            println!("verdict: PASS");
+        } else {
+            println!("verdict: FAIL ({})", failed.join("; "));
+        }
+        failed.is_empty()
+    }
+}
+
+fn humantime(duration: Duration) -> String {
+    format!("{:.0} s", duration.as_secs_f64())
+}
