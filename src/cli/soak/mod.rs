@@ -163,6 +163,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         scratch,
         root: server.root.clone(),
         token: token.clone(),
+        udp_workers: workload::udp_workers(args.clients),
     });
     let mut workers = JoinSet::new();
     for index in 0..args.clients {

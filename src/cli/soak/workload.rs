@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngExt;
 use sockit::client::{ChatIncoming, ExecEvent, Target, TransferOptions, ask_datagram};
+use sockit::server::udp::REPLIES_PER_SECOND;
 use sockit::services::chat::ChatEvent;
 use sockit::services::exec::ExecRequest;
 use sockit::wire::ErrorCode;
@@ -38,6 +39,8 @@ pub struct Load {
     pub root: PathBuf,
     /// Put into every command's environment, to find their processes afterwards.
     pub token: String,
+    /// How many workers ask the UDP time service.
+    pub udp_workers: usize,
 }
 
 /// What a failed step means for the run.
@@ -65,15 +68,27 @@ type Step<T> = Result<T, Trouble>;
 /// The interruption that is the server's answer, not a broken connection.
 pub const BUSY: &str = "server busy";
 
+const UDP_ROLE: usize = 9;
+
+/// Which part of the workload worker `index` does: one in ten each chats and asks over UDP.
+fn role_of(index: usize) -> usize {
+    index % 10
+}
+
+/// How many of `clients` workers ask the UDP time service.
+pub fn udp_workers(clients: usize) -> usize {
+    (0..clients).filter(|&index| role_of(index) == UDP_ROLE).count()
+}
+
 /// Runs one worker until the deadline; its role follows from its index.
 pub async fn worker(load: Arc<Load>, index: usize) {
     let mut client: Option<Client> = None;
     let mut round = 0u64;
     while Instant::now() < load.until {
         round += 1;
-        let outcome = match index % 10 {
+        let outcome = match role_of(index) {
             8 => chat(&load, index, round).await,
-            9 => udp_time(&load).await,
+            UDP_ROLE => udp_time(&load).await,
             role => match session(&load, &mut client).await {
                 Ok(session) => match role {
                     0..=2 => echo(&load, session).await,
@@ -152,9 +167,12 @@ async fn native_time(load: &Load, client: &mut Client) -> Step<()> {
     Ok(())
 }
 
-/// The course's UDP time service, asked directly (the proxy relays TCP only).
+/// The course's UDP time service, asked directly (the proxy relays TCP only). All UDP workers
+/// together stay at half the server's per-source reply rate: past it, datagrams are dropped
+/// by design (reflection defence), and this one address is every UDP worker's.
 async fn udp_time(load: &Load) -> Step<()> {
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let workers = load.udp_workers.max(1) as f64;
+    tokio::time::sleep(Duration::from_secs_f64(workers * 2.0 / REPLIES_PER_SECOND)).await;
     let target: Target = load.time_addr.parse().map_err(Trouble::Failed)?;
     let answer = ask_datagram(&target, b"%Y", Duration::from_millis(500), 10)
         .await
