@@ -274,18 +274,14 @@ impl Report {
             println!("  {key}: {value}");
         }
         let count = |key: &str| self.counts.get(key).copied().unwrap_or(0);
-        let faults: u64 = self
-            .counts
-            .iter()
-            .filter(|(key, _)| key.starts_with("faults: "))
-            .map(|(_, n)| n)
-            .sum();
-        let requests: u64 = self
-            .counts
-            .iter()
-            .filter(|(key, _)| key.starts_with("done: "))
-            .map(|(_, n)| n)
-            .sum();
+        let total = |prefix: &str| -> u64 {
+            self.counts
+                .iter()
+                .filter(|(key, _)| key.starts_with(prefix))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let (faults, requests) = (total("faults: "), total("done: "));
         println!("  requests done (all services): {requests}");
         println!("  faults injected (all kinds): {faults}");
         println!(
