@@ -8,6 +8,8 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -142,7 +144,9 @@ fn interactive(target: &str, config: &ClientConfig, name: &str, room: &str) -> a
     let terminal = TerminalGuard::save();
     let mut editor = DefaultEditor::new()?;
     let print = printer(&mut editor);
-    runtime.spawn(show_feed(feed, print, Style::detect(), terminal));
+    // Set when we leave on purpose, so the feed ending then is not reported as a failure.
+    let leaving = Arc::new(AtomicBool::new(false));
+    runtime.spawn(show_feed(feed, print, Style::detect(), terminal, leaving.clone()));
     eprintln!(
         "connected to {target} as {}; /help lists commands, /quit leaves",
         escape(&name)
@@ -163,6 +167,7 @@ fn interactive(target: &str, config: &ClientConfig, name: &str, room: &str) -> a
             Err(error) => eprintln!("sockit: {error:#}"),
         }
     }
+    leaving.store(true, Ordering::SeqCst);
     runtime.block_on(sender.quit());
     runtime.shutdown_timeout(Duration::from_millis(200));
     Ok(ExitCode::SUCCESS)
@@ -245,7 +250,13 @@ fn printer(editor: &mut DefaultEditor) -> Print {
     }
 }
 
-async fn show_feed(mut feed: ChatFeed, mut print: Print, style: Style, terminal: TerminalGuard) {
+async fn show_feed(
+    mut feed: ChatFeed,
+    mut print: Print,
+    style: Style,
+    terminal: TerminalGuard,
+    leaving: Arc<AtomicBool>,
+) {
     let ending = loop {
         match feed.next().await {
             Ok(Some(ChatIncoming::Event { event, .. })) => {
@@ -261,6 +272,9 @@ async fn show_feed(mut feed: ChatFeed, mut print: Print, style: Style, terminal:
             Err(error) => break error.to_string(),
         }
     };
+    if leaving.load(Ordering::SeqCst) {
+        return;
+    }
     // The prompt is blocked reading the terminal: restore it and leave from here.
     terminal.restore();
     eprintln!("\nsockit: {ending}");
