@@ -655,6 +655,11 @@ fn hmac_echo_closes_on_a_wrong_short_or_missing_answer() {
     // Nothing at all.
     let mut stream = classic.connect("hmac_echo");
     assert_closed(&mut stream, "no answer");
+    // The server logs a refusal as it closes: give the log reader a moment to catch up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while classic.server.log().matches("no answer within 1s").count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = classic.server.log();
     assert!(log.contains("wrong answer"), "{log}");
     assert_eq!(log.matches("no answer within 1s").count(), 2, "{log}");
