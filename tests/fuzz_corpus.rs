@@ -4,6 +4,9 @@
 use std::path::Path;
 
 use sockit::client::fuzzing::check_http_response;
+use sockit::services::classic::fuzzing::{
+    check_classic_echo, check_classic_exec, check_classic_ftp, check_classic_greeting,
+};
 use sockit::services::fuzzing::{check_chat_header, check_time_datagram};
 use sockit::wire::fuzzing::{check_decoder, check_header};
 
@@ -46,4 +49,25 @@ fn chat_header_corpus_replays_cleanly() {
 #[test]
 fn http_response_corpus_replays_cleanly() {
     replay("http_response", check_http_response);
+}
+
+/// The classic checks serve each input to the real service over loopback in this process.
+#[test]
+fn classic_echo_corpus_replays_cleanly() {
+    replay("classic_echo", check_classic_echo);
+}
+
+#[test]
+fn classic_exec_corpus_replays_cleanly() {
+    replay("classic_exec", check_classic_exec);
+}
+
+#[test]
+fn classic_ftp_corpus_replays_cleanly() {
+    replay("classic_ftp", check_classic_ftp);
+}
+
+#[test]
+fn classic_greeting_corpus_replays_cleanly() {
+    replay("classic_greeting", check_classic_greeting);
 }

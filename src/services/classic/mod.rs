@@ -23,6 +23,7 @@
 pub mod echo;
 pub mod exec;
 pub mod ftp;
+pub mod fuzzing;
 pub mod greeting;
 
 use std::collections::BTreeMap;
