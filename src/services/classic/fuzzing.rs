@@ -31,15 +31,16 @@ use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::echo::upper;
 use crate::services::exec::{ExecConfig, Runner};
 use crate::services::files::{FileStore, FilesConfig};
-use crate::services::root::PARTIAL_SUFFIX;
+use crate::services::root::{PARTIAL_SUFFIX, escape};
 
 /// How long a service may take to answer one input before the check calls it hung.
 const HANG_LIMIT: Duration = Duration::from_secs(10);
 
-/// The upper-case echoes. The first byte picks the service: 0 the TCP echo (8081), 1 the UDP
-/// echo (9001), 2 the HMAC echo (9999) answered with the rest of the input as the digest, 3 the
-/// HMAC echo answered correctly and then sent the rest. Echoed bytes are the input upper-cased
-/// (exactly, for ASCII, whatever the reads); a wrong digest gets the challenge and nothing else.
+/// The upper-case echoes. The first byte picks the service: 0 the TCP echo (8081); 1 the UDP
+/// echo (9001), and the UDP chat console's display of the datagram; 2 the HMAC echo (9999)
+/// answered with the rest of the input as the digest; 3 the HMAC echo answered correctly and
+/// then sent the rest. Echoed bytes are the input upper-cased (exactly, for ASCII, whatever
+/// the reads); a wrong digest gets the challenge and nothing else.
 pub fn check_classic_echo(data: &[u8]) {
     let Some((&selector, input)) = data.split_first() else {
         return;
@@ -52,6 +53,12 @@ pub fn check_classic_echo(data: &[u8]) {
             assert_eq!(replies.len(), 1, "one datagram per datagram");
             assert!(replies[0].len() <= MAX_DATAGRAM);
             assert_eq!(&replies[0][..], &upper(input)[..replies[0].len()]);
+            // The same datagram at the course's UDP chat (`sockit chat --serve-udp`), shown.
+            let shown = escape(&String::from_utf8_lossy(input));
+            assert!(
+                !shown.chars().any(char::is_control),
+                "{shown:?} reaches the terminal"
+            );
         }
         2 => {
             let service = HmacEcho::new(secret, Duration::from_secs(5));
