@@ -6,13 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{Client, ClientError};
-use crate::services::files::{INLINE_MAX, apply_metadata, hash_prefix};
+use crate::services::files::{DiskWriter, INLINE_MAX, apply_metadata, hash_prefix};
 use crate::services::root::{Entry, PARTIAL_SUFFIX, RootPath};
 use crate::wire::{Connection, Header, RemoteError};
 
@@ -125,25 +124,24 @@ impl Client {
             .with_body_len(size - offset);
         let writer = &mut self.conn.writer;
         writer.queue_header(&data)?;
-        let mut remaining = size - offset;
-        let mut buf = vec![0u8; CHUNK];
-        while remaining > 0 {
-            let want = remaining.min(CHUNK as u64) as usize;
-            let n = file
-                .read(&mut buf[..want])
-                .await
-                .map_err(|e| local_error(local, e))?;
-            if n == 0 {
-                return Err(ClientError::Protocol(format!(
-                    "{} shrank while being sent",
-                    local.display()
-                )));
+        let mut chunks = read_and_hash(file.into_std().await, hasher, size - offset);
+        let hasher = loop {
+            match chunks.recv().await {
+                Some(Ok(ReadChunk::Data(chunk))) => {
+                    writer.send_body(&chunk).await?;
+                    progress(chunk.len() as u64);
+                }
+                Some(Ok(ReadChunk::End(hasher))) => break hasher,
+                Some(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(ClientError::Protocol(format!(
+                        "{} shrank while being sent",
+                        local.display()
+                    )));
+                }
+                Some(Err(error)) => return Err(local_error(local, error)),
+                None => return Err(local_error(local, std::io::Error::other("the reader stopped"))),
             }
-            hasher.update(&buf[..n]);
-            writer.send_body(&buf[..n]).await?;
-            remaining -= n as u64;
-            progress(n as u64);
-        }
+        };
         let end = Header::new("put_end")
             .with_id(Some(id))
             .with("blake3", hasher.finalize().to_hex().as_str());
@@ -339,36 +337,37 @@ pub fn safe_local_name(name: &str) -> Result<&str, ClientError> {
     }
 }
 
-/// Writes and hashes a download on a thread of its own, so the disk and the hash work while
-/// the connection's thread decrypts the next chunks (instead of one hop to the blocking pool
-/// per chunk).
-struct DiskWriter {
-    chunks: mpsc::Sender<Bytes>,
-    done: tokio::task::JoinHandle<std::io::Result<(std::fs::File, blake3::Hasher)>>,
+/// What [`read_and_hash`] hands over: the file's next piece, then the hash of all of it.
+enum ReadChunk {
+    Data(Vec<u8>),
+    End(blake3::Hasher),
 }
 
-impl DiskWriter {
-    fn spawn(mut file: std::fs::File, mut hasher: blake3::Hasher) -> DiskWriter {
-        let (chunks, mut queue) = mpsc::channel::<Bytes>(16);
-        let done = tokio::task::spawn_blocking(move || {
-            while let Some(chunk) = queue.blocking_recv() {
-                std::io::Write::write_all(&mut file, &chunk)?;
+/// Reads `len` bytes of `file` from its current offset and hashes them on a thread of its
+/// own, a few chunks ahead of the connection's thread that encrypts and sends them.
+fn read_and_hash(
+    mut file: std::fs::File,
+    mut hasher: blake3::Hasher,
+    len: u64,
+) -> mpsc::Receiver<std::io::Result<ReadChunk>> {
+    let (chunks, receiver) = mpsc::channel(8);
+    tokio::task::spawn_blocking(move || {
+        let mut remaining = len;
+        while remaining > 0 {
+            let mut chunk = vec![0u8; remaining.min(CHUNK as u64) as usize];
+            let read = std::io::Read::read_exact(&mut file, &mut chunk).map(|()| {
                 hasher.update(&chunk);
+                ReadChunk::Data(chunk)
+            });
+            let failed = read.is_err();
+            if chunks.blocking_send(read).is_err() || failed {
+                return;
             }
-            Ok((file, hasher))
-        });
-        DiskWriter { chunks, done }
-    }
-
-    /// Queues a chunk; `false` if the writer has stopped (its error comes from `finish`).
-    async fn write(&self, chunk: Bytes) -> bool {
-        self.chunks.send(chunk).await.is_ok()
-    }
-
-    async fn finish(self) -> std::io::Result<(std::fs::File, blake3::Hasher)> {
-        drop(self.chunks);
-        self.done.await.map_err(std::io::Error::other)?
-    }
+            remaining -= CHUNK.min(remaining as usize) as u64;
+        }
+        let _ = chunks.blocking_send(Ok(ReadChunk::End(hasher)));
+    });
+    receiver
 }
 
 /// A local file read whole, with its metadata.

@@ -30,6 +30,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use super::root::{FileRoot, RootPath};
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
@@ -619,26 +620,63 @@ impl Files {
     }
 }
 
-/// Appends the current frame's body to an upload. A failed write (a full disk) drops the
-/// partial file and is reported; the rest of the body is skipped by the dispatcher.
+/// Appends the current frame's body to an upload, written and hashed by a [`DiskWriter`]
+/// on a second handle to the partial file (same offset). A failed write (a full disk) is
+/// reported; the rest of the body is skipped by the dispatcher.
 async fn receive_body(upload: &mut Upload, session: &mut Session) -> Result<(), ServiceError> {
+    let path = upload.path.clone();
+    let handle = upload.file.try_clone().await.map_err(|e| io_error(&path, e))?;
+    let disk = DiskWriter::spawn(handle.into_std().await, std::mem::take(&mut upload.hasher));
     let received = metrics().transfer_bytes(Transfer::Upload);
+    let mut outcome = Ok(());
     while let Some(chunk) = session.reader.read_body_chunk().await? {
-        if upload.written + chunk.len() as u64 > upload.size {
-            return Err(bad_request(format!(
-                "{}: more than the declared {} bytes",
-                upload.path, upload.size
-            ))
-            .into());
+        let len = chunk.len() as u64;
+        if upload.written + len > upload.size {
+            outcome =
+                Err(bad_request(format!("{path}: more than the declared {} bytes", upload.size)).into());
+            break;
         }
-        if let Err(error) = upload.file.write_all(&chunk).await {
-            return Err(io_error(&upload.path, error).into());
+        if !disk.write(chunk).await {
+            break;
         }
-        upload.hasher.update(&chunk);
-        upload.written += chunk.len() as u64;
-        received.inc_by(chunk.len() as u64);
+        upload.written += len;
+        received.inc_by(len);
     }
-    Ok(())
+    let (_, hasher) = disk.finish().await.map_err(|e| io_error(&path, e))?;
+    upload.hasher = hasher;
+    outcome
+}
+
+/// Writes and hashes a transfer's data on a thread of its own, so the disk and the hash work
+/// while the connection's thread decrypts the next chunks (instead of one hop to the blocking
+/// pool per chunk): the server's uploads and the client's downloads.
+pub struct DiskWriter {
+    chunks: mpsc::Sender<Bytes>,
+    done: tokio::task::JoinHandle<std::io::Result<(std::fs::File, blake3::Hasher)>>,
+}
+
+impl DiskWriter {
+    pub fn spawn(mut file: std::fs::File, mut hasher: blake3::Hasher) -> DiskWriter {
+        let (chunks, mut queue) = mpsc::channel::<Bytes>(16);
+        let done = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = queue.blocking_recv() {
+                std::io::Write::write_all(&mut file, &chunk)?;
+                hasher.update(&chunk);
+            }
+            Ok((file, hasher))
+        });
+        DiskWriter { chunks, done }
+    }
+
+    /// Queues a chunk; `false` if the writer has stopped (its error comes from `finish`).
+    pub async fn write(&self, chunk: Bytes) -> bool {
+        self.chunks.send(chunk).await.is_ok()
+    }
+
+    pub async fn finish(self) -> std::io::Result<(std::fs::File, blake3::Hasher)> {
+        drop(self.chunks);
+        self.done.await.map_err(std::io::Error::other)?
+    }
 }
 
 /// Feeds the first `len` bytes of `file` to `hasher`.
