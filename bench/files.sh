@@ -24,7 +24,12 @@ ssh_port_opt=(-P "$ssh_port" -i "$work/client_key" -o BatchMode=yes -o StrictHos
 
 out="$results/files.jsonl"
 : >"$out"
-measure() { python3 bench/measure.py "$@" >>"$out"; }
+# Each run starts with nothing dirty in the page cache, so that no one pays for flushing what
+# ran before (sockit syncs the filesystem before it renames uploads into place).
+measure() {
+  sync
+  python3 bench/measure.py "$@" >>"$out"
+}
 
 parts=${PARTS:-big tree}
 for place in tmpfs disk; do

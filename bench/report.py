@@ -135,7 +135,7 @@ def files_section(results):
     out += ["", "| 10,000 files of 4 KiB as a tree | to tmpfs, s | vs scp -r | to disk, s | vs scp -r |",
             "|---|---:|---:|---:|---:|"]
     tree = lambda key, place: rows["tree_%s_%s" % (key, place)]["seconds"]
-    for key, label in [("sockit", "sockit put -r"), ("scp", "scp -r"), ("tar_nc", "tar | nc")]:
+    for key, label in [("sockit", "sockit put -r"), ("scp", "scp -r"), ("tar_nc", "tar \\| nc")]:
         cells = ["%.2f | %.1fx" % (tree(key, place), tree("scp", place) / tree(key, place)) for place in ["tmpfs", "disk"]]
         out.append("| %s | %s |" % (label, " | ".join(cells)))
     ratio = lambda a, b, place: rows["%s_%s" % (a, place)]["mb_per_s"] / rows["%s_%s" % (b, place)]["mb_per_s"]
