@@ -131,7 +131,7 @@ impl Client {
                     writer.send_body(&chunk).await?;
                     progress(chunk.len() as u64);
                 }
-                Some(Ok(ReadChunk::End(hasher))) => break hasher,
+                Some(Ok(ReadChunk::End(hasher))) => break *hasher,
                 Some(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Err(ClientError::Protocol(format!(
                         "{} shrank while being sent",
@@ -340,7 +340,7 @@ pub fn safe_local_name(name: &str) -> Result<&str, ClientError> {
 /// What [`read_and_hash`] hands over: the file's next piece, then the hash of all of it.
 enum ReadChunk {
     Data(Vec<u8>),
-    End(blake3::Hasher),
+    End(Box<blake3::Hasher>),
 }
 
 /// Reads `len` bytes of `file` from its current offset and hashes them on a thread of its
@@ -365,7 +365,7 @@ fn read_and_hash(
             }
             remaining -= CHUNK.min(remaining as usize) as u64;
         }
-        let _ = chunks.blocking_send(Ok(ReadChunk::End(hasher)));
+        let _ = chunks.blocking_send(Ok(ReadChunk::End(Box::new(hasher))));
     });
     receiver
 }
