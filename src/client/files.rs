@@ -11,11 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{Client, ClientError};
-use crate::services::files::{DiskWriter, INLINE_MAX, apply_metadata, hash_prefix};
+use crate::services::files::{DiskReader, DiskWriter, INLINE_MAX, apply_metadata, hash_prefix};
 use crate::services::root::{Entry, PARTIAL_SUFFIX, RootPath};
 use crate::wire::{Connection, Header, RemoteError};
-
-const CHUNK: usize = 256 * 1024;
 
 /// How to transfer.
 #[derive(Clone, Copy, Debug, Default)]
@@ -124,24 +122,18 @@ impl Client {
             .with_body_len(size - offset);
         let writer = &mut self.conn.writer;
         writer.queue_header(&data)?;
-        let mut chunks = read_and_hash(file.into_std().await, hasher, size - offset);
-        let hasher = loop {
-            match chunks.recv().await {
-                Some(Ok(ReadChunk::Data(chunk))) => {
-                    writer.send_body(&chunk).await?;
-                    progress(chunk.len() as u64);
+        let mut disk = DiskReader::spawn(file.into_std().await, hasher, size - offset);
+        while let Some(chunk) = disk.next().await {
+            let chunk = chunk.map_err(|error| match error.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    ClientError::Protocol(format!("{} shrank while being sent", local.display()))
                 }
-                Some(Ok(ReadChunk::End(hasher))) => break *hasher,
-                Some(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(ClientError::Protocol(format!(
-                        "{} shrank while being sent",
-                        local.display()
-                    )));
-                }
-                Some(Err(error)) => return Err(local_error(local, error)),
-                None => return Err(local_error(local, std::io::Error::other("the reader stopped"))),
-            }
-        };
+                _ => local_error(local, error),
+            })?;
+            writer.send_body(&chunk).await?;
+            progress(chunk.len() as u64);
+        }
+        let hasher = disk.finish().await.map_err(|e| local_error(local, e))?;
         let end = Header::new("put_end")
             .with_id(Some(id))
             .with("blake3", hasher.finalize().to_hex().as_str());
@@ -335,39 +327,6 @@ pub fn safe_local_name(name: &str) -> Result<&str, ClientError> {
             crate::services::root::escape(name)
         ))),
     }
-}
-
-/// What [`read_and_hash`] hands over: the file's next piece, then the hash of all of it.
-enum ReadChunk {
-    Data(Vec<u8>),
-    End(Box<blake3::Hasher>),
-}
-
-/// Reads `len` bytes of `file` from its current offset and hashes them on a thread of its
-/// own, a few chunks ahead of the connection's thread that encrypts and sends them.
-fn read_and_hash(
-    mut file: std::fs::File,
-    mut hasher: blake3::Hasher,
-    len: u64,
-) -> mpsc::Receiver<std::io::Result<ReadChunk>> {
-    let (chunks, receiver) = mpsc::channel(8);
-    tokio::task::spawn_blocking(move || {
-        let mut remaining = len;
-        while remaining > 0 {
-            let mut chunk = vec![0u8; remaining.min(CHUNK as u64) as usize];
-            let read = std::io::Read::read_exact(&mut file, &mut chunk).map(|()| {
-                hasher.update(&chunk);
-                ReadChunk::Data(chunk)
-            });
-            let failed = read.is_err();
-            if chunks.blocking_send(read).is_err() || failed {
-                return;
-            }
-            remaining -= CHUNK.min(remaining as usize) as u64;
-        }
-        let _ = chunks.blocking_send(Ok(ReadChunk::End(Box::new(hasher))));
-    });
-    receiver
 }
 
 /// A local file read whole, with its metadata.

@@ -414,25 +414,19 @@ impl Files {
             .with_body_len(size - args.offset);
         let mut writer = session.writer.lock().await;
         writer.queue_header(&header)?;
-        let mut remaining = size - args.offset;
-        let mut buf = vec![0u8; CHUNK];
         let sent = metrics().transfer_bytes(Transfer::Download);
-        while remaining > 0 {
-            let want = remaining.min(CHUNK as u64) as usize;
-            let n = file.read(&mut buf[..want]).await.map_err(FrameError::Io)?;
-            if n == 0 {
+        let mut disk = DiskReader::spawn(file.into_std().await, hasher, size - args.offset);
+        while let Some(chunk) = disk.next().await {
+            let chunk = chunk.map_err(|error| match error.kind() {
                 // The file shrank under us: the promised body cannot be completed.
-                return Err(FrameError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file truncated while sent",
-                ))
-                .into());
-            }
-            hasher.update(&buf[..n]);
-            writer.send_body(&buf[..n]).await?;
-            sent.inc_by(n as u64);
-            remaining -= n as u64;
+                io::ErrorKind::UnexpectedEof => io::Error::new(error.kind(), "file truncated while sent"),
+                _ => error,
+            });
+            let chunk = chunk.map_err(FrameError::Io)?;
+            writer.send_body(&chunk).await?;
+            sent.inc_by(chunk.len() as u64);
         }
+        let hasher = disk.finish().await.map_err(FrameError::Io)?;
         let end = Header::new("get_end")
             .with_id(request.id())
             .with("blake3", hasher.finalize().to_hex().as_str());
@@ -645,6 +639,49 @@ async fn receive_body(upload: &mut Upload, session: &mut Session) -> Result<(), 
     let (_, hasher) = disk.finish().await.map_err(|e| io_error(&path, e))?;
     upload.hasher = hasher;
     outcome
+}
+
+/// Reads and hashes a transfer's data on a thread of its own, a few chunks ahead of the
+/// connection's thread that encrypts and sends them: the client's uploads and the server's
+/// downloads. A file that ends early gives an `UnexpectedEof` error.
+pub struct DiskReader {
+    chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
+    done: tokio::task::JoinHandle<blake3::Hasher>,
+}
+
+impl DiskReader {
+    /// Reads `len` bytes of `file` from its current offset, each fed to `hasher`.
+    pub fn spawn(mut file: std::fs::File, mut hasher: blake3::Hasher, len: u64) -> DiskReader {
+        let (sender, chunks) = mpsc::channel(8);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut remaining = len;
+            while remaining > 0 {
+                let chunk_len = remaining.min(CHUNK as u64);
+                let mut chunk = vec![0u8; chunk_len as usize];
+                let read = std::io::Read::read_exact(&mut file, &mut chunk).map(|()| {
+                    hasher.update(&chunk);
+                    chunk
+                });
+                let failed = read.is_err();
+                if sender.blocking_send(read).is_err() || failed {
+                    break;
+                }
+                remaining -= chunk_len;
+            }
+            hasher
+        });
+        DiskReader { chunks, done }
+    }
+
+    /// The next chunk; `None` once every byte has come (or after an error).
+    pub async fn next(&mut self) -> Option<io::Result<Vec<u8>>> {
+        self.chunks.recv().await
+    }
+
+    /// The hash of everything read, once `next` has returned `None`.
+    pub async fn finish(self) -> io::Result<blake3::Hasher> {
+        self.done.await.map_err(io::Error::other)
+    }
 }
 
 /// Writes and hashes a transfer's data on a thread of its own, so the disk and the hash work
