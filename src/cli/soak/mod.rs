@@ -25,7 +25,7 @@ use sockit::ClientConfig;
 use sockit::server::parse_duration;
 use tokio::task::JoinSet;
 
-use super::bench::micros;
+use super::bench::{micros, new_histogram};
 use super::raise_fd_limit;
 use server::{Footprint, ServerUnderTest};
 use workload::Load;
@@ -84,7 +84,13 @@ pub struct Tally {
 impl Tally {
     pub fn add(&self, key: &str, n: u64) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        *counts.entry(key.to_owned()).or_default() += n;
+        // Called per proxied chunk and per trickled byte: allocate a key only the first time.
+        match counts.get_mut(key) {
+            Some(count) => *count += n,
+            None => {
+                counts.insert(key.to_owned(), n);
+            }
+        }
     }
 
     /// Records a failure; the first few are kept word for word for the report.
@@ -198,9 +204,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         abuse::slowloris(target.clone(), args.slowloris, until, tally.clone()),
         abuse::flood(target.clone(), config.clone(), until, tally.clone()),
     );
-    let probe = probe
-        .await
-        .unwrap_or_else(|_| Histogram::new(3).expect("valid histogram"));
+    let probe = probe.await.unwrap_or_else(|_| new_histogram());
     let auth = tokio::time::timeout(
         adversarial * 3,
         abuse::wrong_secrets(
@@ -299,11 +303,9 @@ impl Report {
         }
         let p99 = Duration::from_nanos(self.probe.value_at_quantile(0.99));
         println!(
-            "  echo probe under slowloris + flood: {} round trips, p50 {} us, p99 {} us, max {} us",
+            "  echo probe under slowloris + flood: {} round trips, {}",
             self.probe.len(),
-            micros(self.probe.value_at_quantile(0.5)),
-            micros(self.probe.value_at_quantile(0.99)),
-            micros(self.probe.max())
+            latencies(&self.probe)
         );
         let auth_ok = match &self.auth {
             Some(auth) => {
@@ -316,11 +318,9 @@ impl Report {
                     auth.held_back
                 );
                 println!(
-                    "  correct client meanwhile: {} fresh sessions, p50 {} us, p99 {} us, max {} us",
+                    "  correct client meanwhile: {} fresh sessions, {}",
                     auth.correct.len(),
-                    micros(auth.correct.value_at_quantile(0.5)),
-                    micros(auth.correct.value_at_quantile(0.99)),
-                    micros(auth.correct.max())
+                    latencies(&auth.correct)
                 );
                 // Throttled: beyond the first few, refusals come later than an attacker waits.
                 auth.answered * 100 <= auth.attempts && !auth.correct.is_empty()
@@ -383,4 +383,14 @@ impl Report {
 
 fn humantime(duration: Duration) -> String {
     format!("{:.0} s", duration.as_secs_f64())
+}
+
+/// `p50 .. us, p99 .. us, max .. us` of round trips recorded in nanoseconds.
+fn latencies(histogram: &Histogram<u64>) -> String {
+    format!(
+        "p50 {} us, p99 {} us, max {} us",
+        micros(histogram.value_at_quantile(0.5)),
+        micros(histogram.value_at_quantile(0.99)),
+        micros(histogram.max())
+    )
 }
