@@ -322,13 +322,7 @@ pub fn cut(mut bytes: Vec<u8>, max: usize) -> Vec<u8> {
 /// Bytes as they may appear in a log line: lossy UTF-8, control characters escaped, at most
 /// 200 characters.
 pub fn shown(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let mut shown = crate::services::root::escape(&text);
-    if let Some((cut, _)) = shown.char_indices().nth(200) {
-        shown.truncate(cut);
-        shown.push('…');
-    }
-    shown
+    crate::services::root::escape_at_most(&String::from_utf8_lossy(bytes), 200)
 }
 
 #[cfg(test)]
