@@ -54,9 +54,9 @@ impl StreamLimits {
     /// For a conversation: no total duration, but at most `idle` waiting for the peer.
     pub fn interactive(idle: Duration) -> StreamLimits {
         StreamLimits {
-            max_connections: 1024,
             max_duration: None,
             idle_timeout: Some(idle),
+            ..StreamLimits::default()
         }
     }
 }
