@@ -23,8 +23,9 @@ use crate::metrics::metrics;
 /// A service that talks raw bytes over a TCP connection, with no sockit framing or session.
 #[async_trait]
 pub trait StreamService: Send + Sync {
-    /// Serves one connection; dropping `stream` closes it.
-    async fn serve(&self, stream: ServiceStream, peer: SocketAddr);
+    /// Serves one connection; dropping `stream` closes it. The error, if the connection
+    /// failed, is logged once by the accept loop with the service's name and the peer.
+    async fn serve(&self, stream: ServiceStream, peer: SocketAddr) -> io::Result<()>;
 }
 
 /// How many connections a stream service serves at once, and for how long each.
@@ -103,24 +104,28 @@ pub async fn serve_streams(
         let abort = shutdown.abort.clone();
         let stream = ServiceStream::new(stream, limits.idle_timeout, shutdown.stopping.clone());
         shutdown.tasks.spawn(async move {
-            tokio::select! {
-                () = within(limits.max_duration, service.serve(stream, peer)) => {}
-                () = abort.cancelled() => {}
-            }
+            let served = tokio::select! {
+                served = within(limits.max_duration, service.serve(stream, peer)) => served,
+                () = abort.cancelled() => Err(io::Error::other("the server stopped")),
+            };
             drop(slot);
-            debug!(service = name, %peer, "connection ended");
+            match served {
+                Ok(()) => debug!(service = name, %peer, "connection ended"),
+                Err(error) => debug!(service = name, %peer, %error, "connection ended"),
+            }
         });
     }
 }
 
 /// Runs `work`, for at most `limit` when there is one.
-async fn within(limit: Option<Duration>, work: impl Future<Output = ()>) {
+async fn within(limit: Option<Duration>, work: impl Future<Output = io::Result<()>>) -> io::Result<()> {
     match limit {
-        Some(limit) => {
-            if tokio::time::timeout(limit, work).await.is_err() {
-                debug!("connection closed after {limit:?}");
-            }
-        }
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("closed after {limit:?}"),
+            ))
+        }),
         None => work.await,
     }
 }

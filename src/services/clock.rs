@@ -89,8 +89,8 @@ pub struct Daytime;
 
 #[async_trait]
 impl StreamService for Daytime {
-    async fn serve(&self, stream: ServiceStream, _peer: SocketAddr) {
-        send_and_close(stream, daytime_text(&Local::now()).as_bytes()).await;
+    async fn serve(&self, stream: ServiceStream, _peer: SocketAddr) -> std::io::Result<()> {
+        send_and_close(stream, daytime_text(&Local::now()).as_bytes()).await
     }
 }
 
@@ -106,8 +106,8 @@ pub struct Rfc868Time;
 
 #[async_trait]
 impl StreamService for Rfc868Time {
-    async fn serve(&self, stream: ServiceStream, _peer: SocketAddr) {
-        send_and_close(stream, &rfc868_time(SystemTime::now())).await;
+    async fn serve(&self, stream: ServiceStream, _peer: SocketAddr) -> std::io::Result<()> {
+        send_and_close(stream, &rfc868_time(SystemTime::now())).await
     }
 }
 
@@ -139,10 +139,9 @@ impl DatagramService for Sntp {
 }
 
 /// Writes `bytes` and closes; a client that left early is not an error worth reporting.
-async fn send_and_close(mut stream: ServiceStream, bytes: &[u8]) {
-    if stream.write_all(bytes).await.is_ok() {
-        let _ = stream.shutdown().await;
-    }
+async fn send_and_close(mut stream: ServiceStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.shutdown().await
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{MAX_DATAGRAM, READ_CHUNK, cut};
 use crate::auth::Secret;
@@ -41,10 +41,8 @@ pub struct UpperEcho;
 
 #[async_trait]
 impl StreamService for UpperEcho {
-    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) {
-        if let Err(error) = echo_upper(&mut stream).await {
-            debug!(service = "classic-echo", %peer, %error, "connection ended");
-        }
+    async fn serve(&self, mut stream: ServiceStream, _peer: SocketAddr) -> std::io::Result<()> {
+        echo_upper(&mut stream).await
     }
 }
 
@@ -123,14 +121,12 @@ impl HmacEcho {
 
 #[async_trait]
 impl StreamService for HmacEcho {
-    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) {
+    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) -> std::io::Result<()> {
         if let Err(reason) = self.authenticate(&mut stream).await {
             warn!(service = "classic-hmac-echo", %peer, "authentication refused: {reason}; connection closed");
-            return;
+            return Ok(());
         }
         info!(service = "classic-hmac-echo", %peer, "client authenticated");
-        if let Err(error) = echo_upper(&mut stream).await {
-            debug!(service = "classic-hmac-echo", %peer, %error, "connection ended");
-        }
+        echo_upper(&mut stream).await
     }
 }

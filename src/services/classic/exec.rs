@@ -92,10 +92,8 @@ impl TcpExec {
 
 #[async_trait]
 impl StreamService for TcpExec {
-    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) {
-        if let Err(error) = self.serve_commands(&mut stream, peer).await {
-            debug!(service = "classic-exec", %peer, %error, "connection ended");
-        }
+    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) -> std::io::Result<()> {
+        self.serve_commands(&mut stream, peer).await
     }
 }
 

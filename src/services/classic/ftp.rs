@@ -29,7 +29,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{HeaderError, READ_CHUNK, header_bytes, read_header, shown};
 use crate::server::{ServiceStream, StreamService};
@@ -211,11 +211,14 @@ impl Ftp {
 
 #[async_trait]
 impl StreamService for Ftp {
-    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) {
+    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) -> io::Result<()> {
         match self.serve_requests(&mut stream, peer).await {
-            Ok(()) => debug!(service = "classic-ftp", %peer, "client closed"),
-            Err(Refusal::Io(error)) => debug!(service = "classic-ftp", %peer, %error, "connection ended"),
-            Err(refusal) => warn!(service = "classic-ftp", %peer, "{refusal}; connection closed"),
+            Ok(()) => Ok(()),
+            Err(Refusal::Io(error)) => Err(error),
+            Err(refusal) => {
+                warn!(service = "classic-ftp", %peer, "{refusal}; connection closed");
+                Ok(())
+            }
         }
     }
 }

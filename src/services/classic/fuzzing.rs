@@ -319,7 +319,7 @@ where
     let stream = ServiceStream::new(server_side, Some(HANG_LIMIT), CancellationToken::new());
     let serving = service.serve(stream, peer);
     let talking = client(connected.expect("connected"));
-    let (output, ()) = tokio::time::timeout(HANG_LIMIT, async { tokio::join!(talking, serving) })
+    let (output, _served) = tokio::time::timeout(HANG_LIMIT, async { tokio::join!(talking, serving) })
         .await
         .expect("the service hung");
     output

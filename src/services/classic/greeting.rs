@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
-use tracing::debug;
 
 use super::READ_CHUNK;
 use crate::server::{ServiceStream, StreamService};
@@ -23,10 +22,8 @@ pub struct Greeting;
 
 #[async_trait]
 impl StreamService for Greeting {
-    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) {
-        if let Err(error) = converse(&mut stream).await {
-            debug!(service = "classic-greeting", %peer, %error, "connection ended");
-        }
+    async fn serve(&self, mut stream: ServiceStream, _peer: SocketAddr) -> std::io::Result<()> {
+        converse(&mut stream).await
     }
 }
 
