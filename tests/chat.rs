@@ -114,9 +114,12 @@ async fn three_clients_two_rooms_direct_messages_history_and_presence() {
     carol.sender.say("dev", "hello dev").await.unwrap();
     alice.sender.direct("carol", "psst").await.unwrap();
 
+    // Each drain also proves its client's own requests were carried out (one connection is
+    // ordered); different connections are not, so Bob drains last, once Alice's and Carol's
+    // messages have surely reached the hub.
     let alice_saw = drain(&mut alice, "lobby").await;
-    let bob_saw = drain(&mut bob, "lobby").await;
     let carol_saw = drain(&mut carol, "dev").await;
+    let bob_saw = drain(&mut bob, "lobby").await;
     assert_eq!(
         texts(&alice_saw),
         [
