@@ -115,6 +115,9 @@ impl ClientError {
                 ErrorCode::PlaintextRefused => "drop --plaintext, or start the server with --plaintext",
                 ErrorCode::EncryptionUnavailable => "add --plaintext, or restart the server without it",
                 ErrorCode::VersionMismatch => "use the same sockit version on both sides",
+                ErrorCode::AuthThrottled => {
+                    "recent failed attempts from this address: wait, and check that both sides use the same secret"
+                }
                 _ => return None,
             },
             ClientError::Handshake(HandshakeError::Closed) => {
@@ -214,6 +217,14 @@ impl Client {
     }
 
     /// The echo service: `text` comes back upper-cased.
+    /// Asks nothing of any service: the cheapest request there is. A client with nothing to ask
+    /// yet (an interactive shell at its prompt) sends it right after connecting, because the
+    /// server counts a session as authenticated only once its first request has arrived, and
+    /// closes it at the handshake timeout otherwise.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.call(Header::new("ping"), b"").await.map(drop)
+    }
+
     pub async fn echo(&mut self, text: impl AsRef<[u8]>) -> Result<Bytes, ClientError> {
         Ok(self.call(Header::new("echo"), text.as_ref()).await?.body)
     }
