@@ -26,7 +26,7 @@ pub struct ShellArgs {
 pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
     let config = args.client.config()?;
     let runtime = client_runtime()?;
-    let mut client = runtime.block_on(connect(&args.target, &config))?;
+    let mut client = runtime.block_on(Client::connect(&args.target, &config))?;
     let mut editor = DefaultEditor::new()?;
     let history = history_path();
     if let Some(path) = &history {
@@ -55,14 +55,6 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Connects and confirms the session at once with a `ping`: the prompt may sit for minutes
-/// before the first command, and an unconfirmed session is closed at the handshake timeout.
-async fn connect(target: &str, config: &ClientConfig) -> Result<Client, ClientError> {
-    let mut client = Client::connect(target, config).await?;
-    client.ping().await?;
-    Ok(client)
-}
-
 fn history_path() -> Option<PathBuf> {
     dirs::data_dir().map(|dir| dir.join("sockit").join("shell_history"))
 }
@@ -76,7 +68,7 @@ async fn run_line(
 ) -> Result<u8, ClientError> {
     match run_remote(client, line).await {
         Err(ClientError::Connection(_) | ClientError::Closed) => {
-            *client = connect(target, config).await?;
+            *client = Client::connect(target, config).await?;
             run_remote(client, line).await
         }
         result => result,
