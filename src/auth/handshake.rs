@@ -134,13 +134,7 @@ impl HandshakeError {
                 ErrorCode::AuthFailed,
                 "authentication failed: the client does not hold this server's secret",
             )),
-            HandshakeError::Throttled(left) => Some(RemoteError::new(
-                ErrorCode::AuthThrottled,
-                format!(
-                    "too many failed authentications from your address; try again in {} ms",
-                    left.as_millis().max(1)
-                ),
-            )),
+            HandshakeError::Throttled(left) => Some(throttled_refusal(*left)),
             HandshakeError::Refused(error) => Some(error.clone()),
             HandshakeError::Protocol(why) => Some(RemoteError::new(ErrorCode::BadFrame, why.clone())),
             HandshakeError::Frame(error) => error.to_remote(),
@@ -151,6 +145,17 @@ impl HandshakeError {
     pub fn is_auth_failure(&self) -> bool {
         matches!(self, HandshakeError::AuthFailed(_))
     }
+}
+
+/// What a client under back-off is told: `auth_throttled`, and how long is left.
+pub fn throttled_refusal(left: Duration) -> RemoteError {
+    RemoteError::new(
+        ErrorCode::AuthThrottled,
+        format!(
+            "too many failed authentications from your address; try again in {} ms",
+            left.as_millis().max(1)
+        ),
+    )
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ mod throttle;
 
 pub use handshake::{
     Attempt, AuthMode, HandshakeError, ServerInfo, SessionKeys, accept, accept_throttled, connect,
+    throttled_refusal,
 };
 pub use secret::{
     MIN_SERVER_SECRET_LEN, SECRET_ENV, Secret, SecretError, SecretSource, check_server_secret,

@@ -99,20 +99,19 @@ fn admit(peer: Peer, shared: &Shared) -> Result<Option<SourceSlot>, (Handshake, 
         return Ok(None);
     };
     if let Err(left) = shared.throttle.admit(Some(ip)) {
-        let refusal = auth::HandshakeError::Throttled(left).to_remote();
-        return Err((Handshake::Throttled, refusal.unwrap_or_else(busy_refusal)));
+        return Err((Handshake::Throttled, auth::throttled_refusal(left)));
     }
-    match shared.handshakes_per_source.try_acquire(ip) {
-        Some(slot) => Ok(Some(slot)),
-        None => Err((Handshake::Busy, busy_refusal())),
-    }
-}
-
-fn busy_refusal() -> RemoteError {
-    RemoteError::new(
-        ErrorCode::Busy,
-        "too many connections from your address are still in their handshake; try again later",
-    )
+    let busy = || {
+        RemoteError::new(
+            ErrorCode::Busy,
+            "too many connections from your address are still in their handshake; try again later",
+        )
+    };
+    let slot = shared
+        .handshakes_per_source
+        .try_acquire(ip)
+        .ok_or_else(|| (Handshake::Busy, busy()))?;
+    Ok(Some(slot))
 }
 
 /// The handshake proper, in one of the server's handshake slots, then the client's first
