@@ -251,7 +251,12 @@ async fn wrong_guesses_are_refused_at_once_and_held_to_ten_a_second() {
     let wrong = Secret::generate();
     let begin = Instant::now();
     let (mut checked, mut refused) = (0u32, 0u32);
-    while begin.elapsed() < Duration::from_millis(1500) && checked + refused < 5000 {
+    // At least 1.5 s, and on until something was refused (the back-off grows, so it will be),
+    // within 10 s and 5000 attempts.
+    while (begin.elapsed() < Duration::from_millis(1500) || refused == 0)
+        && begin.elapsed() < Duration::from_secs(10)
+        && checked + refused < 5000
+    {
         match handshake_from(ATTACKER, &server, &wrong).await.1 {
             Err(HandshakeError::AuthFailed(_)) => checked += 1,
             Err(HandshakeError::Refused(error)) if error.code == ErrorCode::AuthThrottled => {
