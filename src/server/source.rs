@@ -1,4 +1,5 @@
-//! Source addresses as the per-source limits count them, and a counter of what each holds.
+//! Source addresses as the per-source limits count them (the UDP rate limit, handshake slots,
+//! the failure back-off, metrics scrapes), and a counter of what each holds.
 //!
 //! A source is an IPv4 address, or an IPv6 /64: one host is usually given a whole /64, so
 //! counting single IPv6 addresses would let it act as 2^64 sources. IPv4-mapped IPv6
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// The source `ip` belongs to: itself for IPv4, its /64 for IPv6.
 pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u64::MAX as u128))),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
         v4 => v4,
     }
 }
