@@ -32,7 +32,7 @@ use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{MAX_DATAGRAM, READ_CHUNK, cut};
 use crate::auth::{FailureThrottle, Secret};
@@ -107,9 +107,8 @@ impl HmacEcho {
     }
 
     /// Sends a challenge and checks the answer; the reason when the client fails. A source
-    /// under back-off is refused before its challenge and again before its answer is checked.
+    /// that came under back-off meanwhile is refused before its answer is checked.
     async fn authenticate(&self, stream: &mut ServiceStream, peer: SocketAddr) -> Result<(), String> {
-        self.admit(peer)?;
         let challenge: [u8; CHALLENGE_LEN] = rand::random();
         stream
             .write_all(&challenge)
@@ -140,6 +139,11 @@ impl HmacEcho {
 #[async_trait]
 impl StreamService for HmacEcho {
     async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) -> std::io::Result<()> {
+        if let Err(left) = self.throttle.admit(Some(peer.ip())) {
+            // Quietly: a guesser hammering away must not flood the log.
+            debug!(service = "classic-hmac-echo", %peer, "address under back-off ({left:?} left); closed at once");
+            return Ok(());
+        }
         if let Err(reason) = self.authenticate(&mut stream, peer).await {
             warn!(service = "classic-hmac-echo", %peer, "authentication refused: {reason}; connection closed");
             return Ok(());
