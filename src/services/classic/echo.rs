@@ -131,7 +131,7 @@ impl HmacEcho {
 
     fn admit(&self, peer: SocketAddr) -> Result<(), String> {
         self.throttle.admit(Some(peer.ip())).map_err(|left| {
-            format!("recent failed authentications from this address; closed at once ({left:?} left)")
+            format!("recent failed authentications from this address; answer not checked ({left:?} left)")
         })
     }
 }
