@@ -97,14 +97,6 @@ fn traffic_moves_the_counters_by_the_right_amounts() {
     let output = server.cli(&["echo", addr, "hello"]);
     assert_eq!(stdout(&output), "HELLO\n", "{}", stderr(&output));
 
-    let wrong = server.dir.path().join("wrong-secret");
-    Secret::create(&wrong, false).unwrap();
-    let output = common::run_cli(
-        server.dir.path(),
-        &["echo", "--secret-file", wrong.to_str().unwrap(), addr, "x"],
-    );
-    assert!(!output.status.success());
-
     assert!(server.cli(&["exec", addr, "true"]).status.success());
     assert_eq!(server.cli(&["exec", addr, "exit 3"]).status.code(), Some(3));
 
@@ -121,6 +113,15 @@ fn traffic_moves_the_counters_by_the_right_amounts() {
 
     let output = server.cli(&["chat", addr, "--name", "bot", "--send", "deploy done"]);
     assert!(output.status.success(), "{}", stderr(&output));
+
+    // Last: a wrong secret puts this address under back-off, refusing its next attempts.
+    let wrong = server.dir.path().join("wrong-secret");
+    Secret::create(&wrong, false).unwrap();
+    let output = common::run_cli(
+        server.dir.path(),
+        &["echo", "--secret-file", wrong.to_str().unwrap(), addr, "x"],
+    );
+    assert!(!output.status.success());
 
     let time = server.service_addr("time", "udp");
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();

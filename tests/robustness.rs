@@ -238,7 +238,13 @@ async fn silent_connections_are_reaped_by_the_handshake_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_are_closed_after_the_idle_timeout() {
     let server = ServerProcess::start(&["--idle-timeout", "300ms"]);
+    // The idle timeout starts once the session is authenticated: at its first request.
     let mut idle = session(&server, AuthMode::Noise).await;
+    idle.send(Header::new("echo").with_id(Some(1)), b"first")
+        .await
+        .unwrap();
+    let reply = idle.read_message().await.unwrap().unwrap();
+    assert_eq!(reply.body, "FIRST");
     expect_error_then_close(&mut idle, ErrorCode::Timeout).await;
     server.assert_serving().await;
 }
@@ -289,34 +295,6 @@ async fn many_requests_in_one_write_get_their_replies_in_order() {
         let Message { header, body } = conn.read_message().await.unwrap().unwrap();
         assert_eq!((header.id(), body), (Some(id), format!("M{id}").into()));
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_wrong_secrets_are_slowed_down_but_a_correct_client_is_not() {
-    let server = ServerProcess::start(&[]);
-    let mut wrong = server.client_config();
-    wrong.secret = sockit::Secret::generate();
-    let mut last = Duration::ZERO;
-    for _ in 0..4 {
-        let begin = Instant::now();
-        let error = Client::connect(&server.addr, &wrong)
-            .await
-            .err()
-            .expect("refused");
-        assert!(error.to_string().contains("authentication failed"), "{error}");
-        last = begin.elapsed();
-    }
-    // 50 ms, doubling: the fourth failure waits at least 400 ms.
-    assert!(
-        last >= Duration::from_millis(400),
-        "fourth failure answered after {last:?}"
-    );
-    let begin = Instant::now();
-    server.assert_serving().await;
-    assert!(
-        begin.elapsed() < Duration::from_millis(400),
-        "the correct client is not delayed"
-    );
 }
 
 /// Relays one connection to the server, letting `tamper` see and change server-to-client bytes

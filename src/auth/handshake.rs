@@ -16,7 +16,11 @@ use serde::Deserialize;
 use sha2::Sha256;
 use snow::{Builder, HandshakeState};
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use super::secret::Secret;
+use super::throttle::FailureThrottle;
 use crate::wire::{Connection, ErrorCode, FrameError, Header, Message, PROTOCOL_VERSION, RemoteError};
 
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
@@ -107,6 +111,10 @@ pub struct ServerInfo {
 pub enum HandshakeError {
     #[error("authentication failed: {0}")]
     AuthFailed(String),
+    /// The client's address is under back-off after failed attempts; refused before any
+    /// cryptography.
+    #[error("too many failed authentications from this address; try again in {0:?}")]
+    Throttled(Duration),
     /// One side refused the session for a reason the other is told.
     #[error("{0}")]
     Refused(RemoteError),
@@ -126,6 +134,7 @@ impl HandshakeError {
                 ErrorCode::AuthFailed,
                 "authentication failed: the client does not hold this server's secret",
             )),
+            HandshakeError::Throttled(left) => Some(throttled_refusal(*left)),
             HandshakeError::Refused(error) => Some(error.clone()),
             HandshakeError::Protocol(why) => Some(RemoteError::new(ErrorCode::BadFrame, why.clone())),
             HandshakeError::Frame(error) => error.to_remote(),
@@ -138,6 +147,17 @@ impl HandshakeError {
     }
 }
 
+/// What a client under back-off is told: `auth_throttled`, and how long is left.
+pub fn throttled_refusal(left: Duration) -> RemoteError {
+    RemoteError::new(
+        ErrorCode::AuthThrottled,
+        format!(
+            "too many failed authentications from your address; try again in {} ms",
+            left.as_millis().max(1)
+        ),
+    )
+}
+
 #[derive(Deserialize)]
 struct Hello {
     version: u32,
@@ -146,14 +166,54 @@ struct Hello {
     nonce: Option<String>,
 }
 
-/// The server's side of the handshake. On success the connection is ready for requests and
-/// the client has been sent `ready` with the server's name and `features`.
+/// Who is trying to authenticate, and the throttle that may refuse them.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt<'a> {
+    pub throttle: &'a FailureThrottle,
+    /// The client's address; `None` for Unix sockets.
+    pub source: Option<IpAddr>,
+}
+
+impl Attempt<'_> {
+    /// Runs `verify` (the cryptography that checks the client's secret) unless the source is
+    /// under back-off, and puts it under back-off if the check fails. Nothing is awaited
+    /// between the check and the record, so concurrent guesses cannot slip in between.
+    fn guard<T>(self, verify: impl FnOnce() -> Result<T, HandshakeError>) -> Result<T, HandshakeError> {
+        self.throttle
+            .admit(self.source)
+            .map_err(HandshakeError::Throttled)?;
+        let outcome = verify();
+        if matches!(outcome, Err(HandshakeError::AuthFailed(_))) {
+            self.throttle.record_failure(self.source);
+        }
+        outcome
+    }
+}
+
+/// The server's side of the handshake, without a failure throttle (for tests and embedding).
 pub async fn accept(
     conn: &mut Connection,
     keys: &SessionKeys,
     features: &[&str],
 ) -> Result<(), HandshakeError> {
-    let hello = expect(conn, "hello").await?;
+    let unthrottled = FailureThrottle::new(Duration::ZERO, Duration::ZERO);
+    let attempt = Attempt {
+        throttle: &unthrottled,
+        source: None,
+    };
+    accept_throttled(conn, keys, features, attempt).await
+}
+
+/// The server's side of the handshake. On success the connection is ready for requests and
+/// the client has been sent `ready` with the server's name and `features`. The secret is
+/// checked only if `attempt`'s source is not under back-off.
+pub async fn accept_throttled(
+    conn: &mut Connection,
+    keys: &SessionKeys,
+    features: &[&str],
+    attempt: Attempt<'_>,
+) -> Result<(), HandshakeError> {
+    let hello = expect_from_client(conn, "hello").await?;
     let request: Hello = hello.header.parse()?;
     if request.version != PROTOCOL_VERSION {
         return Err(refused(
@@ -165,8 +225,11 @@ pub async fn accept(
         ));
     }
     let server_proof = match (request.auth, keys.mode) {
-        (AuthMode::Noise, AuthMode::Noise) => accept_noise(conn, keys, &hello.body).map(|()| None)?,
-        (AuthMode::Hmac, AuthMode::Hmac) => Some(accept_hmac(conn, keys, &request).await?),
+        (AuthMode::Noise, AuthMode::Noise) => {
+            attempt.guard(|| accept_noise(conn, keys, &hello.body))?;
+            None
+        }
+        (AuthMode::Hmac, AuthMode::Hmac) => Some(accept_hmac(conn, keys, &request, attempt).await?),
         (AuthMode::Hmac, AuthMode::Noise) => {
             return Err(refused(
                 ErrorCode::PlaintextRefused,
@@ -210,17 +273,20 @@ async fn accept_hmac(
     conn: &mut Connection,
     keys: &SessionKeys,
     hello: &Hello,
+    attempt: Attempt<'_>,
 ) -> Result<String, HandshakeError> {
     let client_nonce = decode_nonce(hello.nonce.as_deref())?;
     let server_nonce: [u8; NONCE_LEN] = rand::random();
     let challenge = hello_header(AuthMode::Hmac).with("nonce", hex::encode(server_nonce));
     conn.send(challenge, b"").await?;
 
-    let auth = expect(conn, "auth").await?;
-    let client_proof = decode_proof(auth.header.str("proof"))?;
-    keys.proof(b"client", &client_nonce, &server_nonce)
-        .verify_slice(&client_proof)
-        .map_err(|_| HandshakeError::AuthFailed("the client's proof does not match our secret".into()))?;
+    let auth = expect_from_client(conn, "auth").await?;
+    attempt.guard(|| {
+        let client_proof = decode_proof(auth.header.str("proof"))?;
+        keys.proof(b"client", &client_nonce, &server_nonce)
+            .verify_slice(&client_proof)
+            .map_err(|_| HandshakeError::AuthFailed("the client's proof does not match our secret".into()))
+    })?;
     let proof = keys.proof(b"server", &client_nonce, &server_nonce).finalize();
     Ok(hex::encode(proof.into_bytes()))
 }
@@ -290,7 +356,22 @@ async fn expect_server_hello(conn: &mut Connection) -> Result<Message, Handshake
     Ok(answer)
 }
 
-/// Reads the next message and insists it is `cmd`; an `error` frame becomes the error it names.
+/// The server's [`expect`]: an `error` frame from a client that has not authenticated is just
+/// a wrong message. Its code and text are never echoed, logged or counted: they are a
+/// stranger's, and unbounded in variety.
+async fn expect_from_client(conn: &mut Connection, cmd: &str) -> Result<Message, HandshakeError> {
+    let message = conn.read_message().await?.ok_or(HandshakeError::Closed)?;
+    if message.header.cmd() != cmd {
+        return Err(HandshakeError::Protocol(format!(
+            "expected `{cmd}`, got `{}`",
+            crate::services::root::escape_at_most(message.header.cmd(), 32)
+        )));
+    }
+    Ok(message)
+}
+
+/// The client's reading of the server's next message, which must be `cmd`; an `error` frame
+/// becomes the error it names.
 async fn expect(conn: &mut Connection, cmd: &str) -> Result<Message, HandshakeError> {
     let message = conn.read_message().await?.ok_or(HandshakeError::Closed)?;
     if let Some(error) = RemoteError::from_header(&message.header) {

@@ -4,6 +4,12 @@ mod handshake;
 mod secret;
 mod throttle;
 
-pub use handshake::{AuthMode, HandshakeError, ServerInfo, SessionKeys, accept, connect};
-pub use secret::{SECRET_ENV, Secret, SecretError, SecretSource, default_secret_path, resolve_secret};
+pub use handshake::{
+    Attempt, AuthMode, HandshakeError, ServerInfo, SessionKeys, accept, accept_throttled, connect,
+    throttled_refusal,
+};
+pub use secret::{
+    MIN_SERVER_SECRET_LEN, SECRET_ENV, Secret, SecretError, SecretSource, check_server_secret,
+    default_secret_path, resolve_secret,
+};
 pub use throttle::FailureThrottle;

@@ -14,6 +14,10 @@ use sha2::{Digest, Sha256};
 /// The environment variable read when no `--secret-file` is given.
 pub const SECRET_ENV: &str = "SOCKIT_SECRET";
 
+/// The shortest secret a server runs with: 16 bytes. Online guessing is throttled, but a
+/// short secret still falls to offline guessing from one captured handshake.
+pub const MIN_SERVER_SECRET_LEN: usize = 16;
+
 /// A shared secret. Its `Debug` output never shows the value, so it cannot leak into logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -53,6 +57,17 @@ pub enum SecretError {
     Exists(PathBuf),
     #[error("the secret from {0} is empty")]
     Empty(SecretSource),
+    #[error(
+        "the secret from {from} is {len} bytes; a server needs at least \
+         {MIN_SERVER_SECRET_LEN} (make a random one with `sockit keygen`)"
+    )]
+    TooShort { from: SecretSource, len: usize },
+    #[error(
+        "secret file {path} is accessible by group or others (mode {mode:03o}); \
+         run `chmod 600 {path}`",
+        path = .path.display()
+    )]
+    Exposed { path: PathBuf, mode: u32 },
     #[error(
         "no secret: pass --secret-file, set {SECRET_ENV}, or run `sockit keygen` \
          (looked for {0})"
@@ -128,6 +143,35 @@ impl Secret {
     }
 }
 
+/// Refuses a secret a server must not run with, as ssh refuses a private key others can read:
+/// one shorter than [`MIN_SERVER_SECRET_LEN`], or one in a file whose mode lets group or
+/// others at it. Each refusal names its fix.
+pub fn check_server_secret(secret: &Secret, source: &SecretSource) -> Result<(), SecretError> {
+    if let SecretSource::File(path) | SecretSource::Created(path) = source {
+        let mode = fs::metadata(path)
+            .map_err(|source| SecretError::Read {
+                path: path.clone(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(SecretError::Exposed {
+                path: path.clone(),
+                mode: mode & 0o777,
+            });
+        }
+    }
+    let len = secret.as_bytes().len();
+    if len < MIN_SERVER_SECRET_LEN {
+        return Err(SecretError::TooShort {
+            from: source.clone(),
+            len,
+        });
+    }
+    Ok(())
+}
+
 /// `$XDG_CONFIG_HOME/sockit/secret`, or `~/.config/sockit/secret`.
 pub fn default_secret_path() -> Option<PathBuf> {
     dirs::config_dir().map(|dir| dir.join("sockit").join("secret"))
@@ -180,6 +224,29 @@ mod tests {
             Err(SecretError::Exists(_))
         ));
         assert_ne!(Secret::create(&path, true).unwrap(), secret);
+    }
+
+    #[test]
+    fn servers_refuse_short_secrets_and_files_others_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let secret = Secret::create(&path, false).unwrap();
+        let source = SecretSource::File(path.clone());
+        check_server_secret(&secret, &source).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let error = check_server_secret(&secret, &source).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("chmod 600 {}", path.display())),
+            "{error}"
+        );
+        assert!(error.contains("644"), "{error}");
+        let short = Secret::from_text("x").unwrap();
+        let error = check_server_secret(&short, &SecretSource::Env)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("$SOCKIT_SECRET is 1 bytes"), "{error}");
+        assert!(error.contains("sockit keygen"), "{error}");
+        assert!(Secret::generate().as_bytes().len() >= MIN_SERVER_SECRET_LEN);
     }
 
     #[test]

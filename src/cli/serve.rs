@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use sockit::auth::{SecretSource, resolve_secret};
+use sockit::auth::{SecretSource, check_server_secret, resolve_secret};
 use sockit::metrics::MetricsListen;
 use sockit::server::{FileConfig, ListenAddr, ServiceListen, parse_duration};
 use sockit::services::classic::ClassicListen;
@@ -46,7 +46,12 @@ pub struct ServeArgs {
     /// Connections in their handshake at once [default: 1024]
     #[arg(long, value_name = "N")]
     max_handshakes: Option<usize>,
-    /// Close connections that have not authenticated within this time [default: 10s]
+    /// Connections one address (IPv6: one /64) may have in their handshake at once; more
+    /// from it are refused at once [default: 256]
+    #[arg(long, value_name = "N")]
+    max_handshakes_per_source: Option<usize>,
+    /// Close connections that have not authenticated and sent a first request within this
+    /// time [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     handshake_timeout: Option<Duration>,
     /// Close authenticated connections idle this long [default: 5m]
@@ -55,6 +60,10 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, let requests in flight run this long [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     shutdown_timeout: Option<Duration>,
+    /// After a failed authentication, refuse that address's attempts at once for this long,
+    /// doubling per recent failure up to 5s; 100ms holds guessing to 10 a second [default: 100ms]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    auth_backoff: Option<Duration>,
     /// Largest frame header accepted, in bytes [default: 65536]
     #[arg(long, value_name = "BYTES")]
     max_header_len: Option<usize>,
@@ -127,6 +136,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let secret_file = args.secret_file.as_deref().or(file.secret_file.as_deref());
     let (secret, source) = resolve_secret(secret_file, true)?;
+    check_server_secret(&secret, &source)?;
     match &source {
         SecretSource::Created(path) => info!(
             "created a new secret at {}; clients on this machine use it with no flags",
@@ -157,10 +167,12 @@ impl ServeArgs {
         let flags = FileConfig {
             max_connections: self.max_connections,
             max_handshakes: self.max_handshakes,
+            max_handshakes_per_source: self.max_handshakes_per_source,
             handshake_timeout: self.handshake_timeout,
             idle_timeout: self.idle_timeout,
             shutdown_timeout: self.shutdown_timeout,
             max_header_len: self.max_header_len,
+            auth_backoff: self.auth_backoff,
             allow_exec: self.allow_exec.then_some(true),
             exec_max_per_connection: self.exec_max_per_connection,
             exec_max_total: self.exec_max_total,

@@ -115,6 +115,9 @@ impl ClientError {
                 ErrorCode::PlaintextRefused => "drop --plaintext, or start the server with --plaintext",
                 ErrorCode::EncryptionUnavailable => "add --plaintext, or restart the server without it",
                 ErrorCode::VersionMismatch => "use the same sockit version on both sides",
+                ErrorCode::AuthThrottled => {
+                    "recent failed attempts from this address: wait, and check that both sides use the same secret"
+                }
                 _ => return None,
             },
             ClientError::Handshake(HandshakeError::Closed) => {
@@ -125,7 +128,8 @@ impl ClientError {
     }
 }
 
-/// An authenticated session with a server. Requests run one at a time, in order.
+/// An authenticated session with a server, confirmed with a `ping` as it opens. Requests run
+/// one at a time, in order.
 pub struct Client {
     conn: Connection,
     info: ServerInfo,
@@ -155,11 +159,25 @@ impl Client {
         };
         let keys = SessionKeys::new(config.secret.clone(), AuthMode::from_plaintext(config.plaintext));
         let info = auth::connect(&mut conn, &keys).await?;
-        Ok(Client {
+        let mut client = Client {
             conn,
             info,
             next_id: 1,
-        })
+        };
+        client.confirm().await?;
+        Ok(client)
+    }
+
+    /// Confirms the session at once with a `ping`. The server counts a session as authenticated
+    /// only once its first request has arrived and closes it at the handshake timeout
+    /// otherwise, so a session opened to be used later (a shell at its prompt, a spare
+    /// connection) must not be left unconfirmed. A server older than `ping` answers
+    /// `unknown_cmd`, which confirms the session just as well.
+    async fn confirm(&mut self) -> Result<(), ClientError> {
+        match self.ping().await {
+            Err(ClientError::Remote(error)) if error.code == ErrorCode::UnknownCmd => Ok(()),
+            result => result,
+        }
     }
 
     pub fn server_info(&self) -> &ServerInfo {
@@ -214,6 +232,12 @@ impl Client {
     }
 
     /// The echo service: `text` comes back upper-cased.
+    /// Asks nothing of any service: the cheapest request there is, answered by the session
+    /// itself. [`Client::connect`] sends one to confirm every session it opens.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.call(Header::new("ping"), b"").await.map(drop)
+    }
+
     pub async fn echo(&mut self, text: impl AsRef<[u8]>) -> Result<Bytes, ClientError> {
         Ok(self.call(Header::new("echo"), text.as_ref()).await?.body)
     }

@@ -1,8 +1,9 @@
 //! The `/metrics` endpoint: just enough HTTP/1.1 for Prometheus to scrape.
 //!
 //! One request per connection, answered and closed. The request head is bounded in size and
-//! time, scrapers served at once are capped, and nothing a peer sends can do more than get a
-//! 4xx: the endpoint cannot slow the server, which runs on other tasks.
+//! must arrive within 2 s, scrapers served at once are capped per source address and in all,
+//! and nothing a peer sends can do more than get a 4xx: idle connections cannot lock scrapers
+//! out, and the endpoint cannot slow the server, which runs on other tasks.
 
 use std::io;
 use std::sync::Arc;
@@ -15,17 +16,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::metrics;
+use crate::server::PerSource;
 
 /// Largest request head read; anything longer is answered 431.
 const MAX_HEAD: usize = 8 * 1024;
+/// The request head must arrive within this: a scraper sends it at once.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// A scrape (reading the request, writing the answer) must finish within this.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections answered at once; more are closed at once.
 const MAX_SCRAPERS: usize = 32;
+/// Connections answered at once from one source address (IPv6: /64); more are closed at once.
+const MAX_SCRAPERS_PER_SOURCE: usize = 4;
 
 /// Serves `/metrics` on `listener` until `stopping` is cancelled.
 pub async fn serve(listener: TcpListener, stopping: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPERS));
+    let per_source = PerSource::new(MAX_SCRAPERS_PER_SOURCE);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -39,6 +46,10 @@ pub async fn serve(listener: TcpListener, stopping: CancellationToken) {
                 continue;
             }
         };
+        let Some(source_slot) = per_source.try_acquire(peer.ip()) else {
+            debug!(%peer, "metrics: too many scrapers from this address; closed");
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(%peer, "metrics: too many scrapers; closed");
             continue;
@@ -47,16 +58,17 @@ pub async fn serve(listener: TcpListener, stopping: CancellationToken) {
             if let Err(error) = tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream)).await {
                 debug!(%peer, %error, "metrics: scrape timed out");
             }
-            drop(slot);
+            drop((slot, source_slot));
         });
     }
 }
 
 async fn answer(mut stream: TcpStream) {
-    let response = match read_head(&mut stream).await {
-        Ok(Some(head)) => respond(&head),
-        Ok(None) => Response::error(431, "Request Header Fields Too Large"),
-        Err(_) => return,
+    let response = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(Some(head))) => respond(&head),
+        Ok(Ok(None)) => Response::error(431, "Request Header Fields Too Large"),
+        Ok(Err(_)) => return,
+        Err(_) => Response::error(408, "Request Timeout"),
     };
     let _ = stream.write_all(&response.into_bytes()).await;
     let _ = stream.shutdown().await;

@@ -67,7 +67,7 @@ struct ServiceCommand {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Code {
-    code: String,
+    code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,6 +99,10 @@ pub enum Handshake {
     Ok,
     /// The client does not hold the secret.
     AuthFailed,
+    /// Refused at once: its address is under back-off after failed authentications.
+    Throttled,
+    /// Refused at once: its address already has its most connections in the handshake.
+    Busy,
     /// Not completed within `handshake_timeout`.
     Timeout,
     /// Refused for another reason: wrong version or session mode, malformed messages.
@@ -196,7 +200,7 @@ impl Metrics {
         );
         r.register(
             "handshakes",
-            "Handshakes by outcome: ok, auth_failed, timeout, refused, closed",
+            "Handshakes by outcome: ok, auth_failed, throttled, busy, timeout, refused, closed",
             self.handshakes.clone(),
         );
         r.register(
@@ -271,6 +275,8 @@ impl Metrics {
         let outcome = match outcome {
             Handshake::Ok => "ok",
             Handshake::AuthFailed => "auth_failed",
+            Handshake::Throttled => "throttled",
+            Handshake::Busy => "busy",
             Handshake::Timeout => "timeout",
             Handshake::Refused => "refused",
             Handshake::Closed => "closed",
@@ -286,11 +292,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts an error frame sent. Its label is a code compiled into the server, or `other`:
+    /// never text a peer chose, so no peer can grow the label set.
     pub fn error_sent(&self, code: &ErrorCode) {
-        let code = Code {
-            code: code.as_str().to_owned(),
-        };
-        self.errors.get_or_create(&code).inc();
+        self.errors
+            .get_or_create(&Code {
+                code: error_label(code),
+            })
+            .inc();
     }
 
     pub fn exec_finished(&self, outcome: ExecOutcome) {
@@ -336,6 +345,11 @@ impl Metrics {
             .get_or_create(&ServiceLabel { service })
             .inc();
     }
+}
+
+/// The `code` label of an error: its name if the server chose it, `other` if a peer did.
+fn error_label(code: &ErrorCode) -> &'static str {
+    code.static_name().unwrap_or("other")
 }
 
 fn transfer_label(direction: Transfer) -> Direction {
@@ -410,6 +424,22 @@ mod tests {
         assert_eq!(config.metrics_listen, None);
         file.apply(&mut config);
         assert_eq!(config.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
+    }
+
+    #[test]
+    fn error_labels_are_a_fixed_set_whatever_a_peer_sends() {
+        assert_eq!(error_label(&ErrorCode::AuthFailed), "auth_failed");
+        assert_eq!(error_label(&ErrorCode::parse("busy")), "busy");
+        assert_eq!(error_label(&ErrorCode::Other("name_taken".into())), "name_taken");
+        let unique = format!("peer-made-{}", "x".repeat(4096));
+        assert_eq!(error_label(&ErrorCode::parse(&unique)), "other");
+        metrics().error_sent(&ErrorCode::parse(&unique));
+        let text = metrics().render();
+        assert!(!text.contains("peer-made-"), "{text}");
+        assert!(
+            text.contains("sockit_errors_sent_total{code=\"other\"} "),
+            "{text}"
+        );
     }
 
     #[test]

@@ -31,14 +31,19 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Connections still in their handshake at once; the rest wait (within their deadline).
     pub max_handshakes: usize,
+    /// Connections one source address (IPv6: /64) may have before their first request;
+    /// more from it are refused at once, so one source cannot take every handshake slot.
+    pub max_handshakes_per_source: usize,
+    /// A connection must finish its handshake and send its first request within this.
     pub handshake_timeout: Duration,
     /// An authenticated connection with no request for this long is closed.
     pub idle_timeout: Duration,
     /// How long requests in flight may run after SIGINT/SIGTERM.
     pub shutdown_timeout: Duration,
     pub max_header_len: usize,
-    /// First delay before answering a failed authentication; doubles per recent failure.
-    pub auth_failure_delay: Duration,
+    /// Back-off of a source after its first failed authentication (its attempts are refused
+    /// meanwhile); doubles per recent failure, up to 5 s. At 100 ms, at most 10 guesses a second.
+    pub auth_backoff: Duration,
     pub services: ServicesConfig,
     /// The course's UDP time service (a strftime format in, the time out).
     pub time_listen: Option<SocketAddr>,
@@ -62,11 +67,12 @@ impl ServerConfig {
             plaintext: false,
             max_connections: 16_384,
             max_handshakes: 1024,
+            max_handshakes_per_source: 256,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(10),
             max_header_len: DEFAULT_MAX_HEADER_LEN,
-            auth_failure_delay: Duration::from_millis(50),
+            auth_backoff: Duration::from_millis(100),
             services: ServicesConfig::default(),
             time_listen: Some(([127, 0, 0, 1], DEFAULT_TIME_PORT).into()),
             daytime_listen: None,
@@ -112,6 +118,7 @@ pub struct FileConfig {
     pub plaintext: Option<bool>,
     pub max_connections: Option<usize>,
     pub max_handshakes: Option<usize>,
+    pub max_handshakes_per_source: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub handshake_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -119,6 +126,8 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration")]
     pub shutdown_timeout: Option<Duration>,
     pub max_header_len: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub auth_backoff: Option<Duration>,
     pub log_format: Option<String>,
     pub allow_exec: Option<bool>,
     pub exec_max_per_connection: Option<usize>,
@@ -153,10 +162,15 @@ impl FileConfig {
         set(&mut config.plaintext, self.plaintext);
         set(&mut config.max_connections, self.max_connections);
         set(&mut config.max_handshakes, self.max_handshakes);
+        set(
+            &mut config.max_handshakes_per_source,
+            self.max_handshakes_per_source,
+        );
         set(&mut config.handshake_timeout, self.handshake_timeout);
         set(&mut config.idle_timeout, self.idle_timeout);
         set(&mut config.shutdown_timeout, self.shutdown_timeout);
         set(&mut config.max_header_len, self.max_header_len);
+        set(&mut config.auth_backoff, self.auth_backoff);
         let exec = &mut config.services.exec;
         set(&mut exec.enabled, self.allow_exec);
         set(&mut exec.max_per_connection, self.exec_max_per_connection);

@@ -16,6 +16,7 @@ use super::ServerConfig;
 use super::listener::{bind_tcp, bind_udp};
 use super::stream::{ServiceShutdown, StreamLimits, StreamService, serve_streams};
 use super::udp::{DatagramService, RateLimit, serve_datagrams};
+use crate::auth::FailureThrottle;
 use crate::services::Backends;
 use crate::services::classic::echo::{HmacEcho, UdpUpperEcho, UpperEcho};
 use crate::services::classic::exec::{TcpExec, UdpExec};
@@ -74,7 +75,11 @@ struct Spec {
 }
 
 /// Binds every unframed service `config` turns on.
-pub(super) fn bind_all(config: &ServerConfig, backends: &Backends) -> io::Result<Vec<Endpoint>> {
+pub(super) fn bind_all(
+    config: &ServerConfig,
+    backends: &Backends,
+    throttle: &Arc<FailureThrottle>,
+) -> io::Result<Vec<Endpoint>> {
     let mut time = Spec::new("time", "time-listen", config.time_listen).udp(TimeDatagrams);
     if config.classic.enabled {
         // In classic mode the time service is one of the course's open services.
@@ -93,7 +98,7 @@ pub(super) fn bind_all(config: &ServerConfig, backends: &Backends) -> io::Result
     specs.extend(
         ClassicService::ALL
             .into_iter()
-            .filter_map(|service| classic_spec(service, config, backends)),
+            .filter_map(|service| classic_spec(service, config, backends, throttle)),
     );
     let mut endpoints = Vec::new();
     for spec in specs {
@@ -103,7 +108,12 @@ pub(super) fn bind_all(config: &ServerConfig, backends: &Backends) -> io::Result
 }
 
 /// A classic service `config` turns on, unless it runs commands and exec is not allowed.
-fn classic_spec(service: ClassicService, config: &ServerConfig, backends: &Backends) -> Option<Spec> {
+fn classic_spec(
+    service: ClassicService,
+    config: &ServerConfig,
+    backends: &Backends,
+    throttle: &Arc<FailureThrottle>,
+) -> Option<Spec> {
     let addr = config.classic.addr(service)?;
     if service.runs_commands() && !backends.exec.enabled() {
         warn!(
@@ -129,7 +139,11 @@ fn classic_spec(service: ClassicService, config: &ServerConfig, backends: &Backe
         ClassicService::Echo => spec.tcp(UpperEcho),
         ClassicService::Exec => spec.tcp(TcpExec::new(exec.clone())),
         ClassicService::Ftp => spec.tcp(Ftp::new(backends.files.clone())),
-        ClassicService::HmacEcho => spec.tcp(HmacEcho::new(config.secret.clone(), config.handshake_timeout)),
+        ClassicService::HmacEcho => spec.tcp(HmacEcho::new(
+            config.secret.clone(),
+            config.handshake_timeout,
+            throttle.clone(),
+        )),
         ClassicService::Greeting => spec.tcp(Greeting),
         ClassicService::UdpEcho => spec.udp(UdpUpperEcho),
         ClassicService::UdpExec => spec.udp(UdpExec::new(exec.clone(), config.classic.exec_any_source)),

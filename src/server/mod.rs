@@ -13,6 +13,7 @@ mod config;
 mod endpoints;
 mod listener;
 mod session;
+pub mod source;
 pub mod stream;
 pub mod udp;
 
@@ -30,6 +31,7 @@ use tracing::{info, warn};
 pub use config::{DEFAULT_PORT, DEFAULT_TIME_PORT, FileConfig, ServerConfig, ServiceListen, parse_duration};
 pub use endpoints::{ServiceAddr, Transport};
 pub use listener::{ListenAddr, Listener, Stream, unix_socket_path};
+pub use source::{PerSource, source_key};
 pub use stream::{ServiceStream, StreamService};
 pub use udp::DatagramService;
 
@@ -38,6 +40,9 @@ use crate::auth::{AuthMode, FailureThrottle, SessionKeys};
 use crate::metrics::{Tracked, metrics};
 use crate::services::{Backends, Registry};
 use crate::wire::Limits;
+
+/// The longest back-off repeated authentication failures earn (unless `auth_backoff` is longer).
+const MAX_AUTH_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What every connection task shares.
 struct Shared {
@@ -49,7 +54,10 @@ struct Shared {
     /// Limits before authentication: small, so strangers cannot make us allocate.
     handshake_limits: Limits,
     handshakes: Semaphore,
-    throttle: FailureThrottle,
+    /// Connections each source address (IPv6: /64) has before its first request.
+    handshakes_per_source: PerSource,
+    /// Shared with the classic HMAC echo (9999): one back-off per source for both.
+    throttle: Arc<FailureThrottle>,
     /// Cancelled when shutdown begins: stop accepting, finish requests in flight.
     stopping: CancellationToken,
 }
@@ -86,7 +94,11 @@ impl Server {
             info!("listening on {}", listener.local_addr()?);
             listeners.push(listener);
         }
-        let endpoints = endpoints::bind_all(&config, &backends)?;
+        let throttle = Arc::new(FailureThrottle::new(
+            config.auth_backoff,
+            config.auth_backoff.max(MAX_AUTH_BACKOFF),
+        ));
+        let endpoints = endpoints::bind_all(&config, &backends, &throttle)?;
         let metrics = bind_metrics(config.metrics_listen)?;
         let base = Limits::default().with_max_header_len(config.max_header_len);
         let shared = Shared {
@@ -96,7 +108,8 @@ impl Server {
                 .with_max_header_len(4096)
                 .with_default_body_limit(1024),
             handshakes: Semaphore::new(config.max_handshakes),
-            throttle: FailureThrottle::new(config.auth_failure_delay, Duration::from_secs(5)),
+            handshakes_per_source: PerSource::new(config.max_handshakes_per_source),
+            throttle,
             registry,
             stopping: CancellationToken::new(),
             config,

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
+use super::source::SourceSlot;
 use super::{Shared, Stream};
 use crate::auth;
 use crate::metrics::{Handshake, metrics};
@@ -16,6 +17,10 @@ use crate::services::{BodyMode, Peer, Request, Service, ServiceError, Session};
 use crate::wire::{
     Connection, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, Header, RemoteError, SharedWriter,
 };
+
+/// Answered `pong` by the session itself, whatever services the server runs: the cheapest
+/// first request, for a client that has nothing to ask yet but must confirm its session.
+const PING: &str = "ping";
 
 /// How long a parting error frame may take to send before we just close.
 const PARTING_GRACE: Duration = Duration::from_secs(1);
@@ -31,13 +36,12 @@ pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
         counted.socket_bytes_received.clone(),
         counted.socket_bytes_sent.clone(),
     );
-    if !handshake(&mut conn, peer, shared).await {
+    let Some(first) = handshake(&mut conn, peer, shared).await else {
         return;
-    }
-    conn.set_limits(shared.limits.clone());
+    };
     let mut session = Session::new(conn, peer);
     debug!(%peer, "session open");
-    match serve_requests(&mut session, shared).await {
+    match serve_requests(&mut session, first, shared).await {
         Ok(()) => debug!(%peer, "session closed"),
         Err(error) => {
             info!(%peer, %error, "closing connection");
@@ -48,18 +52,28 @@ pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
     }
 }
 
-/// Runs the handshake under its deadline. Failures are logged with the peer's address (never
-/// the secret) and answered, after a growing delay when the secret was wrong.
-async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> bool {
+/// Runs everything before a session counts as authenticated under the handshake deadline,
+/// and returns the client's first request. Failures are logged with the peer's address (never
+/// the secret) and answered at once.
+async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> Option<Header> {
+    let _source_slot = match admit(peer, shared) {
+        Ok(slot) => slot,
+        Err((outcome, refusal)) => {
+            metrics().handshake(outcome);
+            debug!(%peer, %refusal, "connection refused before its handshake");
+            part(&mut conn.writer, &refusal).await;
+            return None;
+        }
+    };
     let deadline = shared.config.handshake_timeout;
-    let attempt = timeout(deadline, async {
-        let _slot = shared.handshakes.acquire().await.expect("semaphore never closed");
-        auth::accept(conn, &shared.keys, shared.registry.features()).await
-    });
-    let error = match attempt.await {
-        Ok(Ok(())) => {
+    let attempt = tokio::select! {
+        attempt = timeout(deadline, authenticate(conn, peer, shared)) => attempt,
+        () = shared.stopping.cancelled() => return None,
+    };
+    let error = match attempt {
+        Ok(Ok(first)) => {
             metrics().handshake(Handshake::Ok);
-            return true;
+            return Some(first);
         }
         Ok(Err(error)) => error,
         Err(_) => {
@@ -67,31 +81,83 @@ async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> bool {
             debug!(%peer, "handshake not completed within {deadline:?}");
             let remote = RemoteError::new(
                 ErrorCode::Timeout,
-                format!("handshake not completed within {deadline:?}"),
+                format!("handshake (and first request) not completed within {deadline:?}"),
             );
             part(&mut conn.writer, &remote).await;
-            return false;
+            return None;
         }
     };
+    refuse(conn, peer, &error).await;
+    None
+}
+
+/// Refuses at once, before reading anything, a source that already holds its most
+/// connections in the handshake or is under back-off after failed authentications.
+fn admit(peer: Peer, shared: &Shared) -> Result<Option<SourceSlot>, (Handshake, RemoteError)> {
+    let Some(ip) = peer.ip() else {
+        // Unix sockets: local users, already vetted by the socket's permissions.
+        return Ok(None);
+    };
+    if let Err(left) = shared.throttle.admit(Some(ip)) {
+        return Err((Handshake::Throttled, auth::throttled_refusal(left)));
+    }
+    let busy = || {
+        RemoteError::new(
+            ErrorCode::Busy,
+            "too many connections from your address are still in their handshake; try again later",
+        )
+    };
+    let slot = shared
+        .handshakes_per_source
+        .try_acquire(ip)
+        .ok_or_else(|| (Handshake::Busy, busy()))?;
+    Ok(Some(slot))
+}
+
+/// The handshake proper, in one of the server's handshake slots, then the client's first
+/// request. Only that request proves the client holds the session keys (its first encrypted
+/// record decrypted): a replayed `hello` is answered, but never gets past this point.
+async fn authenticate(
+    conn: &mut Connection,
+    peer: Peer,
+    shared: &Shared,
+) -> Result<Header, auth::HandshakeError> {
+    let Ok(_slot) = shared.handshakes.acquire().await else {
+        return Err(auth::HandshakeError::Closed);
+    };
+    let attempt = auth::Attempt {
+        throttle: &shared.throttle,
+        source: peer.ip(),
+    };
+    auth::accept_throttled(conn, &shared.keys, shared.registry.features(), attempt).await?;
+    conn.set_limits(shared.limits.clone());
+    match conn.read_frame().await? {
+        Some(Frame::Header(first)) => Ok(first),
+        Some(Frame::Body(_)) => Err(FrameError::BadHeader("stray body bytes".into()).into()),
+        None => Err(auth::HandshakeError::Closed),
+    }
+}
+
+/// Counts and answers a failed handshake.
+async fn refuse(conn: &mut Connection, peer: Peer, error: &auth::HandshakeError) {
     metrics().handshake(match error {
         auth::HandshakeError::AuthFailed(_) => Handshake::AuthFailed,
+        auth::HandshakeError::Throttled(_) => Handshake::Throttled,
         auth::HandshakeError::Closed => Handshake::Closed,
         _ => Handshake::Refused,
     });
     if error.is_auth_failure() {
-        let delay = shared.throttle.record_failure(peer.ip());
-        warn!(%peer, delay_ms = delay.as_millis() as u64, "authentication failed");
-        tokio::time::sleep(delay).await;
+        warn!(%peer, "authentication failed");
     } else {
         debug!(%peer, %error, "handshake refused");
     }
     if let Some(remote) = error.to_remote() {
         part(&mut conn.writer, &remote).await;
     }
-    false
 }
 
-async fn serve_requests(session: &mut Session, shared: &Shared) -> Result<(), FrameError> {
+/// Serves `first` (read during the handshake), then every request after it.
+async fn serve_requests(session: &mut Session, first: Header, shared: &Shared) -> Result<(), FrameError> {
     let peer = session.peer;
     let idle = shared.config.idle_timeout;
     // One timer for the session, re-armed only when it fires early: a busy session pays no
@@ -101,7 +167,15 @@ async fn serve_requests(session: &mut Session, shared: &Shared) -> Result<(), Fr
     tokio::pin!(idle_timer);
     let mut last_service: Option<Arc<dyn Service>> = None;
     let closer = session.closer();
+    let mut read_ahead = Some(first);
     loop {
+        if let Some(header) = read_ahead.take() {
+            tokio::select! {
+                dispatched = dispatch(header, session, shared, &mut last_service) => dispatched?,
+                () = closer.cancelled() => return Ok(()),
+            }
+            last_request = Instant::now();
+        }
         let frame = tokio::select! {
             biased;
             () = shared.stopping.cancelled() => return Ok(()),
@@ -121,16 +195,11 @@ async fn serve_requests(session: &mut Session, shared: &Shared) -> Result<(), Fr
             }
             frame = session.reader.read_frame() => frame?,
         };
-        let header = match frame {
+        read_ahead = match frame {
             None => return Ok(()),
-            Some(Frame::Header(header)) => header,
+            Some(Frame::Header(header)) => Some(header),
             Some(Frame::Body(_)) => return Err(FrameError::BadHeader("stray body bytes".into())),
         };
-        tokio::select! {
-            dispatched = dispatch(header, session, shared, &mut last_service) => dispatched?,
-            () = closer.cancelled() => return Ok(()),
-        }
-        last_request = Instant::now();
     }
 }
 
@@ -149,6 +218,11 @@ async fn dispatch(
         && let Err(ServiceError::Connection(error)) = previous.flush(session).await
     {
         return Err(error);
+    }
+    if header.cmd() == PING {
+        skip_body(&mut session.reader).await?;
+        metrics().request("session", PING);
+        return session.writer.send(Header::new("pong").with_id(id), b"").await;
     }
     let Some((service, spec)) = found else {
         skip_body(&mut session.reader).await?;

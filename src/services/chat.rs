@@ -573,7 +573,7 @@ fn field<'a>(header: &'a Header, key: &str) -> Result<&'a str, ServiceError> {
         .ok_or_else(|| ServiceError::bad_request(format!("`{}` needs a `{key}` string", header.cmd())))
 }
 
-fn refusal(code: &str, message: impl Into<String>) -> ServiceError {
+fn refusal(code: &'static str, message: impl Into<String>) -> ServiceError {
     ServiceError::Reply(RemoteError::new(ErrorCode::Other(code.into()), message))
 }
 

@@ -780,8 +780,8 @@ fn bad_request(message: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorCode::BadRequest, message)
 }
 
-fn remote(code: &str, message: impl Into<String>) -> RemoteError {
-    RemoteError::new(ErrorCode::Other(code.to_owned()), message)
+fn remote(code: &'static str, message: impl Into<String>) -> RemoteError {
+    RemoteError::new(ErrorCode::Other(code.into()), message)
 }
 
 /// A file-system failure as the client should see it, naming the path.

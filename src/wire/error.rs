@@ -1,12 +1,14 @@
 //! What can go wrong on the wire, and the error message peers send each other.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
 use super::header::Header;
 
 /// The `code` of an error frame. Codes are stable snake_case strings; a code this build does not
-/// know (from a newer peer) is kept verbatim in [`ErrorCode::Other`].
+/// define is kept in [`ErrorCode::Other`]: a service's own code (text compiled into the server)
+/// or one read from a peer (a newer one, or a stranger's invention), which is owned text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     /// The bytes did not form a frame: bad length, bad JSON, missing `cmd`.
@@ -22,18 +24,32 @@ pub enum ErrorCode {
     /// The client asked for an encrypted session and the server runs with `--plaintext`.
     EncryptionUnavailable,
     AuthFailed,
+    /// Recent failed authentications from the client's address: it must wait before trying again.
+    AuthThrottled,
     /// A server limit (connections, handshakes, commands) is reached; try again later.
     Busy,
     Timeout,
     /// The service is disabled on this server (for example exec without `--allow-exec`).
     Disabled,
     Internal,
-    Other(String),
+    /// A service's own code (`not_found`, `name_taken`, ...) is `Cow::Borrowed` from the
+    /// program's text; a code read from a peer is `Cow::Owned`.
+    Other(Cow<'static, str>),
 }
 
 impl ErrorCode {
     pub fn as_str(&self) -> &str {
         match self {
+            ErrorCode::Other(code) => code,
+            known => known.static_name().unwrap_or("other"),
+        }
+    }
+
+    /// The name of a code this program chose, defined here or by a service; `None` for a code
+    /// read from a peer. Metrics label errors with it (and `other` for `None`), so the label
+    /// values are the names compiled into the server, whatever peers send.
+    pub fn static_name(&self) -> Option<&'static str> {
+        Some(match self {
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::HeaderTooLarge => "header_too_large",
             ErrorCode::BodyTooLarge => "body_too_large",
@@ -43,16 +59,18 @@ impl ErrorCode {
             ErrorCode::PlaintextRefused => "plaintext_refused",
             ErrorCode::EncryptionUnavailable => "encryption_unavailable",
             ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::AuthThrottled => "auth_throttled",
             ErrorCode::Busy => "busy",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Disabled => "disabled",
             ErrorCode::Internal => "internal",
-            ErrorCode::Other(code) => code,
-        }
+            ErrorCode::Other(Cow::Borrowed(name)) => name,
+            ErrorCode::Other(Cow::Owned(_)) => return None,
+        })
     }
 
     pub fn parse(code: &str) -> ErrorCode {
-        const KNOWN: [ErrorCode; 13] = [
+        const KNOWN: [ErrorCode; 14] = [
             ErrorCode::BadFrame,
             ErrorCode::HeaderTooLarge,
             ErrorCode::BodyTooLarge,
@@ -62,6 +80,7 @@ impl ErrorCode {
             ErrorCode::PlaintextRefused,
             ErrorCode::EncryptionUnavailable,
             ErrorCode::AuthFailed,
+            ErrorCode::AuthThrottled,
             ErrorCode::Busy,
             ErrorCode::Timeout,
             ErrorCode::Disabled,
@@ -70,7 +89,7 @@ impl ErrorCode {
         KNOWN
             .into_iter()
             .find(|known| known.as_str() == code)
-            .unwrap_or_else(|| ErrorCode::Other(code.to_owned()))
+            .unwrap_or_else(|| ErrorCode::Other(Cow::Owned(code.to_owned())))
     }
 }
 
@@ -154,6 +173,12 @@ mod tests {
             assert_eq!(ErrorCode::parse(code).as_str(), code);
         }
         assert_eq!(ErrorCode::parse("x"), ErrorCode::Other("x".into()));
+        assert_eq!(ErrorCode::parse("x").static_name(), None);
+        assert_eq!(
+            ErrorCode::Other("not_found".into()).static_name(),
+            Some("not_found")
+        );
+        assert_eq!(ErrorCode::AuthThrottled.static_name(), Some("auth_throttled"));
     }
 
     #[test]

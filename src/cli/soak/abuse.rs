@@ -1,17 +1,22 @@
 //! Adversaries straight at the server (no proxy): slowloris connections trickling a handshake
-//! one byte at a time, a flood of connections opened and closed, and wrong-secret attempts from
-//! the same address as a correct client; with probes measuring what a normal client sees.
+//! one byte at a time, a flood of connections opened and closed, and wrong-secret attempts;
+//! with probes measuring what a normal client sees. Slowloris and the guesser connect from
+//! their own loopback addresses, as real attackers come from theirs: the server's per-source
+//! limits (handshake slots, failure back-off) must stop them without touching the probes on
+//! 127.0.0.1.
 
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::RngExt;
 use sockit::auth::{self, AuthMode, HandshakeError, SessionKeys};
-use sockit::wire::{Connection, Limits};
-use sockit::{Client, ClientConfig, ClientError, Secret};
+use sockit::wire::{Connection, ErrorCode, FrameError, Limits};
+use sockit::{Client, ClientConfig, Secret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
 use super::super::bench::new_histogram;
@@ -19,6 +24,22 @@ use super::Tally;
 
 /// Pause between two trickled bytes.
 const TRICKLE_EVERY: Duration = Duration::from_millis(300);
+/// Where slowloris connects from.
+const SLOWLORIS_FROM: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// Where the wrong secrets come from.
+const GUESSER_FROM: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+/// A TCP connection to `server` (an IPv4 `IP:PORT`) from `source`.
+async fn connect_from(source: IpAddr, server: &str) -> io::Result<TcpStream> {
+    let server: SocketAddr = server
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
 
 /// The first bytes a real client sends: its hello frame, captured off an in-memory pipe.
 async fn client_hello() -> Vec<u8> {
@@ -50,7 +71,7 @@ pub async fn slowloris(server: String, count: usize, until: Instant, tally: Arc<
             // Spread the opening over a second, as a real attacker ramps up.
             tokio::time::sleep(Duration::from_millis((n % 1000) as u64)).await;
             while Instant::now() < until {
-                let Ok(mut stream) = TcpStream::connect(&server).await else {
+                let Ok(mut stream) = connect_from(SLOWLORIS_FROM, &server).await else {
                     tally.add("slowloris: connect failed", 1);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -69,6 +90,8 @@ pub async fn slowloris(server: String, count: usize, until: Instant, tally: Arc<
                 if let Ok(Ok(_)) = tokio::time::timeout(left, stream.read(&mut sink)).await {
                     tally.add("slowloris: reaped by the server", 1);
                 }
+                // Refused at once (its address is at its handshake cap): do not spin.
+                tokio::time::sleep(TRICKLE_EVERY).await;
             }
         });
     }
@@ -136,17 +159,27 @@ pub async fn echo_probe(
 pub struct AuthAbuse {
     pub attempts: u64,
     pub elapsed: Duration,
-    /// Refusals that came back within the attacker's patience.
-    pub answered: u64,
-    /// Attempts that got no answer in time: the server was holding its refusal back.
+    /// Wrong secrets the server checked (answered `auth_failed`): the guesses that counted.
+    pub checked: u64,
+    /// Attempts refused at once, unchecked: the address was under back-off or at its cap.
+    pub refused: u64,
+    /// Attempts that got no answer in time.
     pub held_back: u64,
-    /// Fresh sessions (handshake + echo) a correct client opened meanwhile.
+    /// Fresh sessions (handshake + echo) a correct client on another address opened meanwhile.
     pub correct: Histogram<u64>,
 }
 
-/// `attempts` wrong-secret handshakes, `parallel` at a time, each waiting `patience` for the
-/// refusal; meanwhile a correct client from the same address opens a fresh session every
-/// 100 ms and echoes once.
+/// How one wrong-secret attempt ended.
+enum Guess {
+    Checked,
+    Refused,
+    HeldBack,
+    Other,
+}
+
+/// `attempts` wrong-secret handshakes from [`GUESSER_FROM`], `parallel` at a time, each
+/// waiting `patience` for the answer; meanwhile a correct client on 127.0.0.1 opens a fresh
+/// session every 100 ms and echoes once.
 pub async fn wrong_secrets(
     server: String,
     config: ClientConfig,
@@ -155,9 +188,10 @@ pub async fn wrong_secrets(
     patience: Duration,
     tally: Arc<Tally>,
 ) -> AuthAbuse {
-    let mut wrong = config.clone();
-    wrong.secret = Secret::generate();
-    wrong.connect_timeout = patience;
+    let wrong = Arc::new(SessionKeys::new(
+        Secret::generate(),
+        AuthMode::from_plaintext(config.plaintext),
+    ));
     let begin = Instant::now();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let probe = tokio::spawn(correct_client(
@@ -171,32 +205,55 @@ pub async fn wrong_secrets(
         let (server, wrong) = (server.clone(), wrong.clone());
         let share = attempts / parallel + u64::from(lane < attempts % parallel);
         set.spawn(async move {
-            let (mut answered, mut held_back) = (0, 0);
+            let mut counts = [0u64; 3];
             for _ in 0..share {
-                match Client::connect(&server, &wrong).await {
-                    Err(ClientError::Handshake(HandshakeError::AuthFailed(_))) => answered += 1,
-                    Err(ClientError::Timeout(_)) => held_back += 1,
-                    // Anything else (refused, reset) is neither; the caller reports the gap.
-                    _ => {}
+                match guess(&server, &wrong, patience).await {
+                    Guess::Checked => counts[0] += 1,
+                    Guess::Refused => counts[1] += 1,
+                    Guess::HeldBack => counts[2] += 1,
+                    // Anything else (reset, closed) is none of these; the report shows the gap.
+                    Guess::Other => {}
                 }
             }
-            (answered, held_back)
+            counts
         });
     }
-    let (mut answered, mut held_back) = (0, 0);
-    for (a, h) in set.join_all().await {
-        answered += a;
-        held_back += h;
+    let mut totals = [0u64; 3];
+    for counts in set.join_all().await {
+        totals.iter_mut().zip(counts).for_each(|(total, n)| *total += n);
     }
     let elapsed = begin.elapsed();
     done.store(true, std::sync::atomic::Ordering::Release);
     let correct = probe.await.unwrap_or_else(|_| new_histogram());
+    let [checked, refused, held_back] = totals;
     AuthAbuse {
         attempts,
         elapsed,
-        answered,
+        checked,
+        refused,
         held_back,
         correct,
+    }
+}
+
+/// One handshake with a wrong secret from [`GUESSER_FROM`].
+async fn guess(server: &str, keys: &SessionKeys, patience: Duration) -> Guess {
+    let attempt = async {
+        let stream = connect_from(GUESSER_FROM, server)
+            .await
+            .map_err(FrameError::from)?;
+        let mut conn = Connection::tcp(stream, Limits::default());
+        auth::connect(&mut conn, keys).await
+    };
+    match tokio::time::timeout(patience, attempt).await {
+        Ok(Err(HandshakeError::AuthFailed(_))) => Guess::Checked,
+        Ok(Err(HandshakeError::Refused(error)))
+            if matches!(error.code, ErrorCode::AuthThrottled | ErrorCode::Busy) =>
+        {
+            Guess::Refused
+        }
+        Err(_) => Guess::HeldBack,
+        Ok(_) => Guess::Other,
     }
 }
 

@@ -18,10 +18,13 @@
 //! `hmac.compare_digest`, close on a mismatch, then upper echo. The course's `recv(16)` may
 //! return part of the digest, and a client that never answers holds its (only) server
 //! forever; here the 16 bytes are read whole within the handshake timeout, the comparison is
-//! constant-time, and every refusal is logged with the peer's address. The key is the server's
-//! secret as text (see [`HmacEcho`]).
+//! constant-time, and every refusal is logged with the peer's address. Failures share the
+//! native handshake's back-off per source address: a source under back-off is closed at once,
+//! before its challenge, so guessing here is no faster than on the native port. The key is the
+//! server's secret as text (see [`HmacEcho`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,10 +32,10 @@ use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{MAX_DATAGRAM, READ_CHUNK, cut};
-use crate::auth::Secret;
+use crate::auth::{FailureThrottle, Secret};
 use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::echo::upper;
 
@@ -83,13 +86,16 @@ pub struct HmacEcho {
     secret: Secret,
     /// How long the client has to answer the challenge.
     answer_timeout: Duration,
+    /// The server's failed-authentication back-off, shared with the native handshake.
+    throttle: Arc<FailureThrottle>,
 }
 
 impl HmacEcho {
-    pub fn new(secret: Secret, answer_timeout: Duration) -> HmacEcho {
+    pub fn new(secret: Secret, answer_timeout: Duration, throttle: Arc<FailureThrottle>) -> HmacEcho {
         HmacEcho {
             secret,
             answer_timeout,
+            throttle,
         }
     }
 
@@ -100,8 +106,9 @@ impl HmacEcho {
         mac
     }
 
-    /// Sends a challenge and checks the answer; the reason when the client fails.
-    async fn authenticate(&self, stream: &mut ServiceStream) -> Result<(), String> {
+    /// Sends a challenge and checks the answer; the reason when the client fails. A source
+    /// that came under back-off meanwhile is refused before its answer is checked.
+    async fn authenticate(&self, stream: &mut ServiceStream, peer: SocketAddr) -> Result<(), String> {
         let challenge: [u8; CHALLENGE_LEN] = rand::random();
         stream
             .write_all(&challenge)
@@ -113,16 +120,31 @@ impl HmacEcho {
             Ok(Err(error)) => return Err(format!("no complete answer: {error}")),
             Ok(Ok(_)) => {}
         }
-        self.expected(&challenge)
-            .verify_slice(&answer)
-            .map_err(|_| "wrong answer (another key, or not the course's HMAC-MD5)".to_owned())
+        self.admit(peer)?;
+        self.expected(&challenge).verify_slice(&answer).map_err(|_| {
+            let backoff = self.throttle.record_failure(Some(peer.ip()));
+            format!(
+                "wrong answer (another key, or not the course's HMAC-MD5); address under back-off for {backoff:?}"
+            )
+        })
+    }
+
+    fn admit(&self, peer: SocketAddr) -> Result<(), String> {
+        self.throttle.admit(Some(peer.ip())).map_err(|left| {
+            format!("recent failed authentications from this address; answer not checked ({left:?} left)")
+        })
     }
 }
 
 #[async_trait]
 impl StreamService for HmacEcho {
     async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) -> std::io::Result<()> {
-        if let Err(reason) = self.authenticate(&mut stream).await {
+        if let Err(left) = self.throttle.admit(Some(peer.ip())) {
+            // Quietly: a guesser hammering away must not flood the log.
+            debug!(service = "classic-hmac-echo", %peer, "address under back-off ({left:?} left); closed at once");
+            return Ok(());
+        }
+        if let Err(reason) = self.authenticate(&mut stream, peer).await {
             warn!(service = "classic-hmac-echo", %peer, "authentication refused: {reason}; connection closed");
             return Ok(());
         }

@@ -26,7 +26,7 @@ use super::exec::{TcpExec, UdpExec};
 use super::ftp::Ftp;
 use super::greeting::{Greeting, WELCOME, greet};
 use super::{MAX_DATAGRAM, MAX_HEADER_LEN};
-use crate::auth::Secret;
+use crate::auth::{FailureThrottle, Secret};
 use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::echo::upper;
 use crate::services::exec::{ExecConfig, Runner};
@@ -61,7 +61,7 @@ pub fn check_classic_echo(data: &[u8]) {
             );
         }
         2 => {
-            let service = HmacEcho::new(secret, Duration::from_secs(5));
+            let service = HmacEcho::new(secret, Duration::from_secs(5), no_backoff());
             let output = converse(&service, input);
             assert_eq!(
                 output.len(),
@@ -70,7 +70,7 @@ pub fn check_classic_echo(data: &[u8]) {
             );
         }
         _ => {
-            let service = &HmacEcho::new(secret, Duration::from_secs(5));
+            let service = &HmacEcho::new(secret, Duration::from_secs(5), no_backoff());
             let output = block_on(session(service, |mut client: TcpStream| async move {
                 let mut challenge = [0; CHALLENGE_LEN];
                 client.read_exact(&mut challenge).await.expect("a challenge");
@@ -355,6 +355,11 @@ fn fuzz_dir() -> tempfile::TempDir {
     .expect("a temporary directory")
 }
 
+/// A failure throttle that never refuses: each fuzz input is a fresh attempt.
+fn no_backoff() -> Arc<FailureThrottle> {
+    Arc::new(FailureThrottle::new(Duration::ZERO, Duration::ZERO))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,7 +388,7 @@ mod tests {
         assert_eq!(converse(&Greeting, b"alice"), b"Welcome!Hello, alice!");
         assert_eq!(converse(&UpperEcho, b"abc"), b"ABC");
         let secret = Secret::from_text("fuzzing-secret").unwrap();
-        let hmac = HmacEcho::new(secret, Duration::from_secs(5));
+        let hmac = HmacEcho::new(secret, Duration::from_secs(5), no_backoff());
         assert_eq!(converse(&hmac, &[0; 16]).len(), CHALLENGE_LEN);
     }
 }
