@@ -27,6 +27,7 @@ pub mod files;
 pub mod fuzzing;
 pub mod root;
 pub mod time;
+pub mod tree;
 
 /// How a command's body reaches its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,9 +207,11 @@ impl Backends {
                 format!("file root {}: {e}", config.files.root.display()),
             )
         })?;
+        let files = Arc::new(files);
+        files.start_expiry();
         Ok(Backends {
             exec: Arc::new(exec::Runner::new(config.exec.clone())),
-            files: Arc::new(files),
+            files,
         })
     }
 }

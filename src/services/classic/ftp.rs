@@ -115,15 +115,18 @@ impl Ftp {
             .as_u64()
             .ok_or_else(|| refuse(format!("`filesize` {size} is not a whole number of bytes")))?;
         let path = base_name(filename).map_err(refuse)?;
-        let _claim = self.store.claim(&path).map_err(|e| refuse(e.message))?;
-        self.store
-            .check_room(&path, size)
+        let (claim, partial) = self
+            .store
+            .blocking(move |store| {
+                let mut claim = store.reserve(&path, size, true)?;
+                let file = store.open_upload(&mut claim)?;
+                file.set_len(0).map_err(|e| io_error(claim.path(), e))?;
+                Ok((claim, file))
+            })
+            .await
             .map_err(|e| refuse(e.message))?;
+        let path = claim.path().clone();
         let root = self.store.root();
-        let partial = root
-            .open_partial(&path)
-            .and_then(|file| file.set_len(0).map(|()| file))
-            .map_err(|e| refuse(io_error(&path, e).message))?;
         let mut file = tokio::fs::File::from_std(partial);
         let received = receive(stream, &mut file, size).await;
         let file = file.into_std().await;
