@@ -374,8 +374,9 @@ impl FileRoot {
         Ok(usage.total)
     }
 
-    /// Removes the partial uploads last written before `cutoff`, except those in `skip`
-    /// (uploads in progress); returns how many went.
+    /// Removes the partial uploads last changed before `cutoff`, except those in `skip`
+    /// (uploads in progress); returns how many went. The change time, not the modification
+    /// time: `-p` sets a partial's mtime to the sender's, however old, before it is renamed.
     pub fn expire_partials(&self, cutoff: SystemTime, skip: &HashSet<(u64, u64)>) -> io::Result<u64> {
         let mut expiry = Expiry {
             cutoff: cutoff
@@ -417,7 +418,7 @@ struct Expiry<'a> {
 impl tree::Visitor for Expiry<'_> {
     fn entry(&mut self, dir: &OwnedFd, name: &CStr, stat: &Stat) -> io::Result<()> {
         let partial = name.to_bytes().ends_with(PARTIAL_SUFFIX.as_bytes());
-        if partial && stat.st_mtime < self.cutoff && !self.skip.contains(&(stat.st_dev, stat.st_ino)) {
+        if partial && stat.st_ctime < self.cutoff && !self.skip.contains(&(stat.st_dev, stat.st_ino)) {
             match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
                 Ok(()) => self.removed += 1,
                 Err(rustix::io::Errno::NOENT) => {}
@@ -475,6 +476,31 @@ mod tests {
             let error = RootPath::parse(bad).unwrap_err();
             assert!(!error.contains('\0') && !error.contains('\x1b'), "{error}");
         }
+    }
+
+    #[test]
+    fn a_name_joined_to_the_root_stays_relative() {
+        let top = RootPath::parse("").unwrap().join("dir").unwrap();
+        assert_eq!(top.as_str(), "dir");
+        assert_eq!(top.join("f").unwrap().as_str(), "dir/f");
+    }
+
+    #[test]
+    fn listings_come_in_pages_after_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = FileRoot::open(dir.path()).unwrap();
+        for name in ["c", "a", "e", "b", "d", ".a.sockit-part"] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let names = |(entries, more): (Vec<Entry>, bool)| {
+            let names: Vec<String> = entries.into_iter().map(|e| e.name).collect();
+            (names.join(""), more)
+        };
+        let top = RootPath::parse("").unwrap();
+        assert_eq!(names(root.list(&top, "", 2).unwrap()), ("ab".into(), true));
+        assert_eq!(names(root.list(&top, "b", 2).unwrap()), ("cd".into(), true));
+        assert_eq!(names(root.list(&top, "d", 2).unwrap()), ("e".into(), false));
+        assert_eq!(names(root.list(&top, "", 5).unwrap()), ("abcde".into(), false));
     }
 
     #[test]

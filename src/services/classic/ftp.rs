@@ -126,7 +126,6 @@ impl Ftp {
             .await
             .map_err(|e| refuse(e.message))?;
         let path = claim.path().clone();
-        let root = self.store.root();
         let mut file = tokio::fs::File::from_std(partial);
         let received = receive(stream, &mut file, size).await;
         let file = file.into_std().await;
@@ -140,7 +139,10 @@ impl Ftp {
             Err(error) => Err(refuse(io_error(&path, error).message)),
         };
         if stored.is_err() {
-            let _ = root.remove_partial(&path);
+            let _ = self
+                .store
+                .blocking(move |store| Ok(store.root().remove_partial(&path)))
+                .await;
         } else {
             info!(service = "classic-ftp", %peer, %path, size, "stored");
         }
@@ -162,20 +164,19 @@ impl Ftp {
     }
 
     async fn get(&self, stream: &mut ServiceStream, filename: &str, peer: SocketAddr) -> Result<(), Refusal> {
-        let opened = RootPath::parse(filename)
-            .and_then(|path| match path.is_root() {
-                true => Err("no filename".to_owned()),
-                false => Ok(path),
-            })
-            .and_then(|path| {
-                let file = self
-                    .store
-                    .root()
-                    .open_file(&path)
-                    .map_err(|e| io_error(&path, e).message)?;
-                let size = file.metadata().map_err(|e| io_error(&path, e).message)?.len();
-                Ok((path, file, size))
-            });
+        let opened = match RootPath::parse(filename) {
+            Ok(path) if path.is_root() => Err("no filename".to_owned()),
+            Ok(path) => self
+                .store
+                .blocking(move |store| {
+                    let file = store.root().open_file(&path).map_err(|e| io_error(&path, e))?;
+                    let size = file.metadata().map_err(|e| io_error(&path, e))?.len();
+                    Ok((path, file, size))
+                })
+                .await
+                .map_err(|e| e.message),
+            Err(error) => Err(error),
+        };
         let (path, file, size) = match opened {
             Ok(opened) => opened,
             Err(error) => {
