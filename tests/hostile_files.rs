@@ -28,7 +28,14 @@ fn file_server(extra: &[&str]) -> (ServerProcess, PathBuf) {
 
 /// An authenticated connection speaking frames directly.
 async fn raw(server: &ServerProcess) -> Connection {
-    let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    raw_from(server, "127.0.0.1").await
+}
+
+/// [`raw`] from another loopback address.
+async fn raw_from(server: &ServerProcess, local: &str) -> Connection {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(server.addr.parse().unwrap()).await.unwrap();
     let mut conn = Connection::tcp(stream, Limits::default());
     auth::connect(&mut conn, &SessionKeys::new(server.secret(), AuthMode::Noise))
         .await
@@ -88,9 +95,28 @@ fn wait_until(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
+/// Asks for `count` uploads, one at a time; the outcome of each.
+async fn ask_uploads(conn: &mut Connection, prefix: &str, count: u64) -> Vec<String> {
+    let mut outcomes = Vec::new();
+    for id in 1..=count {
+        conn.send(streamed_put(id, &format!("{prefix}{id}"), 10), b"")
+            .await
+            .unwrap();
+        outcomes.push(outcome(&answer(conn).await));
+    }
+    outcomes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_uploads_are_bounded_per_connection_and_per_server() {
-    let (server, _root) = file_server(&["--uploads-max-per-connection", "4", "--uploads-max-total", "6"]);
+async fn open_uploads_are_bounded_per_connection_per_source_and_per_server() {
+    let (server, _root) = file_server(&[
+        "--uploads-max-per-connection",
+        "4",
+        "--uploads-max-per-source",
+        "6",
+        "--uploads-max-total",
+        "8",
+    ]);
     let mut hog = raw(&server).await;
     for id in 1..=50u64 {
         hog.writer
@@ -109,28 +135,29 @@ async fn open_uploads_are_bounded_per_connection_and_per_server() {
         .await
         .unwrap();
     assert_eq!(answer(&mut hog).await.body.as_ref(), b"STILL HERE");
-    // Another connection gets what is left of the server's bound, then `busy`.
-    let mut other = raw(&server).await;
-    for id in 1..=3u64 {
-        other
-            .send(streamed_put(id, &format!("q{id}"), 10), b"")
-            .await
-            .unwrap();
-        let expected = if id <= 2 { "put_ready" } else { "busy" };
-        assert_eq!(outcome(&answer(&mut other).await), expected);
-    }
+    // A second connection from the same address gets what is left of the address's bound...
+    let mut same_source = raw(&server).await;
+    assert_eq!(
+        ask_uploads(&mut same_source, "q", 3).await,
+        ["put_ready", "put_ready", "busy"]
+    );
+    // ... another address what is left of the server's.
+    let mut elsewhere = raw_from(&server, "127.0.0.2").await;
+    assert_eq!(
+        ask_uploads(&mut elsewhere, "r", 3).await,
+        ["put_ready", "put_ready", "busy"]
+    );
     server.assert_serving().await;
     // Ending a connection gives its slots back.
     drop(hog);
-    let mut third = raw(&server).await;
     let deadline = Instant::now() + PATIENCE;
     let mut id = 1;
     loop {
-        third
-            .send(streamed_put(id, &format!("r{id}"), 10), b"")
+        same_source
+            .send(streamed_put(100 + id, &format!("s{id}"), 10), b"")
             .await
             .unwrap();
-        if outcome(&answer(&mut third).await) == "put_ready" {
+        if outcome(&answer(&mut same_source).await) == "put_ready" {
             break;
         }
         assert!(Instant::now() < deadline, "slots never came back");

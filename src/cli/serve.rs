@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// Uploads one connection may have in progress at once (each holds a file open) [default: 16]
     #[arg(long, value_name = "N")]
     uploads_max_per_connection: Option<usize>,
+    /// Uploads in progress at once from one address (IPv6: one /64) [default: 64]
+    #[arg(long, value_name = "N")]
+    uploads_max_per_source: Option<usize>,
     /// Uploads in progress at once on the whole server [default: 1024]
     #[arg(long, value_name = "N")]
     uploads_max_total: Option<usize>,
@@ -176,6 +179,7 @@ impl ServeArgs {
             root: self.root.clone(),
             quota: self.quota,
             uploads_max_per_connection: self.uploads_max_per_connection,
+            uploads_max_per_source: self.uploads_max_per_source,
             uploads_max_total: self.uploads_max_total,
             partial_max_age: self.partial_max_age,
             time_listen: self.time_listen,

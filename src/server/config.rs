@@ -128,6 +128,7 @@ pub struct FileConfig {
     pub root: Option<PathBuf>,
     pub quota: Option<u64>,
     pub uploads_max_per_connection: Option<usize>,
+    pub uploads_max_per_source: Option<usize>,
     pub uploads_max_total: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub partial_max_age: Option<Duration>,
@@ -177,6 +178,7 @@ impl FileConfig {
             &mut files.max_uploads_per_connection,
             self.uploads_max_per_connection,
         );
+        set(&mut files.max_uploads_per_source, self.uploads_max_per_source);
         set(&mut files.max_uploads_total, self.uploads_max_total);
         set(&mut files.partial_max_age, self.partial_max_age);
         let listens = [

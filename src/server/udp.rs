@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use super::stream::ServiceShutdown;
 use crate::metrics::{Datagram, metrics};
+use crate::services::source_key;
 
 /// Replies per second each source may receive, once its burst is spent.
 pub const REPLIES_PER_SECOND: f64 = 20.0;
@@ -148,18 +149,6 @@ impl Bucket {
         }
         self.tokens -= 1.0;
         true
-    }
-}
-
-/// What the rate limit counts a source as: IPv4 addresses (also IPv4-mapped IPv6 ones)
-/// alone, IPv6 addresses by their /64.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
-        },
     }
 }
 

@@ -22,6 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -68,6 +69,9 @@ pub struct FilesConfig {
     pub quota: Option<u64>,
     /// Streamed uploads (each holding a file open) one connection may have at once.
     pub max_uploads_per_connection: usize,
+    /// Streamed uploads open at once from one source address (IPv6: one /64), every
+    /// connection and protocol counted.
+    pub max_uploads_per_source: usize,
     /// Streamed uploads open at once on the whole server, every protocol counted.
     pub max_uploads_total: usize,
     /// The partial file of an upload nobody has written to for this long is removed.
@@ -81,6 +85,7 @@ impl Default for FilesConfig {
             root: data.join("sockit").join("files"),
             quota: None,
             max_uploads_per_connection: 16,
+            max_uploads_per_source: 64,
             max_uploads_total: 1024,
             partial_max_age: Duration::from_secs(24 * 3600),
         }
@@ -109,8 +114,42 @@ struct InProgress {
     /// The running uploads' partial files (device, inode): counted by their reservation, never
     /// expired.
     partials: HashSet<(u64, u64)>,
-    /// Uploads holding a partial file open.
+    /// Uploads holding a partial file open, in all and by source (see [`super::Peer::source`]).
     open: usize,
+    open_by_source: HashMap<Option<IpAddr>, usize>,
+}
+
+impl InProgress {
+    /// Takes a slot among the open uploads for `source`; `busy` at either bound.
+    fn open_slot(&mut self, source: Option<IpAddr>, config: &FilesConfig) -> Result<(), RemoteError> {
+        let from_source = self.open_by_source.get(&source).copied().unwrap_or(0);
+        let full = if self.open >= config.max_uploads_total {
+            format!("the server has {} uploads in progress", config.max_uploads_total)
+        } else if from_source >= config.max_uploads_per_source {
+            format!(
+                "your address has {} uploads in progress",
+                config.max_uploads_per_source
+            )
+        } else {
+            self.open += 1;
+            self.open_by_source.insert(source, from_source + 1);
+            return Ok(());
+        };
+        Err(RemoteError::new(
+            ErrorCode::Busy,
+            format!("{full}; try again later"),
+        ))
+    }
+
+    fn close_slot(&mut self, source: Option<IpAddr>) {
+        self.open = self.open.saturating_sub(1);
+        if let Some(count) = self.open_by_source.get_mut(&source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.open_by_source.remove(&source);
+            }
+        }
+    }
 }
 
 impl FileStore {
@@ -210,26 +249,20 @@ impl FileStore {
             path: path.clone(),
             reserved: 0,
             partial: None,
-            holds_slot: false,
+            slot: None,
             uploads: self.uploads.clone(),
         })
     }
 
     /// Opens the partial file of a claimed upload (kept, for resuming, if present), within the
-    /// server's bound on open uploads (`busy` at the bound). Blocking.
-    pub fn open_upload(&self, claim: &mut Claim) -> Result<std::fs::File, RemoteError> {
-        let max = self.config.max_uploads_total;
-        {
-            let mut running = self.in_progress();
-            if running.open >= max {
-                return Err(RemoteError::new(
-                    ErrorCode::Busy,
-                    format!("the server has {max} uploads in progress; try again later"),
-                ));
-            }
-            running.open += 1;
-            claim.holds_slot = true;
-        }
+    /// bounds on open uploads from one source and on the server (`busy` at a bound). Blocking.
+    pub fn open_upload(
+        &self,
+        claim: &mut Claim,
+        source: Option<IpAddr>,
+    ) -> Result<std::fs::File, RemoteError> {
+        self.in_progress().open_slot(source, &self.config)?;
+        claim.slot = Some(source);
         let path = claim.path.clone();
         let file = self.root.open_partial(&path).map_err(|e| io_error(&path, e))?;
         let stat = rustix::fs::fstat(&file).map_err(|e| io_error(&path, e.into()))?;
@@ -390,7 +423,8 @@ pub struct Claim {
     path: RootPath,
     reserved: u64,
     partial: Option<(u64, u64)>,
-    holds_slot: bool,
+    /// The source whose open-upload slot this upload holds, once it holds one.
+    slot: Option<Option<IpAddr>>,
     uploads: Arc<Mutex<InProgress>>,
 }
 
@@ -414,8 +448,8 @@ impl Drop for Claim {
         if let Some(partial) = &self.partial {
             running.partials.remove(partial);
         }
-        if self.holds_slot {
-            running.open = running.open.saturating_sub(1);
+        if let Some(source) = self.slot {
+            running.close_slot(source);
         }
     }
 }
@@ -647,7 +681,7 @@ impl Files {
         if args.blake3.is_none() {
             self.check_connection_bound(session)?;
         }
-        let (size, force) = (args.size, args.force);
+        let (size, force, source) = (args.size, args.force, session.peer.source());
         let claim = self
             .store
             .blocking(move |store| store.reserve(&path, size, force))
@@ -659,7 +693,7 @@ impl Files {
             .store
             .blocking(move |store| {
                 let mut claim = claim;
-                let file = store.open_upload(&mut claim)?;
+                let file = store.open_upload(&mut claim, source)?;
                 Ok((claim, file))
             })
             .await?;

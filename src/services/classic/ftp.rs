@@ -35,6 +35,7 @@ use super::{HeaderError, READ_CHUNK, header_bytes, read_header, shown};
 use crate::server::{ServiceStream, StreamService};
 use crate::services::files::{FileStore, io_error};
 use crate::services::root::RootPath;
+use crate::services::source_key;
 
 /// A request header, as loose as the course's: only `cmd` is always needed.
 #[derive(Deserialize)]
@@ -119,7 +120,7 @@ impl Ftp {
             .store
             .blocking(move |store| {
                 let mut claim = store.reserve(&path, size, true)?;
-                let file = store.open_upload(&mut claim)?;
+                let file = store.open_upload(&mut claim, Some(source_key(peer.ip())))?;
                 file.set_len(0).map_err(|e| io_error(claim.path(), e))?;
                 Ok((claim, file))
             })
