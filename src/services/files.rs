@@ -989,14 +989,15 @@ pub async fn hash_prefix(file: &mut File, len: u64, hasher: &mut blake3::Hasher)
     let mut buf = vec![0u8; CHUNK];
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
-        let n = file.read(&mut buf[..want]).await?;
+        let window = buf.get_mut(..want).unwrap_or_default();
+        let n = file.read(window).await?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "file shorter than expected",
             ));
         }
-        hasher.update(&buf[..n]);
+        hasher.update(window.get(..n).unwrap_or_default());
         remaining -= n as u64;
     }
     Ok(())
