@@ -275,11 +275,11 @@ impl FileStore {
     /// Removes the partial files of abandoned uploads (not written for `partial_max_age`).
     /// Blocking.
     pub fn expire_partials(&self) -> io::Result<u64> {
-        let skip = self.in_progress().partials.clone();
         let cutoff = SystemTime::now()
             .checked_sub(self.config.partial_max_age)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        self.root.expire_partials(cutoff, &skip)
+        let in_use = |partial| self.in_progress().partials.contains(&partial);
+        self.root.expire_partials(cutoff, &in_use)
     }
 
     /// Expires abandoned partial files now and then every quarter of their maximum age

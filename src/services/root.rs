@@ -374,15 +374,20 @@ impl FileRoot {
         Ok(usage.total)
     }
 
-    /// Removes the partial uploads last changed before `cutoff`, except those in `skip`
-    /// (uploads in progress); returns how many went. The change time, not the modification
+    /// Removes the partial uploads last changed before `cutoff`, except those `in_use` says
+    /// an upload holds (asked as each is found, since a walk may take a while and an upload
+    /// may resume an old partial meanwhile); returns how many went. The change time, not the modification
     /// time: `-p` sets a partial's mtime to the sender's, however old, before it is renamed.
-    pub fn expire_partials(&self, cutoff: SystemTime, skip: &HashSet<(u64, u64)>) -> io::Result<u64> {
+    pub fn expire_partials(
+        &self,
+        cutoff: SystemTime,
+        in_use: &dyn Fn((u64, u64)) -> bool,
+    ) -> io::Result<u64> {
         let mut expiry = Expiry {
             cutoff: cutoff
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
-            skip,
+            in_use,
             removed: 0,
         };
         tree::walk(
@@ -411,14 +416,14 @@ impl tree::Visitor for Usage<'_> {
 /// Removes old partial files for [`FileRoot::expire_partials`].
 struct Expiry<'a> {
     cutoff: i64,
-    skip: &'a HashSet<(u64, u64)>,
+    in_use: &'a dyn Fn((u64, u64)) -> bool,
     removed: u64,
 }
 
 impl tree::Visitor for Expiry<'_> {
     fn entry(&mut self, dir: &OwnedFd, name: &CStr, stat: &Stat) -> io::Result<()> {
         let partial = name.to_bytes().ends_with(PARTIAL_SUFFIX.as_bytes());
-        if partial && stat.st_ctime < self.cutoff && !self.skip.contains(&(stat.st_dev, stat.st_ino)) {
+        if partial && stat.st_ctime < self.cutoff && !(self.in_use)((stat.st_dev, stat.st_ino)) {
             match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
                 Ok(()) => self.removed += 1,
                 Err(rustix::io::Errno::NOENT) => {}
