@@ -83,6 +83,18 @@ pub struct ServeArgs {
     /// Most bytes the file root may hold; larger uploads are refused before they start
     #[arg(long, value_name = "BYTES")]
     quota: Option<u64>,
+    /// Uploads one connection may have in progress at once (each holds a file open) [default: 16]
+    #[arg(long, value_name = "N")]
+    uploads_max_per_connection: Option<usize>,
+    /// Uploads in progress at once from one address (IPv6: one /64) [default: 64]
+    #[arg(long, value_name = "N")]
+    uploads_max_per_source: Option<usize>,
+    /// Uploads in progress at once on the whole server [default: 1024]
+    #[arg(long, value_name = "N")]
+    uploads_max_total: Option<usize>,
+    /// Remove the partial file of an upload abandoned this long ago [default: 24h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    partial_max_age: Option<Duration>,
     /// The course's UDP time service (a strftime format in, the local time out) on IP:PORT,
     /// or `off` [default: 127.0.0.1:9000]
     #[arg(long, value_name = "ADDR|off")]
@@ -178,6 +190,10 @@ impl ServeArgs {
             exec_max_total: self.exec_max_total,
             root: self.root.clone(),
             quota: self.quota,
+            uploads_max_per_connection: self.uploads_max_per_connection,
+            uploads_max_per_source: self.uploads_max_per_source,
+            uploads_max_total: self.uploads_max_total,
+            partial_max_age: self.partial_max_age,
             time_listen: self.time_listen,
             daytime_listen: self.daytime_listen,
             rfc868_listen: self.rfc868_listen,

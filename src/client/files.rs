@@ -11,7 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{Client, ClientError};
-use crate::services::files::{DiskReader, DiskWriter, INLINE_MAX, apply_metadata, hash_prefix};
+use crate::services::files::{
+    DiskReader, DiskWriter, INLINE_MAX, PRESERVED_MODE_BITS, apply_metadata, hash_prefix,
+};
 use crate::services::root::{Entry, PARTIAL_SUFFIX, RootPath};
 use crate::wire::{Connection, Header, RemoteError};
 
@@ -34,9 +36,23 @@ pub struct Transferred {
 }
 
 impl Client {
+    /// Every entry of a directory, sorted by name, asked for a page at a time.
     pub async fn list(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
-        let reply = self.call(Header::new("ls").with("path", path), b"").await?;
-        serde_json::from_slice(&reply.body).map_err(|e| ClientError::Protocol(format!("listing: {e}")))
+        let mut entries = Vec::new();
+        let mut after = String::new();
+        loop {
+            let request = Header::new("ls").with("path", path).with("after", after.as_str());
+            let reply = self.call(request, b"").await?;
+            let page: Vec<Entry> = serde_json::from_slice(&reply.body)
+                .map_err(|e| ClientError::Protocol(format!("listing: {e}")))?;
+            entries.extend(page);
+            match reply.header.str("next") {
+                Some(next) if next > after.as_str() => {
+                    after = next.to_owned();
+                }
+                _ => return Ok(entries),
+            }
+        }
     }
 
     pub async fn stat(&mut self, path: &str) -> Result<Entry, ClientError> {
@@ -375,7 +391,7 @@ fn put_header(remote: &str, size: u64, options: TransferOptions, meta: &std::fs:
     }
     use std::os::unix::fs::MetadataExt;
     header
-        .with("mode", meta.mode() & 0o7777)
+        .with("mode", meta.mode() & PRESERVED_MODE_BITS)
         .with("mtime", meta.mtime())
 }
 

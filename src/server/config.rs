@@ -136,6 +136,11 @@ pub struct FileConfig {
     pub exec_grace: Option<Duration>,
     pub root: Option<PathBuf>,
     pub quota: Option<u64>,
+    pub uploads_max_per_connection: Option<usize>,
+    pub uploads_max_per_source: Option<usize>,
+    pub uploads_max_total: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub partial_max_age: Option<Duration>,
     pub time_listen: Option<ServiceListen>,
     pub daytime_listen: Option<ServiceListen>,
     pub rfc868_listen: Option<ServiceListen>,
@@ -183,6 +188,13 @@ impl FileConfig {
         if self.quota.is_some() {
             files.quota = self.quota;
         }
+        set(
+            &mut files.max_uploads_per_connection,
+            self.uploads_max_per_connection,
+        );
+        set(&mut files.max_uploads_per_source, self.uploads_max_per_source);
+        set(&mut files.max_uploads_total, self.uploads_max_total);
+        set(&mut files.partial_max_age, self.partial_max_age);
         let listens = [
             (&mut config.time_listen, self.time_listen),
             (&mut config.daytime_listen, self.daytime_listen),

@@ -22,8 +22,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,8 +33,9 @@ use serde::Deserialize;
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tracing::{info, warn};
 
-use super::root::{FileRoot, RootPath};
+use super::root::{FileRoot, NotAFile, RootPath};
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
 use crate::metrics::{Transfer, metrics};
 use crate::wire::{ErrorCode, FrameError, Header, RemoteError};
@@ -61,8 +64,18 @@ const COMMANDS: &[CommandSpec] = &[
 #[derive(Clone, Debug)]
 pub struct FilesConfig {
     pub root: PathBuf,
-    /// Most bytes the root may hold; uploads beyond it are refused up front.
+    /// Most bytes the root may hold, partial uploads included; uploads beyond it are refused
+    /// up front.
     pub quota: Option<u64>,
+    /// Streamed uploads (each holding a file open) one connection may have at once.
+    pub max_uploads_per_connection: usize,
+    /// Streamed uploads open at once from one source address (IPv6: one /64), every
+    /// connection and protocol counted.
+    pub max_uploads_per_source: usize,
+    /// Streamed uploads open at once on the whole server, every protocol counted.
+    pub max_uploads_total: usize,
+    /// The partial file of an upload nobody has written to for this long is removed.
+    pub partial_max_age: Duration,
 }
 
 impl Default for FilesConfig {
@@ -71,25 +84,81 @@ impl Default for FilesConfig {
         FilesConfig {
             root: data.join("sockit").join("files"),
             quota: None,
+            max_uploads_per_connection: 16,
+            max_uploads_per_source: 64,
+            max_uploads_total: 1024,
+            partial_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }
 
-/// The file root with what every service writing into it must share: the quota, and the
-/// paths with an upload in progress (a second upload to one path, by any protocol, waits its
-/// turn instead of writing into the same partial file).
+/// The file root with what every service writing into it must share: the quota with the
+/// space each running upload has reserved, the paths with an upload in progress (a second
+/// upload to one path, by any protocol, is refused instead of writing into the same partial
+/// file), and the count of open uploads.
 pub struct FileStore {
     root: FileRoot,
-    quota: Option<u64>,
-    uploading: Arc<Mutex<HashSet<RootPath>>>,
+    config: FilesConfig,
+    uploads: Arc<Mutex<InProgress>>,
+    /// Held from measuring the root to recording a reservation, so that two uploads can never
+    /// both be granted the same free bytes of the quota.
+    quota_gate: Mutex<()>,
+}
+
+/// The uploads running now, whoever runs them.
+#[derive(Default)]
+struct InProgress {
+    paths: HashSet<RootPath>,
+    /// Bytes of the quota promised to running uploads (their declared sizes).
+    reserved: u64,
+    /// The running uploads' partial files (device, inode): counted by their reservation, never
+    /// expired.
+    partials: HashSet<(u64, u64)>,
+    /// Uploads holding a partial file open, in all and by source (see [`super::Peer::source`]).
+    open: usize,
+    open_by_source: HashMap<Option<IpAddr>, usize>,
+}
+
+impl InProgress {
+    /// Takes a slot among the open uploads for `source`; `busy` at either bound.
+    fn open_slot(&mut self, source: Option<IpAddr>, config: &FilesConfig) -> Result<(), RemoteError> {
+        let from_source = self.open_by_source.get(&source).copied().unwrap_or(0);
+        let full = if self.open >= config.max_uploads_total {
+            format!("the server has {} uploads in progress", config.max_uploads_total)
+        } else if from_source >= config.max_uploads_per_source {
+            format!(
+                "your address has {} uploads in progress",
+                config.max_uploads_per_source
+            )
+        } else {
+            self.open += 1;
+            self.open_by_source.insert(source, from_source + 1);
+            return Ok(());
+        };
+        Err(RemoteError::new(
+            ErrorCode::Busy,
+            format!("{full}; try again later"),
+        ))
+    }
+
+    fn close_slot(&mut self, source: Option<IpAddr>) {
+        self.open = self.open.saturating_sub(1);
+        if let Some(count) = self.open_by_source.get_mut(&source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.open_by_source.remove(&source);
+            }
+        }
+    }
 }
 
 impl FileStore {
     pub fn open(config: &FilesConfig) -> io::Result<FileStore> {
         Ok(FileStore {
             root: FileRoot::open(&config.root)?,
-            quota: config.quota,
-            uploading: Arc::default(),
+            config: config.clone(),
+            uploads: Arc::default(),
+            quota_gate: Mutex::new(()),
         })
     }
 
@@ -97,23 +166,38 @@ impl FileStore {
         &self.root
     }
 
-    /// Reserves `path` for one upload until the claim is dropped; `busy` if another holds it.
-    pub fn claim(&self, path: &RootPath) -> Result<Claim, RemoteError> {
-        let mut set = self.uploading.lock().unwrap_or_else(|e| e.into_inner());
-        if !set.insert(path.clone()) {
-            return Err(RemoteError::new(
-                ErrorCode::Busy,
-                format!("another upload to {path} is in progress"),
-            ));
-        }
-        Ok(Claim {
-            path: path.clone(),
-            set: self.uploading.clone(),
-        })
+    pub fn config(&self) -> &FilesConfig {
+        &self.config
     }
 
-    /// Refuses, before any byte is written, a size the disk or the quota cannot take.
-    pub fn check_room(&self, path: &RootPath, size: u64) -> Result<(), RemoteError> {
+    fn in_progress(&self) -> std::sync::MutexGuard<'_, InProgress> {
+        self.uploads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `work` on the blocking pool: every filesystem call of the file services goes
+    /// through here, so a slow disk or a FIFO never holds an async worker.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&FileStore) -> Result<T, RemoteError> + Send + 'static,
+    ) -> Result<T, RemoteError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .unwrap_or_else(|e| Err(remote("io", format!("file operation failed: {e}"))))
+    }
+
+    /// Claims `path` for one upload of `size` bytes and reserves them in the quota, until the
+    /// claim is dropped. Refused (before any byte is written) if something is at `path` and
+    /// not `replace`, if another upload holds the path (`busy`), or if the disk or the quota
+    /// cannot take `size` more bytes. Blocking.
+    pub fn reserve(&self, path: &RootPath, size: u64, replace: bool) -> Result<Claim, RemoteError> {
+        if !replace && self.root.exists(path) {
+            return Err(remote(
+                "exists",
+                format!("{path} already exists (use --force to replace it)"),
+            ));
+        }
+        let mut claim = self.claim(path)?;
         let free = self.root().free_space().map_err(|e| io_error(path, e))?;
         if size > free {
             return Err(remote(
@@ -121,19 +205,105 @@ impl FileStore {
                 format!("{path} needs {size} bytes; the server has {free} free"),
             ));
         }
-        if let Some(quota) = self.quota {
-            let used = self
-                .root
-                .usage(&RootPath::parse("").expect("root"))
-                .map_err(|e| io_error(path, e))?;
-            if used.saturating_add(size) > quota {
-                return Err(remote(
-                    "quota_exceeded",
-                    format!("{path} ({size} bytes) would exceed the quota: {used} of {quota} bytes used"),
-                ));
-            }
+        let Some(quota) = self.config.quota else {
+            claim.reserve(size);
+            return Ok(claim);
+        };
+        let _gate = self.quota_gate.lock().unwrap_or_else(|e| e.into_inner());
+        let used = self.quota_used(path).map_err(|e| io_error(path, e))?;
+        if used.saturating_add(size) > quota {
+            return Err(remote(
+                "quota_exceeded",
+                format!(
+                    "{path} ({size} bytes) would exceed the quota: {used} of {quota} bytes used or reserved"
+                ),
+            ));
         }
-        Ok(())
+        claim.reserve(size);
+        Ok(claim)
+    }
+
+    /// Bytes of the quota taken: every file and partial file in the root, except the partials
+    /// of running uploads (and of `path`, which the new upload replaces), which count by the
+    /// size they reserved.
+    fn quota_used(&self, path: &RootPath) -> io::Result<u64> {
+        let (mut skip, reserved) = {
+            let running = self.in_progress();
+            (running.partials.clone(), running.reserved)
+        };
+        if let Ok(own) = self.root.partial_identity(path) {
+            skip.insert(own);
+        }
+        Ok(self.root.usage(&skip)?.saturating_add(reserved))
+    }
+
+    /// Marks `path` as being uploaded; `busy` if another upload holds it.
+    fn claim(&self, path: &RootPath) -> Result<Claim, RemoteError> {
+        if !self.in_progress().paths.insert(path.clone()) {
+            return Err(RemoteError::new(
+                ErrorCode::Busy,
+                format!("another upload to {path} is in progress"),
+            ));
+        }
+        Ok(Claim {
+            path: path.clone(),
+            reserved: 0,
+            partial: None,
+            slot: None,
+            uploads: self.uploads.clone(),
+        })
+    }
+
+    /// Opens the partial file of a claimed upload (kept, for resuming, if present), within the
+    /// bounds on open uploads from one source and on the server (`busy` at a bound). Blocking.
+    pub fn open_upload(
+        &self,
+        claim: &mut Claim,
+        source: Option<IpAddr>,
+    ) -> Result<std::fs::File, RemoteError> {
+        self.in_progress().open_slot(source, &self.config)?;
+        claim.slot = Some(source);
+        let path = claim.path.clone();
+        let file = self.root.open_partial(&path).map_err(|e| io_error(&path, e))?;
+        let stat = rustix::fs::fstat(&file).map_err(|e| io_error(&path, e.into()))?;
+        let identity = (stat.st_dev, stat.st_ino);
+        self.in_progress().partials.insert(identity);
+        claim.partial = Some(identity);
+        Ok(file)
+    }
+
+    /// Removes the partial files of abandoned uploads (not written for `partial_max_age`).
+    /// Blocking.
+    pub fn expire_partials(&self) -> io::Result<u64> {
+        let cutoff = SystemTime::now()
+            .checked_sub(self.config.partial_max_age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let in_use = |partial| self.in_progress().partials.contains(&partial);
+        self.root.expire_partials(cutoff, &in_use)
+    }
+
+    /// Expires abandoned partial files now and then every quarter of their maximum age
+    /// (between 100 ms and an hour), on the blocking pool, for as long as the store lives.
+    /// Does nothing outside a Tokio runtime.
+    pub fn start_expiry(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let period =
+            (self.config.partial_max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+        let store = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                let Some(live) = store.upgrade() else { return };
+                match tokio::task::spawn_blocking(move || live.expire_partials()).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(removed)) => info!(removed, "expired abandoned partial uploads"),
+                    Ok(Err(error)) => warn!(%error, "expiring partial uploads"),
+                    Err(error) => warn!(%error, "expiring partial uploads"),
+                }
+                tokio::time::sleep(period).await;
+            }
+        });
     }
 }
 
@@ -146,10 +316,6 @@ impl Files {
     pub fn new(store: Arc<FileStore>) -> Files {
         Files { store }
     }
-
-    fn root(&self) -> &FileRoot {
-        self.store.root()
-    }
 }
 
 #[derive(Deserialize)]
@@ -161,6 +327,19 @@ struct PathRequest {
     recursive: bool,
     #[serde(default)]
     offset: u64,
+}
+
+/// Entries in one `ls` reply, at most: a directory of any size is listed a page at a time.
+pub const LIST_PAGE: usize = 1000;
+
+#[derive(Deserialize)]
+struct ListRequest {
+    path: String,
+    /// The page starts after this name (the previous page's `next`).
+    #[serde(default)]
+    after: String,
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -238,18 +417,40 @@ fn write_partial(root: &FileRoot, put: &PendingPut) -> io::Result<()> {
     apply_metadata(&file, put.mode, put.mtime)
 }
 
-/// Holds a path against concurrent uploads until dropped.
+/// An upload's hold on its path, its reserved bytes, its partial file and its slot among the
+/// server's open uploads; all released when dropped.
 pub struct Claim {
     path: RootPath,
-    set: Arc<Mutex<HashSet<RootPath>>>,
+    reserved: u64,
+    partial: Option<(u64, u64)>,
+    /// The source whose open-upload slot this upload holds, once it holds one.
+    slot: Option<Option<IpAddr>>,
+    uploads: Arc<Mutex<InProgress>>,
+}
+
+impl Claim {
+    fn reserve(&mut self, size: u64) {
+        let mut running = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        running.reserved = running.reserved.saturating_add(size);
+        self.reserved = size;
+    }
+
+    pub fn path(&self) -> &RootPath {
+        &self.path
+    }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.path);
+        let mut running = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        running.paths.remove(&self.path);
+        running.reserved = running.reserved.saturating_sub(self.reserved);
+        if let Some(partial) = &self.partial {
+            running.partials.remove(partial);
+        }
+        if let Some(source) = self.slot {
+            running.close_slot(source);
+        }
     }
 }
 
@@ -300,7 +501,6 @@ impl Service for Files {
                         .with("blake3", put.blake3.as_str())
                 }
                 Err(error) => {
-                    let _ = self.root().remove_partial(&put.path);
                     let error = io_error(&put.path, error);
                     metrics().error_sent(&error.code);
                     error.to_header(None)
@@ -332,6 +532,11 @@ fn commit_all(root: &FileRoot, group: &[PendingPut]) -> Vec<io::Result<()>> {
     for dir in dirs {
         let _ = root.sync_dir(&dir);
     }
+    for (put, outcome) in group.iter().zip(&outcomes) {
+        if outcome.is_err() {
+            let _ = root.remove_partial(&put.path);
+        }
+    }
     outcomes
 }
 
@@ -340,15 +545,12 @@ impl Files {
         let id = request.id();
         let reply = Header::new(request.header.cmd()).with_id(id);
         match request.header.cmd() {
-            "ls" => {
-                let path = self.path_of(&request)?;
-                let entries = self.root().list(&path).map_err(|e| io_error(&path, e))?;
-                let body = serde_json::to_vec(&entries).expect("entries serialize");
-                Ok(session.writer.send(reply, &body).await?)
-            }
+            "ls" => self.list(request, session).await,
             "stat" => {
                 let path = self.path_of(&request)?;
-                let entry = self.root().stat(&path).map_err(|e| io_error(&path, e))?;
+                let entry = self
+                    .on_root(move |root| root.stat(&path).map_err(|e| io_error(&path, e)))
+                    .await?;
                 Ok(session
                     .writer
                     .send(Header::from_message("stat", &entry).with_id(id), b"")
@@ -357,20 +559,22 @@ impl Files {
             "mkdir" | "rm" => {
                 let args: PathRequest = parse(&request)?;
                 let path = checked(&args.path)?;
-                let done = if request.header.cmd() == "mkdir" {
-                    self.root().mkdir(&path, args.parents)
-                } else {
-                    self.root().remove(&path, args.recursive)
-                };
-                done.map_err(|e| io_error(&path, e))?;
+                let mkdir = request.header.cmd() == "mkdir";
+                self.on_root(move |root| {
+                    let done = match mkdir {
+                        true => root.mkdir(&path, args.parents),
+                        false => root.remove(&path, args.recursive),
+                    };
+                    done.map_err(|e| io_error(&path, e))
+                })
+                .await?;
                 Ok(session.writer.send(reply, b"").await?)
             }
             "mv" => {
                 let args: MoveRequest = parse(&request)?;
                 let (from, to) = (checked(&args.from)?, checked(&args.to)?);
-                self.root()
-                    .rename(&from, &to, args.force)
-                    .map_err(|e| io_error(&to, e))?;
+                self.on_root(move |root| root.rename(&from, &to, args.force).map_err(|e| io_error(&to, e)))
+                    .await?;
                 Ok(session.writer.send(reply, b"").await?)
             }
             "get" => self.get(request, session).await,
@@ -380,17 +584,51 @@ impl Files {
         }
     }
 
+    /// Runs `work` on the file root, on the blocking pool.
+    async fn on_root<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&FileRoot) -> Result<T, RemoteError> + Send + 'static,
+    ) -> Result<T, RemoteError> {
+        self.store.blocking(move |store| work(store.root())).await
+    }
+
     fn path_of(&self, request: &Request) -> Result<RootPath, ServiceError> {
         let args: PathRequest = parse(request)?;
         RootPath::parse(&args.path).map_err(bad_path)
+    }
+
+    /// One page of a directory listing, in the body; `more` (with `next`, the cursor for the
+    /// following page's `after`) when the directory holds more.
+    async fn list(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
+        let args: ListRequest = parse(&request)?;
+        let path = RootPath::parse(&args.path).map_err(bad_path)?;
+        let limit = args.limit.unwrap_or(LIST_PAGE).clamp(1, LIST_PAGE);
+        let (entries, more) = self
+            .on_root(move |root| {
+                root.list(&path, &args.after, limit)
+                    .map_err(|e| io_error(&path, e))
+            })
+            .await?;
+        let body = serde_json::to_vec(&entries).map_err(|e| remote("io", e.to_string()))?;
+        let mut reply = Header::new("ls").with_id(request.id()).with("more", more);
+        if let Some(last) = entries.last().filter(|_| more) {
+            reply = reply.with("next", last.name.as_str());
+        }
+        Ok(session.writer.send(reply, &body).await?)
     }
 
     /// Streams a file: its header, its bytes from `offset`, then the hash of the whole file.
     async fn get(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
         let args: PathRequest = parse(&request)?;
         let path = checked(&args.path)?;
-        let std_file = self.root().open_file(&path).map_err(|e| io_error(&path, e))?;
-        let meta = std_file.metadata().map_err(|e| io_error(&path, e))?;
+        let opened = path.clone();
+        let (std_file, meta) = self
+            .on_root(move |root| {
+                let file = root.open_file(&opened).map_err(|e| io_error(&opened, e))?;
+                let meta = file.metadata().map_err(|e| io_error(&opened, e))?;
+                Ok((file, meta))
+            })
+            .await?;
         let size = meta.len();
         if args.offset > size {
             return Err(bad_request(format!(
@@ -440,21 +678,27 @@ impl Files {
         let id = request.id().ok_or_else(|| bad_request("`put` needs an `id`"))?;
         let args: PutRequest = parse(&request)?;
         let path = checked(&args.path)?;
-        if !args.force && self.root().exists(&path) {
-            return Err(remote(
-                "exists",
-                format!("{path} already exists (use --force to replace it)"),
-            )
-            .into());
+        if args.blake3.is_none() {
+            self.check_connection_bound(session)?;
         }
-        let claim = self.store.claim(&path)?;
-        self.store.check_room(&path, args.size)?;
+        let (size, force, source) = (args.size, args.force, session.peer.source());
+        let claim = self
+            .store
+            .blocking(move |store| store.reserve(&path, size, force))
+            .await?;
         if let Some(expected) = &args.blake3 {
             return self.put_inline(id, claim, &args, expected, session).await;
         }
-        let std_file = self.root().open_partial(&path).map_err(|e| io_error(&path, e))?;
+        let (claim, std_file) = self
+            .store
+            .blocking(move |store| {
+                let mut claim = claim;
+                let file = store.open_upload(&mut claim, source)?;
+                Ok((claim, file))
+            })
+            .await?;
         let mut upload = Upload {
-            path,
+            path: claim.path().clone(),
             file: File::from_std(std_file),
             hasher: blake3::Hasher::new(),
             written: 0,
@@ -491,6 +735,18 @@ impl Files {
         Ok(session.writer.send(ready, b"").await?)
     }
 
+    /// `busy` when this connection already has as many streamed uploads open as it may.
+    fn check_connection_bound(&self, session: &mut Session) -> Result<(), RemoteError> {
+        let max = self.store.config().max_uploads_per_connection;
+        if session.state::<Uploads>().0.len() >= max {
+            return Err(RemoteError::new(
+                ErrorCode::Busy,
+                format!("this connection has {max} uploads in progress; finish one first"),
+            ));
+        }
+        Ok(())
+    }
+
     /// A small file whose body is in the `put` frame: checked in memory, then written and
     /// committed with the others of its group in one trip to a blocking thread by
     /// [`Files::flush`] (the group closes when full or when no further request is waiting).
@@ -502,7 +758,7 @@ impl Files {
         expected: &str,
         session: &mut Session,
     ) -> Result<(), ServiceError> {
-        let path = claim.path.clone();
+        let path = claim.path().clone();
         let data = session.reader.read_whole_body().await?;
         if data.len() as u64 != args.size {
             return Err(bad_request(format!(
@@ -583,33 +839,43 @@ impl Files {
         Ok(session.writer.send(report.with_id(Some(id)), b"").await?)
     }
 
-    /// Verifies a complete upload and moves it into place.
-    async fn finish(&self, mut upload: Upload, expected: &str) -> Result<Header, ServiceError> {
-        let path = upload.path.clone();
-        if upload.written != upload.size {
-            return Err(bad_request(format!(
-                "{path}: {} of {} bytes received",
-                upload.written, upload.size
-            ))
-            .into());
+    /// Verifies a complete upload and moves it into place (on the blocking pool: it fsyncs).
+    async fn finish(&self, upload: Upload, expected: &str) -> Result<Header, ServiceError> {
+        let Upload {
+            path,
+            mut file,
+            hasher,
+            written,
+            size,
+            force,
+            mode,
+            mtime,
+            _claim,
+        } = upload;
+        if written != size {
+            return Err(bad_request(format!("{path}: {written} of {size} bytes received")).into());
         }
-        let actual = upload.hasher.finalize().to_hex();
+        let actual = hasher.finalize().to_hex();
         if actual.as_str() != expected {
-            let _ = self.root().remove_partial(&path);
-            return Err(remote(
-                "hash_mismatch",
-                format!("{path}: the data does not match its BLAKE3 hash; nothing was written"),
-            )
-            .into());
+            let message = format!("{path}: the data does not match its BLAKE3 hash; nothing was written");
+            let _ = self
+                .on_root(move |root| {
+                    let _ = root.remove_partial(&path);
+                    Ok(())
+                })
+                .await;
+            return Err(remote("hash_mismatch", message).into());
         }
-        upload.file.flush().await.map_err(|e| io_error(&path, e))?;
-        let file = upload.file.into_std().await;
-        apply_metadata(&file, upload.mode, upload.mtime).map_err(|e| io_error(&path, e))?;
-        self.root()
-            .commit_partial(&path, &file, upload.force)
-            .map_err(|e| io_error(&path, e))?;
+        file.flush().await.map_err(|e| io_error(&path, e))?;
+        let file = file.into_std().await;
+        self.on_root(move |root| {
+            apply_metadata(&file, mode, mtime)
+                .and_then(|()| root.commit_partial(&path, &file, force))
+                .map_err(|e| io_error(&path, e))
+        })
+        .await?;
         Ok(Header::new("put_ok")
-            .with("size", upload.size)
+            .with("size", size)
             .with("blake3", actual.as_str()))
     }
 }
@@ -723,23 +989,28 @@ pub async fn hash_prefix(file: &mut File, len: u64, hasher: &mut blake3::Hasher)
     let mut buf = vec![0u8; CHUNK];
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
-        let n = file.read(&mut buf[..want]).await?;
+        let window = buf.get_mut(..want).unwrap_or_default();
+        let n = file.read(window).await?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "file shorter than expected",
             ));
         }
-        hasher.update(&buf[..n]);
+        hasher.update(window.get(..n).unwrap_or_default());
         remaining -= n as u64;
     }
     Ok(())
 }
 
-/// Sets mode and modification time (for `-p`).
+/// The mode bits `-p` carries across, either way: permissions only. A setuid, setgid or
+/// sticky bit is never set from the other side's word.
+pub const PRESERVED_MODE_BITS: u32 = 0o777;
+
+/// Sets mode (permissions only, see [`PRESERVED_MODE_BITS`]) and modification time (for `-p`).
 pub fn apply_metadata(file: &std::fs::File, mode: Option<u32>, mtime: Option<i64>) -> io::Result<()> {
     if let Some(mode) = mode {
-        rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode & 0o7777))?;
+        rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode & PRESERVED_MODE_BITS))?;
     }
     if let Some(mtime) = mtime {
         let time = rustix::fs::Timespec {
@@ -794,6 +1065,7 @@ pub fn io_error(path: &RootPath, error: io::Error) -> RemoteError {
         io::ErrorKind::IsADirectory => "is_dir",
         io::ErrorKind::NotADirectory => "bad_path",
         io::ErrorKind::PermissionDenied => "permission",
+        _ if error.get_ref().is_some_and(|inner| inner.is::<NotAFile>()) => "not_file",
         _ if error.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
             return remote("bad_path", format!("{path} leads outside the file root"));
         }

@@ -10,17 +10,27 @@
 //! is fsynced, and only then renamed over the final name. A reader never sees half a file, and
 //! an interrupted upload leaves the previous version intact and its partial ready to resume.
 
+use std::collections::{BinaryHeap, HashSet};
+use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Stat};
 use serde::{Deserialize, Serialize};
+
+use super::tree;
 
 /// Suffix of partial uploads; names ending in it are reserved.
 pub const PARTIAL_SUFFIX: &str = ".sockit-part";
 const MAX_PATH: usize = 4096;
+
+/// What [`FileRoot::open_file`] refuses: a FIFO, a socket or a device.
+#[derive(Debug, thiserror::Error)]
+#[error("not a regular file (a FIFO, a socket or a device is never served)")]
+pub struct NotAFile;
 
 /// A path inside the root, checked: relative, `/`-separated, no empty, `.` or `..` components,
 /// no NUL or control characters. The empty path is the root itself.
@@ -77,7 +87,11 @@ impl RootPath {
         self.split().map_or("", |(_, name)| name)
     }
 
+    /// `name` inside this directory (for the root, `name` itself: never an absolute `/name`).
     pub fn join(&self, name: &str) -> Result<RootPath, String> {
+        if self.is_root() {
+            return RootPath::parse(name);
+        }
         RootPath::parse(&format!("{}/{name}", self.0))
     }
 }
@@ -169,11 +183,17 @@ impl FileRoot {
         Ok((dir, name))
     }
 
+    /// Opens a regular file for reading. `O_NONBLOCK`, so that a FIFO or a device in the root
+    /// cannot hold the opening thread; anything but a regular file is then refused.
     pub fn open_file(&self, path: &RootPath) -> io::Result<File> {
-        let fd = self.open_beneath(path.as_str(), OFlags::RDONLY, Mode::empty())?;
+        let fd = self.open_beneath(path.as_str(), OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())?;
         let file = File::from(fd);
-        if file.metadata()?.is_dir() {
+        let kind = file.metadata()?.file_type();
+        if kind.is_dir() {
             return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
+        }
+        if !kind.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, NotAFile));
         }
         Ok(file)
     }
@@ -183,22 +203,36 @@ impl FileRoot {
         Ok(entry(path.name(), &rustix::fs::fstat(&fd)?))
     }
 
-    /// The entries of a directory, sorted by name, without sockit's partial files.
-    pub fn list(&self, path: &RootPath) -> io::Result<Vec<Entry>> {
+    /// One page of a directory's entries: at most `limit`, sorted by name, the first after
+    /// `after`, without sockit's partial files; and whether more follow. However large the
+    /// directory, only one page of names is held and only its entries are examined.
+    pub fn list(&self, path: &RootPath, after: &str, limit: usize) -> io::Result<(Vec<Entry>, bool)> {
         let fd = self.open_beneath(path.as_str(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
-        let mut entries = Vec::new();
+        let mut smallest = BinaryHeap::new();
         for item in rustix::fs::Dir::read_from(&fd)? {
             let item = item?;
-            let name = item.file_name().to_string_lossy().into_owned();
-            if name == "." || name == ".." || name.ends_with(PARTIAL_SUFFIX) {
+            let name = item.file_name().to_string_lossy();
+            if name == "." || name == ".." || name.ends_with(PARTIAL_SUFFIX) || *name <= *after {
                 continue;
             }
-            if let Ok(stat) = rustix::fs::statat(&fd, item.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
-                entries.push(entry(&name, &stat));
+            if smallest.len() <= limit || smallest.peek().is_some_and(|top: &String| *name < **top) {
+                smallest.push(name.into_owned());
+                if smallest.len() > limit + 1 {
+                    smallest.pop();
+                }
             }
         }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(entries)
+        let mut names = smallest.into_sorted_vec();
+        let more = names.len() > limit;
+        names.truncate(limit);
+        let entries = names
+            .iter()
+            .filter_map(|name| {
+                let stat = rustix::fs::statat(&fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+                Some(entry(name, &stat))
+            })
+            .collect();
+        Ok((entries, more))
     }
 
     pub fn mkdir(&self, path: &RootPath, parents: bool) -> io::Result<()> {
@@ -221,7 +255,8 @@ impl FileRoot {
         Ok(rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))?)
     }
 
-    /// Removes a file or an empty directory; with `recursive`, a directory and its contents.
+    /// Removes a file or an empty directory; with `recursive`, a directory and everything in
+    /// it, partial uploads included, however deep (see [`tree::walk`]).
     pub fn remove(&self, path: &RootPath, recursive: bool) -> io::Result<()> {
         let (dir, name) = self.parent(path)?;
         let stat = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
@@ -229,24 +264,13 @@ impl FileRoot {
             return Ok(rustix::fs::unlinkat(&dir, name, AtFlags::empty())?);
         }
         if recursive {
-            for child in self.list_all(path)? {
-                self.remove(&path.join(&child).map_err(invalid)?, true)?;
-            }
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            tree::walk(
+                rustix::fs::openat(&dir, name, flags, Mode::empty())?,
+                &mut tree::Remover,
+            )?;
         }
         Ok(rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR)?)
-    }
-
-    /// Every name in a directory, partial files included.
-    fn list_all(&self, path: &RootPath) -> io::Result<Vec<String>> {
-        let fd = self.open_beneath(path.as_str(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
-        let mut names = Vec::new();
-        for item in rustix::fs::Dir::read_from(&fd)? {
-            let name = item?.file_name().to_string_lossy().into_owned();
-            if name != "." && name != ".." {
-                names.push(name);
-            }
-        }
-        Ok(names)
     }
 
     /// Renames within the root; refuses to replace an existing target unless `force`.
@@ -274,6 +298,13 @@ impl FileRoot {
             flags,
             Mode::from_raw_mode(0o644),
         )?))
+    }
+
+    /// Who the partial file of an upload to `path` is (device, inode), if there is one.
+    pub fn partial_identity(&self, path: &RootPath) -> io::Result<(u64, u64)> {
+        let (dir, name) = self.parent(path)?;
+        let stat = rustix::fs::statat(&dir, partial_name(name).as_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok((stat.st_dev, stat.st_ino))
     }
 
     pub fn remove_partial(&self, path: &RootPath) -> io::Result<()> {
@@ -332,16 +363,74 @@ impl FileRoot {
         Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
-    /// Total size of the files under `path`.
-    pub fn usage(&self, path: &RootPath) -> io::Result<u64> {
-        let mut total = 0;
-        for entry in self.list(path)? {
-            total += match entry.kind.as_str() {
-                "dir" => self.usage(&path.join(&entry.name).map_err(invalid)?)?,
-                _ => entry.size,
-            };
+    /// Total size of the files in the root, partial uploads included, except the partial
+    /// files in `skip` (by device and inode: uploads in progress, counted by what they reserved).
+    pub fn usage(&self, skip: &HashSet<(u64, u64)>) -> io::Result<u64> {
+        let mut usage = Usage { skip, total: 0 };
+        tree::walk(
+            self.open_beneath("", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?,
+            &mut usage,
+        )?;
+        Ok(usage.total)
+    }
+
+    /// Removes the partial uploads last changed before `cutoff`, except those `in_use` says
+    /// an upload holds (asked as each is found, since a walk may take a while and an upload
+    /// may resume an old partial meanwhile); returns how many went. The change time, not the modification
+    /// time: `-p` sets a partial's mtime to the sender's, however old, before it is renamed.
+    pub fn expire_partials(
+        &self,
+        cutoff: SystemTime,
+        in_use: &dyn Fn((u64, u64)) -> bool,
+    ) -> io::Result<u64> {
+        let mut expiry = Expiry {
+            cutoff: cutoff
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            in_use,
+            removed: 0,
+        };
+        tree::walk(
+            self.open_beneath("", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?,
+            &mut expiry,
+        )?;
+        Ok(expiry.removed)
+    }
+}
+
+/// Adds up file sizes for [`FileRoot::usage`].
+struct Usage<'a> {
+    skip: &'a HashSet<(u64, u64)>,
+    total: u64,
+}
+
+impl tree::Visitor for Usage<'_> {
+    fn entry(&mut self, _dir: &OwnedFd, _name: &CStr, stat: &Stat) -> io::Result<()> {
+        if !self.skip.contains(&(stat.st_dev, stat.st_ino)) {
+            self.total = self.total.saturating_add(stat.st_size as u64);
         }
-        Ok(total)
+        Ok(())
+    }
+}
+
+/// Removes old partial files for [`FileRoot::expire_partials`].
+struct Expiry<'a> {
+    cutoff: i64,
+    in_use: &'a dyn Fn((u64, u64)) -> bool,
+    removed: u64,
+}
+
+impl tree::Visitor for Expiry<'_> {
+    fn entry(&mut self, dir: &OwnedFd, name: &CStr, stat: &Stat) -> io::Result<()> {
+        let partial = name.to_bytes().ends_with(PARTIAL_SUFFIX.as_bytes());
+        if partial && stat.st_ctime < self.cutoff && !(self.in_use)((stat.st_dev, stat.st_ino)) {
+            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+                Ok(()) => self.removed += 1,
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -352,10 +441,6 @@ pub fn parent_of(path: &RootPath) -> &str {
 
 fn partial_name(name: &str) -> String {
     format!(".{name}{PARTIAL_SUFFIX}")
-}
-
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
 fn entry(name: &str, stat: &rustix::fs::Stat) -> Entry {
@@ -399,6 +484,31 @@ mod tests {
     }
 
     #[test]
+    fn a_name_joined_to_the_root_stays_relative() {
+        let top = RootPath::parse("").unwrap().join("dir").unwrap();
+        assert_eq!(top.as_str(), "dir");
+        assert_eq!(top.join("f").unwrap().as_str(), "dir/f");
+    }
+
+    #[test]
+    fn listings_come_in_pages_after_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = FileRoot::open(dir.path()).unwrap();
+        for name in ["c", "a", "e", "b", "d", ".a.sockit-part"] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let names = |(entries, more): (Vec<Entry>, bool)| {
+            let names: Vec<String> = entries.into_iter().map(|e| e.name).collect();
+            (names.join(""), more)
+        };
+        let top = RootPath::parse("").unwrap();
+        assert_eq!(names(root.list(&top, "", 2).unwrap()), ("ab".into(), true));
+        assert_eq!(names(root.list(&top, "b", 2).unwrap()), ("cd".into(), true));
+        assert_eq!(names(root.list(&top, "d", 2).unwrap()), ("e".into(), false));
+        assert_eq!(names(root.list(&top, "", 5).unwrap()), ("abcde".into(), false));
+    }
+
+    #[test]
     fn symlinks_out_of_the_root_are_refused_by_the_kernel() {
         let dir = tempfile::tempdir().unwrap();
         let root = FileRoot::open(&dir.path().join("root")).unwrap();
@@ -407,6 +517,6 @@ mod tests {
         let out = RootPath::parse("out/passwd").unwrap();
         assert!(root.open_file(&out).is_err());
         assert!(root.open_file(&RootPath::parse("passwd").unwrap()).is_err());
-        assert!(root.list(&RootPath::parse("out").unwrap()).is_err());
+        assert!(root.list(&RootPath::parse("out").unwrap(), "", 10).is_err());
     }
 }

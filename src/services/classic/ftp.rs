@@ -35,6 +35,7 @@ use super::{HeaderError, READ_CHUNK, header_bytes, read_header, shown};
 use crate::server::{ServiceStream, StreamService};
 use crate::services::files::{FileStore, io_error};
 use crate::services::root::RootPath;
+use crate::services::source_key;
 
 /// A request header, as loose as the course's: only `cmd` is always needed.
 #[derive(Deserialize)]
@@ -115,15 +116,17 @@ impl Ftp {
             .as_u64()
             .ok_or_else(|| refuse(format!("`filesize` {size} is not a whole number of bytes")))?;
         let path = base_name(filename).map_err(refuse)?;
-        let _claim = self.store.claim(&path).map_err(|e| refuse(e.message))?;
-        self.store
-            .check_room(&path, size)
+        let (claim, partial) = self
+            .store
+            .blocking(move |store| {
+                let mut claim = store.reserve(&path, size, true)?;
+                let file = store.open_upload(&mut claim, Some(source_key(peer.ip())))?;
+                file.set_len(0).map_err(|e| io_error(claim.path(), e))?;
+                Ok((claim, file))
+            })
+            .await
             .map_err(|e| refuse(e.message))?;
-        let root = self.store.root();
-        let partial = root
-            .open_partial(&path)
-            .and_then(|file| file.set_len(0).map(|()| file))
-            .map_err(|e| refuse(io_error(&path, e).message))?;
+        let path = claim.path().clone();
         let mut file = tokio::fs::File::from_std(partial);
         let received = receive(stream, &mut file, size).await;
         let file = file.into_std().await;
@@ -137,7 +140,10 @@ impl Ftp {
             Err(error) => Err(refuse(io_error(&path, error).message)),
         };
         if stored.is_err() {
-            let _ = root.remove_partial(&path);
+            let _ = self
+                .store
+                .blocking(move |store| Ok(store.root().remove_partial(&path)))
+                .await;
         } else {
             info!(service = "classic-ftp", %peer, %path, size, "stored");
         }
@@ -159,20 +165,19 @@ impl Ftp {
     }
 
     async fn get(&self, stream: &mut ServiceStream, filename: &str, peer: SocketAddr) -> Result<(), Refusal> {
-        let opened = RootPath::parse(filename)
-            .and_then(|path| match path.is_root() {
-                true => Err("no filename".to_owned()),
-                false => Ok(path),
-            })
-            .and_then(|path| {
-                let file = self
-                    .store
-                    .root()
-                    .open_file(&path)
-                    .map_err(|e| io_error(&path, e).message)?;
-                let size = file.metadata().map_err(|e| io_error(&path, e).message)?.len();
-                Ok((path, file, size))
-            });
+        let opened = match RootPath::parse(filename) {
+            Ok(path) if path.is_root() => Err("no filename".to_owned()),
+            Ok(path) => self
+                .store
+                .blocking(move |store| {
+                    let file = store.root().open_file(&path).map_err(|e| io_error(&path, e))?;
+                    let size = file.metadata().map_err(|e| io_error(&path, e))?.len();
+                    Ok((path, file, size))
+                })
+                .await
+                .map_err(|e| e.message),
+            Err(error) => Err(error),
+        };
         let (path, file, size) = match opened {
             Ok(opened) => opened,
             Err(error) => {

@@ -204,6 +204,7 @@ fn serve_ftp(data: &[u8]) -> (tempfile::TempDir, Vec<u8>) {
     let config = FilesConfig {
         root,
         quota: Some(1 << 20),
+        ..FilesConfig::default()
     };
     let store = Arc::new(FileStore::open(&config).expect("a file root"));
     let output = converse(&Ftp::new(store), data);
