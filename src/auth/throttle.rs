@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::server::source_key;
+use crate::source::source_key;
 
 /// How long a failure is remembered.
 const WINDOW: Duration = Duration::from_secs(60);

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::metrics;
-use crate::server::PerSource;
+use crate::source::PerSource;
 
 /// Largest request head read; anything longer is answered 431.
 const MAX_HEAD: usize = 8 * 1024;

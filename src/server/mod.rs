@@ -13,7 +13,6 @@ mod config;
 mod endpoints;
 mod listener;
 mod session;
-pub mod source;
 pub mod stream;
 pub mod udp;
 
@@ -31,7 +30,6 @@ use tracing::{info, warn};
 pub use config::{DEFAULT_PORT, DEFAULT_TIME_PORT, FileConfig, ServerConfig, ServiceListen, parse_duration};
 pub use endpoints::{ServiceAddr, Transport};
 pub use listener::{ListenAddr, Listener, Stream, unix_socket_path};
-pub use source::{PerSource, source_key};
 pub use stream::{ServiceStream, StreamService};
 pub use udp::DatagramService;
 
@@ -39,6 +37,7 @@ use self::endpoints::Endpoint;
 use crate::auth::{AuthMode, FailureThrottle, SessionKeys};
 use crate::metrics::{Tracked, metrics};
 use crate::services::{Backends, Registry};
+use crate::source::PerSource;
 use crate::wire::Limits;
 
 /// The longest back-off repeated authentication failures earn (unless `auth_backoff` is longer).

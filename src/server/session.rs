@@ -7,10 +7,10 @@ use bytes::Bytes;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
-use super::source::SourceSlot;
 use super::{Shared, Stream};
 use crate::auth;
 use crate::metrics::{Handshake, metrics};
+use crate::source::SourceSlot;
 use std::sync::Arc;
 
 use crate::services::{BodyMode, Peer, Request, Service, ServiceError, Session};

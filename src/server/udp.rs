@@ -20,10 +20,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::source::source_key;
 use super::stream::ServiceShutdown;
 use crate::metrics::{Datagram, metrics};
-use crate::services::source_key;
+use crate::source::source_key;
 
 /// Replies per second each source may receive, once its burst is spent.
 pub const REPLIES_PER_SECOND: f64 = 20.0;

@@ -7,7 +7,9 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::source::source_key;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -61,23 +63,10 @@ impl Peer {
         }
     }
 
-    /// Who this peer counts as for per-source bounds (see [`source_key`]); Unix-socket peers
+    /// Who this peer counts as for per-source bounds (see [`crate::source::source_key`]); Unix-socket peers
     /// count together.
     pub fn source(&self) -> Option<IpAddr> {
         self.ip().map(source_key)
-    }
-}
-
-/// What per-source bounds count a source as: IPv4 addresses (also IPv4-mapped IPv6 ones)
-/// alone, IPv6 addresses by their /64 (one host usually owns a whole /64, so counting its
-/// addresses apart would hand it billions of allowances).
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
-        },
     }
 }
 
