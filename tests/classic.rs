@@ -612,6 +612,62 @@ fn exec_survives_garbage_and_stops_the_command_of_a_client_that_left() {
 }
 
 #[test]
+fn exec_output_past_the_memory_threshold_comes_back_whole() {
+    let classic = Classic::start();
+    let mut stream = classic.connect("exec");
+    // About 2.7 MB on stdout and 0.6 MB on stderr: both far past the 64 KiB kept in memory.
+    stream.write_all(b"seq 1 400000; seq 1 100000 >&2").unwrap();
+    let (_, header, body) = read_course_reply(&mut stream, "data_size");
+    let mut expected: String = (1..=400_000).map(|n| format!("{n}\n")).collect();
+    expected.extend((1..=100_000).map(|n| format!("{n}\n")));
+    assert_eq!(header["msg_length"].as_u64(), Some(expected.len() as u64));
+    assert!(body == expected.as_bytes(), "the output came back changed");
+    stream.write_all(b"echo next").unwrap();
+    let (_, _, body) = read_course_reply(&mut stream, "data_size");
+    assert_eq!(body, b"next\n");
+}
+
+/// Temporary files the process `pid` holds open that no longer have a name.
+fn anonymous_temp_files(pid: u32) -> usize {
+    let temp = std::env::temp_dir();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.starts_with(&temp) && target.to_string_lossy().ends_with(" (deleted)"))
+        .count()
+}
+
+#[test]
+fn clients_that_never_read_their_output_cost_disk_not_memory() {
+    const CLIENTS: usize = 8;
+    let classic = Classic::start();
+    let pid = classic.server.pid();
+    let mut warm = classic.connect("exec");
+    warm.write_all(b"echo warm").unwrap();
+    read_course_reply(&mut warm, "data_size");
+    let before = common::resident_mib(pid);
+    // 8 MB each: 64 MB in the server's memory if replies were gathered there.
+    let idle: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut stream = classic.connect("exec");
+            stream.write_all(b"head -c 8000000 /dev/zero").unwrap();
+            stream
+        })
+        .collect();
+    eventually("every reply waits in a temporary file", || {
+        anonymous_temp_files(pid) >= CLIENTS
+    });
+    let grown = common::resident_mib(pid).saturating_sub(before);
+    assert!(grown < 32, "server memory grew by {grown} MiB");
+    drop(idle);
+    eventually("the files are gone with their clients", || {
+        anonymous_temp_files(pid) == 0
+    });
+}
+
+#[test]
 fn echo_and_greeting_take_binary_garbage_and_clients_that_vanish() {
     let classic = Classic::start();
     let mut stream = classic.connect("echo");

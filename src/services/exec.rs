@@ -32,6 +32,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, info};
 
+use super::spill::SpillBuffer;
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
 use crate::metrics::{ExecOutcome, Tracked, metrics};
 use crate::wire::{ErrorCode, Header, RemoteError, SharedWriter};
@@ -143,7 +144,11 @@ impl Runner {
         // Dropping the sender (with this future) tells the supervisor nobody is waiting.
         let (_signals, signal_rx) = mpsc::channel(1);
         let gather = Gather {
-            collected: Collected::default(),
+            collected: Collected {
+                stdout: SpillBuffer::new(limits.in_memory),
+                stderr: SpillBuffer::new(limits.in_memory),
+                ..Collected::default()
+            },
             max_output: limits.max_output,
             done: Some(done),
         };
@@ -163,19 +168,24 @@ impl Runner {
 pub struct CollectLimits {
     /// Bytes kept of each of stdout and stderr; a command that writes more is stopped.
     pub max_output: usize,
+    /// Bytes of each stream kept in memory; the rest waits in a temporary file.
+    pub in_memory: usize,
     pub timeout: Duration,
 }
 
 /// A command's gathered output and how it ended.
 #[derive(Debug, Default)]
 pub struct Collected {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+    pub stdout: SpillBuffer,
+    pub stderr: SpillBuffer,
     /// `None` when the command was stopped for writing too much.
     pub status: Option<ExitStatus>,
     pub timed_out: bool,
     /// Output went past the limit: what is here is its beginning.
     pub truncated: bool,
+    /// Why the output could not be stored (the temporary directory full, say), if it could
+    /// not: the command was stopped and what is here is its beginning.
+    pub not_stored: Option<String>,
 }
 
 /// The native `exec`, `stdin` and `signal` commands.
@@ -545,9 +555,13 @@ impl Sink for Gather {
             "stdout" => &mut self.collected.stdout,
             _ => &mut self.collected.stderr,
         };
-        let room = self.max_output.saturating_sub(kept.len());
-        kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
-        if bytes.len() > room {
+        let held = usize::try_from(kept.len()).unwrap_or(usize::MAX);
+        let (fits, over) = bytes.split_at(bytes.len().min(self.max_output.saturating_sub(held)));
+        if let Err(error) = kept.append(fits).await {
+            self.collected.not_stored = Some(error.to_string());
+            return false;
+        }
+        if !over.is_empty() {
             self.collected.truncated = true;
             return false;
         }

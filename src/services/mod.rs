@@ -26,6 +26,7 @@ pub mod exec;
 pub mod files;
 pub mod fuzzing;
 pub mod root;
+pub mod spill;
 pub mod time;
 
 /// How a command's body reaches its handler.
