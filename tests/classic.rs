@@ -668,6 +668,30 @@ fn clients_that_never_read_their_output_cost_disk_not_memory() {
 }
 
 #[test]
+fn udp_services_do_not_answer_the_servers_own_ports() {
+    let classic = Classic::start();
+    let (time, echo) = (classic.addr("time"), classic.addr("udp_echo"));
+    // Same ports as the server's own services, on other addresses of this machine: what a
+    // datagram forged to set the time service and the echo talking to each other looks like.
+    let as_echo = UdpSocket::bind(("127.0.0.2", echo.port())).unwrap();
+    let as_time = UdpSocket::bind(("127.0.0.3", time.port())).unwrap();
+    as_echo.send_to(b"%Y", time).unwrap();
+    as_time.send_to(b"hello", echo).unwrap();
+    // Each service answers in order, so once a later request is answered, the forged one
+    // would have been too.
+    assert_eq!(ask_udp(echo, b"next", 1), [b"NEXT".to_vec()]);
+    assert_eq!(ask_udp(time, b"%%%Y", 1)[0].len(), 5);
+    for socket in [&as_echo, &as_time] {
+        socket.set_nonblocking(true).unwrap();
+        let mut buffer = [0u8; 64];
+        let unanswered = socket
+            .recv_from(&mut buffer)
+            .map(|(len, _)| buffer[..len].to_vec());
+        assert!(unanswered.is_err(), "answered: {unanswered:?}");
+    }
+}
+
+#[test]
 fn echo_and_greeting_take_binary_garbage_and_clients_that_vanish() {
     let classic = Classic::start();
     let mut stream = classic.connect("echo");
