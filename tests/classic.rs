@@ -692,6 +692,37 @@ fn udp_services_do_not_answer_the_servers_own_ports() {
 }
 
 #[test]
+fn udp_replies_are_no_larger_than_their_requests_allow() {
+    let classic = Classic::start();
+    let (time, echo) = (classic.addr("time"), classic.addr("udp_echo"));
+    // Characters whose upper case is two or three times as long, and ones that keep their size.
+    for text in ["ΐ", "ȿ", "ﬗ", "ß", "ﬃ", "a"] {
+        let request = text.repeat(20_000 / text.len());
+        let reply = &ask_udp(echo, request.as_bytes(), 1)[0];
+        assert!(
+            reply.len() <= request.len(),
+            "{text}: {} bytes for {}",
+            reply.len(),
+            request.len()
+        );
+    }
+    for format in ["", "%c", "%c%c", "%A %B %d %c", "%c %c %c %c"] {
+        let reply = &ask_udp(time, format.as_bytes(), 1)[0];
+        assert!(
+            reply.len() <= format.len() + 64,
+            "{format:?}: {} bytes",
+            reply.len()
+        );
+    }
+    // A format that converts nothing would be the request itself: refused. Text with no `%`
+    // at all is no format: not answered (the next request's answer comes first).
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(b"just text", time).unwrap();
+    let refused = ask_udp_from(&socket, time, b"100%%", 1).unwrap();
+    assert_eq!(refused, [b"error: format has no strftime conversion".to_vec()]);
+}
+
+#[test]
 fn echo_and_greeting_take_binary_garbage_and_clients_that_vanish() {
     let classic = Classic::start();
     let mut stream = classic.connect("echo");
