@@ -35,7 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, info};
 
 use super::reaper::{Supervised, SupervisedGroup};
-use super::spill::SpillBuffer;
+use super::spill::{SpillBudget, SpillBuffer};
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
 use crate::metrics::{ExecOutcome, Tracked, metrics};
 use crate::wire::{ErrorCode, Header, RemoteError, SharedWriter};
@@ -92,6 +92,8 @@ pub struct Runner {
     slots: Arc<Semaphore>,
     /// The groups of the commands running now, which the orphan sweeps leave alone.
     supervised: Arc<Supervised>,
+    /// Disk all gathered output waiting for its clients may take.
+    spill_budget: SpillBudget,
 }
 
 impl Runner {
@@ -109,6 +111,7 @@ impl Runner {
             config,
             slots,
             supervised,
+            spill_budget: SpillBudget::default(),
         }
     }
 
@@ -158,8 +161,8 @@ impl Runner {
         let (_signals, signal_rx) = mpsc::channel(1);
         let gather = Gather {
             collected: Collected {
-                stdout: SpillBuffer::new(limits.in_memory),
-                stderr: SpillBuffer::new(limits.in_memory),
+                stdout: SpillBuffer::new(limits.in_memory, self.spill_budget.clone()),
+                stderr: SpillBuffer::new(limits.in_memory, self.spill_budget.clone()),
                 ..Collected::default()
             },
             max_output: limits.max_output,

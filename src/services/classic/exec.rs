@@ -17,7 +17,9 @@
 //! its output cut); a note on stderr says when either happened. The reply's size comes
 //! first, so the output is gathered whole before it is sent: [`TCP_IN_MEMORY`] bytes of each
 //! stream in memory, the rest in an anonymous temporary file (gone when the reply is sent or
-//! the client leaves), so clients that never read cost disk space, not memory. A client that
+//! the client leaves), so clients that never read cost disk space, not memory; and at most
+//! [`DEFAULT_SPILL_BUDGET`](crate::services::spill::DEFAULT_SPILL_BUDGET) of it, all clients
+//! together (past it a command is stopped and its output cut, with a note). A client that
 //! closes while its command runs has the command stopped. Many clients at once.
 //!
 //! **9003, UDP.** The course's server takes a datagram as a command and answers two
