@@ -9,8 +9,9 @@
 //! group it leads), and reaps every other zombie with `waitpid(pid, WNOHANG)`. It never waits
 //! for "any child", so it never takes an exit status a supervisor is waiting for.
 //!
-//! A command is spawned under the same lock a sweep decides under, so a sweep never sees a
-//! command it has not yet been told about.
+//! A command is spawned under the same lock a sweep lists and decides under, so a sweep never
+//! sees a command it has not yet been told about, nor signals a pid that has meanwhile been
+//! reaped and reused.
 
 use std::collections::HashSet;
 use std::io;
@@ -115,8 +116,10 @@ pub struct Swept {
 /// supervised groups alone.
 pub fn sweep(supervised: &Supervised) -> Swept {
     let our_group = rustix::process::getpgrp();
-    let children = children();
+    // Listed under the lock: no command starts meanwhile, and a pid read as an untracked
+    // child stays ours until we reap it, so it cannot be reused by a stranger before the kill.
     let groups = supervised.lock();
+    let children = children();
     let mut swept = Swept::default();
     for child in children {
         if groups.contains(&child.pid) || groups.contains(&child.group) {
