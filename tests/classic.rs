@@ -617,6 +617,117 @@ fn exec_survives_garbage_and_stops_the_command_of_a_client_that_left() {
 }
 
 #[test]
+fn exec_output_past_the_memory_threshold_comes_back_whole() {
+    let classic = Classic::start();
+    let mut stream = classic.connect("exec");
+    // About 2.7 MB on stdout and 0.6 MB on stderr: both far past the 64 KiB kept in memory.
+    stream.write_all(b"seq 1 400000; seq 1 100000 >&2").unwrap();
+    let (_, header, body) = read_course_reply(&mut stream, "data_size");
+    let mut expected: String = (1..=400_000).map(|n| format!("{n}\n")).collect();
+    expected.extend((1..=100_000).map(|n| format!("{n}\n")));
+    assert_eq!(header["msg_length"].as_u64(), Some(expected.len() as u64));
+    assert!(body == expected.as_bytes(), "the output came back changed");
+    stream.write_all(b"echo next").unwrap();
+    let (_, _, body) = read_course_reply(&mut stream, "data_size");
+    assert_eq!(body, b"next\n");
+}
+
+/// Temporary files the process `pid` holds open that no longer have a name.
+fn anonymous_temp_files(pid: u32) -> usize {
+    let temp = std::env::temp_dir();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.starts_with(&temp) && target.to_string_lossy().ends_with(" (deleted)"))
+        .count()
+}
+
+#[test]
+fn clients_that_never_read_their_output_cost_disk_not_memory() {
+    const CLIENTS: usize = 8;
+    let classic = Classic::start();
+    let pid = classic.server.pid();
+    let mut warm = classic.connect("exec");
+    warm.write_all(b"echo warm").unwrap();
+    read_course_reply(&mut warm, "data_size");
+    let before = common::resident_mib(pid);
+    // 8 MB each: 64 MB in the server's memory if replies were gathered there.
+    let idle: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut stream = classic.connect("exec");
+            stream.write_all(b"head -c 8000000 /dev/zero").unwrap();
+            stream
+        })
+        .collect();
+    eventually("every reply waits in a temporary file", || {
+        anonymous_temp_files(pid) >= CLIENTS
+    });
+    let grown = common::resident_mib(pid).saturating_sub(before);
+    assert!(grown < 32, "server memory grew by {grown} MiB");
+    drop(idle);
+    eventually("the files are gone with their clients", || {
+        anonymous_temp_files(pid) == 0
+    });
+}
+
+#[test]
+fn udp_services_do_not_answer_the_servers_own_ports() {
+    let classic = Classic::start();
+    let (time, echo) = (classic.addr("time"), classic.addr("udp_echo"));
+    // Same ports as the server's own services, on other addresses of this machine: what a
+    // datagram forged to set the time service and the echo talking to each other looks like.
+    let as_echo = UdpSocket::bind(("127.0.0.2", echo.port())).unwrap();
+    let as_time = UdpSocket::bind(("127.0.0.3", time.port())).unwrap();
+    as_echo.send_to(b"%Y", time).unwrap();
+    as_time.send_to(b"hello", echo).unwrap();
+    // Each service answers in order, so once a later request is answered, the forged one
+    // would have been too.
+    assert_eq!(ask_udp(echo, b"next", 1), [b"NEXT".to_vec()]);
+    assert_eq!(ask_udp(time, b"%%%Y", 1)[0].len(), 5);
+    for socket in [&as_echo, &as_time] {
+        socket.set_nonblocking(true).unwrap();
+        let mut buffer = [0u8; 64];
+        let unanswered = socket
+            .recv_from(&mut buffer)
+            .map(|(len, _)| buffer[..len].to_vec());
+        assert!(unanswered.is_err(), "answered: {unanswered:?}");
+    }
+}
+
+#[test]
+fn udp_replies_are_no_larger_than_their_requests_allow() {
+    let classic = Classic::start();
+    let (time, echo) = (classic.addr("time"), classic.addr("udp_echo"));
+    // Characters whose upper case is two or three times as long, and ones that keep their size.
+    for text in ["ΐ", "ȿ", "ﬗ", "ß", "ﬃ", "a"] {
+        let request = text.repeat(20_000 / text.len());
+        let reply = &ask_udp(echo, request.as_bytes(), 1)[0];
+        assert!(
+            reply.len() <= request.len(),
+            "{text}: {} bytes for {}",
+            reply.len(),
+            request.len()
+        );
+    }
+    for format in ["", "%c", "%c%c", "%A %B %d %c", "%c %c %c %c"] {
+        let reply = &ask_udp(time, format.as_bytes(), 1)[0];
+        assert!(
+            reply.len() <= format.len() + 64,
+            "{format:?}: {} bytes",
+            reply.len()
+        );
+    }
+    // A format that converts nothing would be the request itself: refused. Text with no `%`
+    // at all is no format: not answered (the next request's answer comes first).
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(b"just text", time).unwrap();
+    let refused = ask_udp_from(&socket, time, b"100%%", 1).unwrap();
+    assert_eq!(refused, [b"error: format has no strftime conversion".to_vec()]);
+}
+
+#[test]
 fn echo_and_greeting_take_binary_garbage_and_clients_that_vanish() {
     let classic = Classic::start();
     let mut stream = classic.connect("echo");

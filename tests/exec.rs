@@ -39,8 +39,17 @@ fn processes_matching(marker: &str) -> Vec<String> {
     found
 }
 
+/// The children of `pid`, live or zombie, as their `/proc/PID/stat` lines.
+fn children_of(pid: u32) -> Vec<String> {
+    children_in_state(pid, |_| true)
+}
+
 /// Zombie children of `pid`.
 fn zombies_of(pid: u32) -> Vec<String> {
+    children_in_state(pid, |state| state == "Z")
+}
+
+fn children_in_state(pid: u32, wanted: impl Fn(&str) -> bool) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) {
@@ -49,7 +58,8 @@ fn zombies_of(pid: u32) -> Vec<String> {
                 .map_or("", |(_, rest)| rest)
                 .split_whitespace()
                 .collect();
-            if fields.first() == Some(&"Z") && fields.get(1) == Some(&pid.to_string().as_str()) {
+            let state = fields.first().copied().unwrap_or_default();
+            if wanted(state) && fields.get(1) == Some(&pid.to_string().as_str()) {
                 found.push(stat);
             }
         }
@@ -230,6 +240,36 @@ fn a_client_killed_mid_command_leaves_no_process_behind() {
     wait_until_gone("sleep 100");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(zombies_of(server.pid()), Vec::<String>::new());
+}
+
+#[test]
+fn processes_that_leave_their_group_are_stopped_and_every_orphan_is_reaped() {
+    let server = exec_server();
+    // Each escapes the group kill its own way, with its output detached so the command ends at
+    // once: `setsid` in the background, a double fork through a subshell, `setsid` from a
+    // child shell, and one that exits by itself soon after (a zombie, unless it is reaped).
+    let line = "setsid sleep 2001.5 </dev/null >/dev/null 2>&1 & \
+                (setsid sh -c 'sleep 2002.5; true' </dev/null >/dev/null 2>&1 &); \
+                sh -c 'setsid sleep 2003.5 </dev/null >/dev/null 2>&1 &'; \
+                setsid sh -c 'sleep 0.2; exit 3' </dev/null >/dev/null 2>&1 & \
+                echo started";
+    let output = server.cli(&["exec", "-n", &server.addr, line]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "started\n");
+    wait_until_gone("sleep 200");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !children_of(server.pid()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the server still has children: {:?}",
+            children_of(server.pid())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.wait_for_log("stopping a process that left its command's group"));
+    // And exec goes on as before.
+    let output = server.cli(&["exec", "-n", &server.addr, "echo still"]);
+    assert_eq!(stdout(&output), "still\n");
 }
 
 #[test]

@@ -90,7 +90,7 @@ fn bad_formats_get_short_error_replies_and_the_server_keeps_answering() {
     let (server, addr) = time_server();
     let oversize = "%Y".repeat(MAX_FORMAT_LEN / 2 + 1);
     let overflowing = "%c".repeat(MAX_FORMAT_LEN / 2);
-    let huge = [b'x'; 60_000];
+    let huge = [b'%'; 60_000];
     let cases: [(&[u8], &str); 8] = [
         (b"%Q", "invalid strftime format"),
         (b"%", "invalid strftime format"),
@@ -180,10 +180,29 @@ fn sockit_time_prints_the_reply_and_exits_255_when_refused_or_unanswered() {
     let output = server.cli(&["time", &addr, "%Q"]);
     assert_eq!(output.status.code(), Some(255));
     assert_eq!(stderr(&output), "sockit: server error: invalid strftime format\n");
+    let output = server.cli(&["time", &addr, "100%%"]);
+    assert_eq!(
+        stderr(&output),
+        "sockit: server error: format has no strftime conversion\n"
+    );
+    // Text with no `%` is refused before it is sent: the service would not answer it.
+    let output = server.cli(&["time", &addr, "hello", "--retries", "0"]);
+    assert_eq!(output.status.code(), Some(255));
+    assert!(
+        stderr(&output).contains("not a strftime format"),
+        "{}",
+        stderr(&output)
+    );
 
     let native = server.cli(&["time", "--native", &server.addr, "%Y"]);
     assert!(native.status.success(), "{}", stderr(&native));
     assert_eq!(stdout(&native).trim_end().len(), 4);
+    let native = server.cli(&["time", "--native", &server.addr, "just text"]);
+    assert!(
+        stderr(&native).contains("format has no strftime conversion"),
+        "{}",
+        stderr(&native)
+    );
 
     let closed = UdpSocket::bind("127.0.0.1:0")
         .unwrap()

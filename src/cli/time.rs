@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use sockit::client::{Target, ask_datagram};
 use sockit::server::{DEFAULT_PORT, DEFAULT_TIME_PORT, parse_duration};
-use sockit::services::time::parse_datagram_reply;
+use sockit::services::time::{is_answered, parse_datagram_reply};
 use sockit::{Client, ClientError};
 
 use super::{ClientArgs, client_runtime, print_line};
@@ -47,6 +47,12 @@ pub fn run(args: TimeArgs) -> anyhow::Result<ExitCode> {
 fn datagram_time(args: &TimeArgs) -> anyhow::Result<String> {
     let target = Target::parse_with_port(&args.target, DEFAULT_TIME_PORT).map_err(ClientError::BadTarget)?;
     let request = args.format.as_deref().unwrap_or_default().as_bytes();
+    if !is_answered(request) {
+        anyhow::bail!(
+            "{:?} is not a strftime format (no `%`); the time service does not answer such text",
+            args.format.as_deref().unwrap_or_default()
+        );
+    }
     let tries = args.retries.saturating_add(1);
     let reply = client_runtime()?.block_on(ask_datagram(&target, request, args.timeout, tries))?;
     parse_datagram_reply(&reply).map_err(|message| anyhow::anyhow!("server error: {message}"))

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::ServerConfig;
 use super::listener::{bind_tcp, bind_udp};
 use super::stream::{ServiceShutdown, StreamLimits, StreamService, serve_streams};
-use super::udp::{DatagramService, RateLimit, serve_datagrams};
+use super::udp::{DatagramService, OwnPorts, RateLimit, serve_datagrams};
 use crate::auth::FailureThrottle;
 use crate::services::Backends;
 use crate::services::classic::echo::{HmacEcho, UdpUpperEcho, UpperEcho};
@@ -72,6 +72,15 @@ struct Spec {
     datagram: Option<Arc<dyn DatagramService>>,
     /// What anyone who reaches it can do, if it lets anyone in: logged as a warning.
     exposure: Option<&'static str>,
+}
+
+/// The UDP ports `endpoints` are bound to, which none of them answers.
+pub(super) fn own_ports(endpoints: &[Endpoint]) -> OwnPorts {
+    let udp = endpoints.iter().filter_map(|endpoint| match &endpoint.socket {
+        Socket::Udp(socket, _) => socket.local_addr().ok().map(|addr| addr.port()),
+        Socket::Tcp(..) => None,
+    });
+    OwnPorts::new(udp)
 }
 
 /// Binds every unframed service `config` turns on.
@@ -242,8 +251,14 @@ impl Endpoint {
     }
 
     /// Serves on `tasks` until `stopping`; connections still open past the shutdown deadline
-    /// end with `abort`.
-    pub(super) fn spawn(self, tasks: &TaskTracker, stopping: &CancellationToken, abort: &CancellationToken) {
+    /// end with `abort`. Datagrams from `own_ports` go unanswered.
+    pub(super) fn spawn(
+        self,
+        tasks: &TaskTracker,
+        stopping: &CancellationToken,
+        abort: &CancellationToken,
+        own_ports: &OwnPorts,
+    ) {
         let shutdown = ServiceShutdown {
             stopping: stopping.clone(),
             abort: abort.clone(),
@@ -251,7 +266,9 @@ impl Endpoint {
         };
         match self.socket {
             Socket::Udp(socket, service) => {
-                let serve = serve_datagrams(self.service, socket, service, RateLimit::default(), shutdown);
+                let limit = RateLimit::default();
+                let serve =
+                    serve_datagrams(self.service, socket, service, limit, own_ports.clone(), shutdown);
                 tasks.spawn(serve);
             }
             Socket::Tcp(listener, service, limits) => {

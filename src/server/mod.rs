@@ -168,8 +168,9 @@ impl Server {
             );
             tasks.spawn(accept);
         }
+        let own_ports = endpoints::own_ports(&self.endpoints);
         for endpoint in self.endpoints {
-            endpoint.spawn(&tasks, &self.shared.stopping, &abort);
+            endpoint.spawn(&tasks, &self.shared.stopping, &abort, &own_ports);
         }
         shutdown.await;
         let deadline = self.shared.config.shutdown_timeout;

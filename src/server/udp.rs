@@ -3,12 +3,14 @@
 //!
 //! UDP has no handshake, so a datagram's source address can be forged. A service that answers
 //! anything could then be aimed at a third party (reflection), or at another such service to
-//! make the two answer each other forever. Three defences: every reply datagram costs its
+//! make the two answer each other forever. Four defences: every reply datagram costs its
 //! destination a token from a per-source bucket ([`RateLimit`]); datagrams from ports below
-//! 1024, where servers rather than clients live, are ignored unless a service opts in; and
+//! 1024, where servers rather than clients live, are ignored unless a service opts in;
+//! datagrams from one of this server's own UDP service ports on a local address are never
+//! answered ([`OwnPorts`]), so no two of its services can be set talking to each other; and
 //! services answer with no more than the request needs (see each service).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -57,6 +59,31 @@ pub trait DatagramService: Send + Sync {
 
 /// Long answers in progress at once per service; datagrams beyond are dropped.
 pub const MAX_LONG_ANSWERS: usize = 256;
+
+/// The ports this server's UDP services are bound to. A datagram from one of them, on an
+/// address of this machine, is a reply of (or forged to look like one of) our own services:
+/// answering it could start two of them answering each other forever.
+#[derive(Clone, Debug, Default)]
+pub struct OwnPorts(Arc<HashSet<u16>>);
+
+impl OwnPorts {
+    pub fn new(ports: impl IntoIterator<Item = u16>) -> OwnPorts {
+        OwnPorts(Arc::new(ports.into_iter().collect()))
+    }
+
+    /// Whether `from` is one of this server's UDP services.
+    pub fn sent(&self, from: SocketAddr) -> bool {
+        self.0.contains(&from.port()) && is_local(from.ip())
+    }
+}
+
+/// Whether `ip` is an address of this machine: loopback, or one a socket can be bound to
+/// (the kernel knows its own addresses; this needs no list of interfaces). Only asked for
+/// datagrams from one of our own ports, so the bind is rare.
+fn is_local(ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
 
 /// Per-source token buckets: [`REPLIES_PER_SECOND`] with bursts of [`REPLY_BURST`] by default.
 ///
@@ -160,6 +187,7 @@ pub async fn serve_datagrams(
     socket: UdpSocket,
     service: Arc<dyn DatagramService>,
     limit: RateLimit,
+    own_ports: OwnPorts,
     shutdown: ServiceShutdown,
 ) {
     let replier = Arc::new(Replier {
@@ -182,7 +210,7 @@ pub async fn serve_datagrams(
                 continue;
             }
         };
-        if from.port() == 0 || !replier.service.answers_port(from.port()) {
+        if from.port() == 0 || !replier.service.answers_port(from.port()) || own_ports.sent(from) {
             debug!(service = name, %from, "ignored a datagram from a server port");
             metrics().datagram(name, Datagram::Ignored);
             continue;
@@ -292,6 +320,24 @@ mod tests {
         assert!(limit.allow(ip("192.0.2.1"), now));
         assert!(limit.allow(ip("::ffff:192.0.2.1"), now));
         assert!(!limit.allow(ip("192.0.2.1"), now));
+    }
+
+    #[test]
+    fn datagrams_from_our_own_ports_on_this_machine_are_ours() {
+        let own = OwnPorts::new([9000, 9001]);
+        let from = |text: &str| text.parse::<SocketAddr>().unwrap();
+        assert!(own.sent(from("127.0.0.1:9001")));
+        assert!(own.sent(from("127.0.0.53:9000")), "all of 127/8 is this machine");
+        assert!(own.sent(from("[::1]:9000")));
+        assert!(own.sent(from("[::ffff:127.0.0.1]:9000")));
+        assert!(own.sent(from("0.0.0.0:9000")));
+        assert!(!own.sent(from("127.0.0.1:9002")), "not one of our ports");
+        assert!(
+            !own.sent(from("192.0.2.1:9001")),
+            "TEST-NET-1 is nobody's address"
+        );
+        assert!(!own.sent(from("[2001:db8::1]:9001")));
+        assert!(!OwnPorts::default().sent(from("127.0.0.1:9001")));
     }
 
     #[test]

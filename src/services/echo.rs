@@ -45,9 +45,45 @@ pub fn upper(bytes: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Like [`upper`], but never longer than `bytes`: a character whose upper case takes more
+/// bytes (`ΐ` → `Ϊ́`, 2 bytes → 6; `ȿ` → `Ȿ`, 2 → 3) stays as it is. For replies to datagrams,
+/// whose source may be forged: an echo must not be an amplifier.
+pub fn upper_no_longer(bytes: &[u8]) -> Vec<u8> {
+    if bytes.is_ascii() {
+        return bytes.to_ascii_uppercase();
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return bytes.to_ascii_uppercase();
+    };
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let upper = c.to_uppercase();
+        if upper.clone().map(char::len_utf8).sum::<usize>() <= c.len_utf8() {
+            out.extend(upper);
+        } else {
+            out.push(c);
+        }
+    }
+    out.into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::upper;
+    use super::{upper, upper_no_longer};
+
+    #[test]
+    fn upper_casing_for_datagrams_never_grows() {
+        assert_eq!(
+            upper_no_longer("straße ﬃ ü".as_bytes()),
+            "STRASSE FFI Ü".as_bytes()
+        );
+        for grows in ["ΐ", "ȿ", "ﬗ", "ŉ"] {
+            let request = grows.repeat(1000);
+            assert!(upper(request.as_bytes()).len() > request.len(), "{grows}");
+            assert_eq!(upper_no_longer(request.as_bytes()), request.as_bytes());
+        }
+        assert_eq!(upper_no_longer(b"\xffab"), b"\xffAB");
+    }
 
     #[test]
     fn upper_cases_ascii_unicode_and_leaves_binary_intact() {

@@ -15,7 +15,9 @@
 //!
 //! Each command runs in its own process group. When it exits, times out, or its client goes
 //! away, the whole group gets SIGTERM and, after a grace period, SIGKILL; the server is a child
-//! subreaper, so every process of the group is reaped, not left as a zombie or an orphan.
+//! subreaper, so every process of the group is reaped, not left as a zombie or an orphan. A
+//! process that left its command's group (`setsid`) is stopped when it reaches the server as
+//! an orphan, and reaped (see [`super::reaper`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{ExitStatus, Stdio};
@@ -32,6 +34,8 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, info};
 
+use super::reaper::{Supervised, SupervisedGroup};
+use super::spill::{SpillBudget, SpillBuffer};
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
 use crate::metrics::{ExecOutcome, Tracked, metrics};
 use crate::wire::{ErrorCode, Header, RemoteError, SharedWriter};
@@ -86,16 +90,29 @@ impl Default for ExecConfig {
 pub struct Runner {
     config: ExecConfig,
     slots: Arc<Semaphore>,
+    /// The groups of the commands running now, which the orphan sweeps leave alone.
+    supervised: Arc<Supervised>,
+    /// Disk all gathered output waiting for its clients may take.
+    spill_budget: SpillBudget,
 }
 
 impl Runner {
+    /// With exec enabled, makes this process a child subreaper and starts sweeping its
+    /// orphans (so call it inside the runtime the server runs on).
     pub fn new(config: ExecConfig) -> Runner {
+        let supervised = Arc::new(Supervised::default());
         if config.enabled {
-            // Orphans of our commands are reparented to us, so we can reap them.
+            // Orphans of our commands are reparented to us, so we can stop and reap them.
             let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
+            super::reaper::start(supervised.clone());
         }
         let slots = Arc::new(Semaphore::new(config.max_total));
-        Runner { config, slots }
+        Runner {
+            config,
+            slots,
+            supervised,
+            spill_budget: SpillBudget::default(),
+        }
     }
 
     /// Whether the operator allowed remote execution (`--allow-exec`).
@@ -138,16 +155,21 @@ impl Runner {
             command: Some(line.to_owned()),
             ..ExecRequest::default()
         };
-        let child = spawn(&spec)?;
+        let (child, group) = spawn(&spec, &self.supervised)?;
         let (done, collected) = oneshot::channel();
         // Dropping the sender (with this future) tells the supervisor nobody is waiting.
         let (_signals, signal_rx) = mpsc::channel(1);
         let gather = Gather {
-            collected: Collected::default(),
+            collected: Collected {
+                stdout: SpillBuffer::new(limits.in_memory, self.spill_budget.clone()),
+                stderr: SpillBuffer::new(limits.in_memory, self.spill_budget.clone()),
+                ..Collected::default()
+            },
             max_output: limits.max_output,
             done: Some(done),
         };
         let supervisor = Supervisor::new(gather, &self.config, Some(limits.timeout), permit, None);
+        let supervisor = supervisor.holding(group);
         tokio::spawn(supervisor.run(child, signal_rx));
         collected.await.map_err(|_| {
             RemoteError::new(
@@ -163,19 +185,24 @@ impl Runner {
 pub struct CollectLimits {
     /// Bytes kept of each of stdout and stderr; a command that writes more is stopped.
     pub max_output: usize,
+    /// Bytes of each stream kept in memory; the rest waits in a temporary file.
+    pub in_memory: usize,
     pub timeout: Duration,
 }
 
 /// A command's gathered output and how it ended.
 #[derive(Debug, Default)]
 pub struct Collected {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+    pub stdout: SpillBuffer,
+    pub stderr: SpillBuffer,
     /// `None` when the command was stopped for writing too much.
     pub status: Option<ExitStatus>,
     pub timed_out: bool,
     /// Output went past the limit: what is here is its beginning.
     pub truncated: bool,
+    /// Why the output could not be stored (the temporary directory full, say), if it could
+    /// not: the command was stopped and what is here is its beginning.
+    pub not_stored: Option<String>,
 }
 
 /// The native `exec`, `stdin` and `signal` commands.
@@ -300,7 +327,7 @@ impl Exec {
             ));
         }
         let permit = self.runner.slot()?;
-        let mut child = spawn(&spec)?;
+        let (mut child, group) = spawn(&spec, &self.runner.supervised)?;
         let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
         let (signal_tx, signal_rx) = mpsc::channel(8);
         let credit = Arc::new(AtomicU64::new(STDIN_WINDOW));
@@ -323,7 +350,8 @@ impl Exec {
             writer: session.writer.clone(),
         };
         let timeout = spec.timeout_ms.map(Duration::from_millis);
-        let supervisor = Supervisor::new(frames, &self.runner.config, timeout, permit, Some(session.busy()));
+        let supervisor = Supervisor::new(frames, &self.runner.config, timeout, permit, Some(session.busy()))
+            .holding(group);
         let pid = child.id().unwrap_or(0);
         info!(peer = %session.peer, id, pid, "command started");
         debug!(peer = %session.peer, id, pid, command = ?spec.command, argv = ?spec.argv, "command line");
@@ -336,17 +364,22 @@ fn bad_request(message: impl Into<String>) -> RemoteError {
     RemoteError::new(ErrorCode::BadRequest, message)
 }
 
-/// Starts the process in a process group of its own, stdout and stderr piped.
-fn spawn(spec: &ExecRequest) -> Result<Child, RemoteError> {
-    let mut command = match (&spec.command, &spec.argv) {
+/// Starts the process in a process group of its own, stdout and stderr piped, its group kept
+/// out of the orphan sweeps until the returned guard drops.
+fn spawn(
+    spec: &ExecRequest,
+    supervised: &Arc<Supervised>,
+) -> Result<(Child, Option<SupervisedGroup>), RemoteError> {
+    let argv = spec.argv.as_deref().map(<[String]>::split_first);
+    let mut command = match (&spec.command, argv) {
         (Some(line), None) => {
             let mut command = Command::new("sh");
             command.arg("-c").arg(line);
             command
         }
-        (None, Some(argv)) if !argv.is_empty() => {
-            let mut command = Command::new(&argv[0]);
-            command.args(&argv[1..]);
+        (None, Some(Some((program, args)))) => {
+            let mut command = Command::new(program);
+            command.args(args);
             command
         }
         _ => return Err(bad_request("give exactly one of `command` or a non-empty `argv`")),
@@ -368,20 +401,23 @@ fn spawn(spec: &ExecRequest) -> Result<Child, RemoteError> {
         .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| {
-            let what = spec.argv.as_ref().map_or("sh", |argv| argv[0].as_str());
-            let place = spec
-                .cwd
-                .as_deref()
-                .map(|cwd| format!(" in {cwd}"))
-                .unwrap_or_default();
-            RemoteError::new(
-                ErrorCode::Other("exec_failed".into()),
-                format!("cannot run {what}{place}: {e}"),
-            )
-        })
+        .process_group(0);
+    supervised.spawn(&mut command).map_err(|e| {
+        let what = spec
+            .argv
+            .as_ref()
+            .and_then(|argv| argv.first())
+            .map_or("sh", String::as_str);
+        let place = spec
+            .cwd
+            .as_deref()
+            .map(|cwd| format!(" in {cwd}"))
+            .unwrap_or_default();
+        RemoteError::new(
+            ErrorCode::Other("exec_failed".into()),
+            format!("cannot run {what}{place}: {e}"),
+        )
+    })
 }
 
 /// Writes stdin chunks to the command and acknowledges each to the client; when the client
@@ -545,9 +581,13 @@ impl Sink for Gather {
             "stdout" => &mut self.collected.stdout,
             _ => &mut self.collected.stderr,
         };
-        let room = self.max_output.saturating_sub(kept.len());
-        kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
-        if bytes.len() > room {
+        let held = usize::try_from(kept.len()).unwrap_or(usize::MAX);
+        let (fits, over) = bytes.split_at(bytes.len().min(self.max_output.saturating_sub(held)));
+        if let Err(error) = kept.append(fits).await {
+            self.collected.not_stored = Some(error.to_string());
+            return false;
+        }
+        if !over.is_empty() {
             self.collected.truncated = true;
             return false;
         }
@@ -580,6 +620,8 @@ struct Supervisor<S> {
     _busy: Option<super::Busy>,
     /// Counts the command in `sockit_exec_processes_running` until it is reaped.
     _running: Tracked,
+    /// Keeps the orphan sweeps off the group while this supervisor looks after it.
+    _group: Option<SupervisedGroup>,
 }
 
 /// One thing that happened to a running command.
@@ -608,7 +650,13 @@ impl<S: Sink> Supervisor<S> {
             _permit: permit,
             _busy: busy,
             _running: Tracked::new(&metrics().exec_running),
+            _group: None,
         }
+    }
+
+    fn holding(mut self, group: Option<SupervisedGroup>) -> Supervisor<S> {
+        self._group = group;
+        self
     }
 
     /// Supervises `child` until it exits or is stopped. `signals` closing means nobody

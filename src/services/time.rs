@@ -7,8 +7,14 @@
 //!
 //! UDP replies: the time text as UTF-8, or [`ERROR_PREFIX`] followed by a message. A format
 //! whose text would itself begin with that prefix is refused, so a client can always tell
-//! the two apart. An error reply is a fixed message that never repeats the request, so no
-//! reply is larger than its request by more than the time text.
+//! the two apart. An error reply is a fixed message that never repeats the request.
+//!
+//! A UDP source can be forged, so the service must not be a mirror another service can be
+//! set talking to. A format must convert something: one whose only `%`s are `%%`, `%n` or
+//! `%t` is refused (its text would be the request itself), and a non-empty datagram with no
+//! `%` at all is not a format and gets no reply. Every reply holds no `%` but those of `%%`,
+//! so what another service sends back gets fewer answers each round and soon none. No reply
+//! is more than [`MAX_REPLY_GROWTH`] bytes longer than its request.
 //!
 //! Native: `{"cmd":"time","id":N,"format":"..."}` (format optional) is answered with
 //! `{"cmd":"time","id":N,"time":"...","unix_ms":...}`, or a `bad_request` error.
@@ -18,7 +24,7 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::format::{DelayedFormat, StrftimeItems};
+use chrono::format::{DelayedFormat, Item, StrftimeItems};
 use chrono::{DateTime, Local, TimeZone};
 use serde::Deserialize;
 
@@ -34,6 +40,9 @@ pub const MAX_FORMAT_LEN: usize = 256;
 pub const MAX_REPLY_LEN: usize = 1024;
 /// What every UDP error reply begins with.
 pub const ERROR_PREFIX: &str = "error: ";
+/// A UDP reply is at most this many bytes longer than its request: the course's default
+/// text answers an empty datagram, and `%c` (2 bytes) gives 24.
+pub const MAX_REPLY_GROWTH: usize = 64;
 
 /// Why a format gives no time text. The messages are short: they are UDP error replies, and
 /// a reply to a small request should be small too.
@@ -50,6 +59,12 @@ pub enum TimeFormatError {
     ReplyTooLong,
     #[error("time text would begin with `{ERROR_PREFIX}`")]
     LooksLikeError,
+    /// Only literal text, `%%`, `%n` or `%t`: the reply would be the request.
+    #[error("format has no strftime conversion")]
+    NoConversion,
+    /// Over UDP, more than [`MAX_REPLY_GROWTH`] bytes longer than the format.
+    #[error("time text too long for its format")]
+    GrowsTooMuch,
 }
 
 /// Error replies are at most this long, whatever the request.
@@ -72,6 +87,9 @@ where
     let items = StrftimeItems::new(format)
         .parse()
         .map_err(|_| TimeFormatError::Invalid)?;
+    if items.iter().all(is_literal) {
+        return Err(TimeFormatError::NoConversion);
+    }
     let formatted: DelayedFormat<_> = time.format_with_items(items.iter());
     let mut text = CappedString::default();
     match write!(text, "{formatted}") {
@@ -80,6 +98,14 @@ where
         // Every item parsed, so this is a conversion chrono cannot fill in for this time.
         Err(_) => Err(TimeFormatError::Invalid),
     }
+}
+
+/// An item that converts nothing: text, `%%`, `%n`, `%t`.
+fn is_literal(item: &Item<'_>) -> bool {
+    matches!(
+        item,
+        Item::Literal(_) | Item::OwnedLiteral(_) | Item::Space(_) | Item::OwnedSpace(_)
+    )
 }
 
 /// A String that refuses to grow past [`MAX_REPLY_LEN`], so a format like `%c` repeated
@@ -101,12 +127,22 @@ impl Write for CappedString {
     }
 }
 
-/// The UDP reply to one datagram: the time text, or an error reply.
-pub fn datagram_reply(request: &[u8]) -> Bytes {
-    match datagram_time(request) {
+/// Whether the UDP service answers `request` at all: empty (the default format), or holding
+/// a `%`. Anything else is not a format, but most likely another service's reply.
+pub fn is_answered(request: &[u8]) -> bool {
+    request.is_empty() || request.contains(&b'%')
+}
+
+/// The UDP reply to one datagram: the time text, or an error reply; none for a datagram
+/// that is not [`is_answered`].
+pub fn datagram_reply(request: &[u8]) -> Option<Bytes> {
+    if !is_answered(request) {
+        return None;
+    }
+    Some(match datagram_time(request) {
         Ok(text) => Bytes::from(text),
         Err(error) => Bytes::from(format!("{ERROR_PREFIX}{error}")),
-    }
+    })
 }
 
 fn datagram_time(request: &[u8]) -> Result<String, TimeFormatError> {
@@ -117,6 +153,9 @@ fn datagram_time(request: &[u8]) -> Result<String, TimeFormatError> {
     let text = format_time(format)?;
     if text.starts_with(ERROR_PREFIX) {
         return Err(TimeFormatError::LooksLikeError);
+    }
+    if text.len() > request.len() + MAX_REPLY_GROWTH {
+        return Err(TimeFormatError::GrowsTooMuch);
     }
     Ok(text)
 }
@@ -136,7 +175,7 @@ pub struct TimeDatagrams;
 #[async_trait]
 impl DatagramService for TimeDatagrams {
     async fn answer(&self, request: &[u8], _from: SocketAddr) -> Vec<Bytes> {
-        vec![datagram_reply(request)]
+        datagram_reply(request).into_iter().collect()
     }
 }
 
@@ -223,25 +262,84 @@ mod tests {
     fn format_and_reply_are_capped() {
         let long = "x".repeat(MAX_FORMAT_LEN + 1);
         assert_eq!(format_at(&moment(), &long), Err(TimeFormatError::TooLong));
-        assert!(format_at(&moment(), &"x".repeat(MAX_FORMAT_LEN)).is_ok());
+        assert!(format_at(&moment(), &format!("%Y{}", "x".repeat(MAX_FORMAT_LEN - 2))).is_ok());
         // 128 × `%c` is 256 bytes of format and about 3 KB of text.
         let wide = "%c".repeat(128);
         assert_eq!(format_at(&moment(), &wide), Err(TimeFormatError::ReplyTooLong));
     }
 
+    fn reply(request: &[u8]) -> Bytes {
+        datagram_reply(request).expect("a reply")
+    }
+
     #[test]
     fn datagram_replies_are_text_or_short_prefixed_errors() {
-        let year = parse_datagram_reply(&datagram_reply(b"%Y")).unwrap();
+        let year = parse_datagram_reply(&reply(b"%Y")).unwrap();
         assert!(year.len() == 4 && year.parse::<u32>().is_ok(), "{year}");
-        let default = parse_datagram_reply(&datagram_reply(b"")).unwrap();
+        let default = parse_datagram_reply(&reply(b"")).unwrap();
         assert_eq!(default.len(), "2024-02-29 13:05:09".len(), "{default}");
-        let long = [b'a'; 300];
+        let long = [b'%'; 300];
         let wide = "%c".repeat(128);
-        for request in [&b"%Q"[..], b"\xff\xfe", &long, wide.as_bytes(), b"error: %Y"] {
-            let reply = datagram_reply(request);
+        for request in [&b"%Q"[..], b"\xff\xfe%", &long, wide.as_bytes(), b"error: %Y"] {
+            let reply = reply(request);
             let message = parse_datagram_reply(&reply).unwrap_err();
             assert!(reply.len() <= MAX_ERROR_REPLY_LEN, "{message}");
+            assert!(
+                !message.contains('%'),
+                "a reflected error must not read as a format"
+            );
         }
         assert_eq!(parse_datagram_reply(b"2024"), Ok("2024".to_owned()));
+    }
+
+    #[test]
+    fn a_format_must_convert_something() {
+        for format in ["100%%", "%n%t", "a%%b %n"] {
+            assert_eq!(
+                format_at(&moment(), format),
+                Err(TimeFormatError::NoConversion),
+                "{format}"
+            );
+            let refused = parse_datagram_reply(&reply(format.as_bytes())).unwrap_err();
+            assert_eq!(refused, "format has no strftime conversion");
+        }
+        // Text with no `%` is no format: most likely another service's reply. No answer.
+        for text in [
+            &b"hello"[..],
+            b"2024-02-29 13:05:09",
+            b"ERROR: INVALID STRFTIME FORMAT",
+            b"\xff",
+        ] {
+            assert_eq!(datagram_reply(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_reply_is_never_much_longer_than_its_request() {
+        let requests = [
+            "",
+            "%c",
+            "%C",
+            "%c%c",
+            "%c %c %c",
+            "%A %B %c",
+            "%Q",
+            "%%%c",
+            "%+",
+            "%a%b%c%d%e%f%Y%Z",
+        ];
+        let wide = "%c".repeat(30);
+        for request in requests.iter().copied().chain([wide.as_str()]) {
+            let reply = reply(request.as_bytes());
+            assert!(
+                reply.len() <= request.len() + MAX_REPLY_GROWTH,
+                "{request:?} drew {} bytes",
+                reply.len()
+            );
+        }
+        assert_eq!(
+            parse_datagram_reply(&reply(b"%c %c %c")).unwrap_err(),
+            "time text too long for its format"
+        );
     }
 }

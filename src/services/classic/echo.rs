@@ -10,8 +10,9 @@
 //! anything else).
 //!
 //! **9001, UDP.** `msg,addr=recvfrom(1024)`, `sendto(msg.upper(),addr)`: the same, datagram
-//! by datagram, with the per-source rate limit of every sockit UDP service; a reply longer
-//! than a datagram can be is cut to 65507 bytes.
+//! by datagram, with the per-source rate limit of every sockit UDP service; a reply is never
+//! longer than its request (a character whose upper case is longer, such as `ΐ`, is sent back
+//! as it came), so a forged source gets no more bytes than the forger sent.
 //!
 //! **9999, TCP, HMAC.** The course's `conn_auth`: send `os.urandom(32)`, read the client's
 //! `hmac.new(secret_key, msg, 'md5').digest()` (16 bytes), compare with
@@ -34,10 +35,10 @@ use md5::Md5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
-use super::{MAX_DATAGRAM, READ_CHUNK, cut};
+use super::READ_CHUNK;
 use crate::auth::{FailureThrottle, Secret};
 use crate::server::{DatagramService, ServiceStream, StreamService};
-use crate::services::echo::upper;
+use crate::services::echo::{upper, upper_no_longer};
 
 /// The course's TCP upper echo (8081).
 pub struct UpperEcho;
@@ -67,7 +68,7 @@ pub struct UdpUpperEcho;
 #[async_trait]
 impl DatagramService for UdpUpperEcho {
     async fn answer(&self, request: &[u8], _from: SocketAddr) -> Vec<Bytes> {
-        vec![Bytes::from(cut(upper(request), MAX_DATAGRAM))]
+        vec![Bytes::from(upper_no_longer(request))]
     }
 }
 

@@ -14,8 +14,13 @@
 //! (`while recv_size < data_len`) prints as an empty line. Commands run in their own process
 //! group, in the home directory, with stdin empty, for at most [`COMMAND_TIMEOUT`], their
 //! output capped at [`TCP_MAX_OUTPUT`] per stream (a command that writes more is stopped and
-//! its output cut); a note on stderr says when either happened. A client that closes while
-//! its command runs has the command stopped. Many clients at once.
+//! its output cut); a note on stderr says when either happened. The reply's size comes
+//! first, so the output is gathered whole before it is sent: [`TCP_IN_MEMORY`] bytes of each
+//! stream in memory, the rest in an anonymous temporary file (gone when the reply is sent or
+//! the client leaves), so clients that never read cost disk space, not memory; and at most
+//! [`DEFAULT_SPILL_BUDGET`](crate::services::spill::DEFAULT_SPILL_BUDGET) of it, all clients
+//! together (past it a command is stopped and its output cut, with a note). A client that
+//! closes while its command runs has the command stopped. Many clients at once.
 //!
 //! **9003, UDP.** The course's server takes a datagram as a command and answers two
 //! datagrams, `sendto(stderr)` then `sendto(stdout)`, blocking every other client while a
@@ -33,14 +38,18 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
-use super::{MAX_DATAGRAM, READ_CHUNK, cut, header_bytes, is_loopback, shown};
+use super::{MAX_DATAGRAM, READ_CHUNK, header_bytes, is_loopback, shown};
 use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::exec::{CollectLimits, Collected, Runner};
+use crate::services::spill::SpillBuffer;
 
 /// How long a classic command may run before it is stopped.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of stdout, and of stderr, kept for a TCP reply.
 pub const TCP_MAX_OUTPUT: usize = 8 * 1024 * 1024;
+/// Bytes of stdout, and of stderr, of a TCP reply held in memory; the rest is spilled to a
+/// temporary file.
+pub const TCP_IN_MEMORY: usize = 64 * 1024;
 
 /// The header of a TCP reply, in both spellings the course uses.
 #[derive(Serialize)]
@@ -68,6 +77,7 @@ impl TcpExec {
             }
             let limits = CollectLimits {
                 max_output: TCP_MAX_OUTPUT,
+                in_memory: TCP_IN_MEMORY,
                 timeout: COMMAND_TIMEOUT,
             };
             let run = run(&self.runner, &buffer[..n], limits, "classic-exec", peer);
@@ -78,16 +88,23 @@ impl TcpExec {
                     return Ok(());
                 }
             };
-            let mut output = collected.stdout;
-            output.extend_from_slice(&collected.stderr);
-            let header = ExecReplyHeader {
-                data_size: output.len(),
-                msg_length: output.len(),
-            };
-            stream.write_all(&header_bytes(&header)).await?;
-            stream.write_all(&output).await?;
+            send_reply(stream, collected).await?;
         }
     }
+}
+
+/// The course's reply: the header with the size, then stdout and stderr.
+async fn send_reply(stream: &mut ServiceStream, collected: Collected) -> std::io::Result<()> {
+    let size = collected.stdout.len() + collected.stderr.len();
+    // Both streams are capped at TCP_MAX_OUTPUT, so the size always fits.
+    let size = usize::try_from(size).map_err(std::io::Error::other)?;
+    let header = ExecReplyHeader {
+        data_size: size,
+        msg_length: size,
+    };
+    stream.write_all(&header_bytes(&header)).await?;
+    collected.stdout.write_to(stream).await?;
+    collected.stderr.write_to(stream).await
 }
 
 #[async_trait]
@@ -122,13 +139,19 @@ impl DatagramService for UdpExec {
         }
         let limits = CollectLimits {
             max_output: MAX_DATAGRAM,
+            // Never spilled: the output is capped at a datagram, and the notes fit beside it.
+            in_memory: 2 * MAX_DATAGRAM,
             timeout: COMMAND_TIMEOUT,
         };
         let collected = run(&self.runner, request, limits, "classic-udp-exec", from).await;
-        vec![
-            Bytes::from(cut(collected.stderr, MAX_DATAGRAM)),
-            Bytes::from(cut(collected.stdout, MAX_DATAGRAM)),
-        ]
+        let (stderr, stdout) = tokio::join!(
+            collected.stderr.first(MAX_DATAGRAM),
+            collected.stdout.first(MAX_DATAGRAM)
+        );
+        [stderr, stdout]
+            .into_iter()
+            .map(|datagram| Bytes::from(datagram.unwrap_or_default()))
+            .collect()
     }
 
     fn runs_long(&self) -> bool {
@@ -159,26 +182,40 @@ async fn run(
         }
     };
     debug!(service, %peer, status = ?collected.status, timed_out = collected.timed_out, truncated = collected.truncated, "command ended");
-    if collected.timed_out {
-        let note = format!(
-            "sockit: the command ran past {limits_timeout:?} and was stopped\n",
-            limits_timeout = limits.timeout
-        );
-        collected.stderr.extend_from_slice(note.as_bytes());
-    }
-    if collected.truncated {
-        let note = format!(
-            "sockit: the command wrote more than {} bytes to one stream; it was stopped and its output cut\n",
-            limits.max_output
-        );
-        collected.stderr.extend_from_slice(note.as_bytes());
+    for note in notes(&collected, limits) {
+        if let Err(error) = collected.stderr.append(note.as_bytes()).await {
+            warn!(service, %peer, %error, "a note for the client was not stored");
+        }
     }
     collected
 }
 
+/// What the client is told on stderr about how its command ended, if it did not end alone.
+fn notes(collected: &Collected, limits: CollectLimits) -> Vec<String> {
+    let mut notes = Vec::new();
+    if collected.timed_out {
+        notes.push(format!(
+            "sockit: the command ran past {:?} and was stopped\n",
+            limits.timeout
+        ));
+    }
+    if collected.truncated {
+        notes.push(format!(
+            "sockit: the command wrote more than {} bytes to one stream; it was stopped and its output cut\n",
+            limits.max_output
+        ));
+    }
+    if let Some(error) = &collected.not_stored {
+        notes.push(format!(
+            "sockit: the server could not store the command's output ({error}); it was stopped and its output cut\n"
+        ));
+    }
+    notes
+}
+
 fn failed(message: &str) -> Collected {
     Collected {
-        stderr: format!("sockit: {message}\n").into_bytes(),
+        stderr: SpillBuffer::from_bytes(format!("sockit: {message}\n").into_bytes()),
         ..Collected::default()
     }
 }

@@ -313,12 +313,6 @@ impl serde_json::ser::Formatter for PythonFormatter {
     }
 }
 
-/// `bytes` cut to at most `max`.
-pub fn cut(mut bytes: Vec<u8>, max: usize) -> Vec<u8> {
-    bytes.truncate(max);
-    bytes
-}
-
 /// Bytes as they may appear in a log line: lossy UTF-8, control characters escaped, at most
 /// 200 characters.
 pub fn shown(bytes: &[u8]) -> String {
