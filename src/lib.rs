@@ -9,6 +9,7 @@ pub mod client;
 pub mod metrics;
 pub mod server;
 pub mod services;
+pub mod text;
 pub mod wire;
 
 pub use auth::Secret;
