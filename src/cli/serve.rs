@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// Most bytes the file root may hold; larger uploads are refused before they start
     #[arg(long, value_name = "BYTES")]
     quota: Option<u64>,
+    /// Bytes of chat history kept for all rooms together; the oldest messages go first
+    /// [default: 16777216]
+    #[arg(long, value_name = "BYTES")]
+    chat_history_bytes: Option<u64>,
     /// The course's UDP time service (a strftime format in, the local time out) on IP:PORT,
     /// or `off` [default: 127.0.0.1:9000]
     #[arg(long, value_name = "ADDR|off")]
@@ -166,6 +170,7 @@ impl ServeArgs {
             exec_max_total: self.exec_max_total,
             root: self.root.clone(),
             quota: self.quota,
+            chat_history_bytes: self.chat_history_bytes,
             time_listen: self.time_listen,
             daytime_listen: self.daytime_listen,
             rfc868_listen: self.rfc868_listen,

@@ -127,6 +127,7 @@ pub struct FileConfig {
     pub exec_grace: Option<Duration>,
     pub root: Option<PathBuf>,
     pub quota: Option<u64>,
+    pub chat_history_bytes: Option<u64>,
     pub time_listen: Option<ServiceListen>,
     pub daytime_listen: Option<ServiceListen>,
     pub rfc868_listen: Option<ServiceListen>,
@@ -162,6 +163,7 @@ impl FileConfig {
         set(&mut exec.max_per_connection, self.exec_max_per_connection);
         set(&mut exec.max_total, self.exec_max_total);
         set(&mut exec.grace, self.exec_grace);
+        set(&mut config.services.chat.history_bytes, self.chat_history_bytes);
         let files = &mut config.services.files;
         if let Some(root) = &self.root {
             files.root.clone_from(root);

@@ -288,6 +288,13 @@ impl FrameWriter {
         self.send(error.to_header(id), b"").await
     }
 
+    /// Sends a header as it is, with the body it declares left to [`FrameWriter::send_body`]
+    /// (none for a bodyless message): for one message shared by many connections.
+    pub async fn send_header(&mut self, header: &Header) -> Result<(), FrameError> {
+        self.queue_header(header)?;
+        self.flush().await
+    }
+
     /// Queues a whole message to go out with the next flush.
     pub fn queue(&mut self, header: Header, body: &[u8]) -> Result<(), FrameError> {
         self.queue_header(&header.with_body_len(body.len() as u64))?;
@@ -355,6 +362,11 @@ impl SharedWriter {
 
     pub async fn send_error(&self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
         self.0.lock().await.send_error(id, error).await
+    }
+
+    /// [`FrameWriter::send_header`].
+    pub async fn send_header(&self, header: &Header) -> Result<(), FrameError> {
+        self.0.lock().await.send_header(header).await
     }
 
     /// Exclusive use of the writer until the guard drops.
