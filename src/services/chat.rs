@@ -460,7 +460,7 @@ impl Hub {
         if self.by_name.contains_key(name) {
             return Err(RemoteError::new(
                 ErrorCode::Other("name_taken".into()),
-                format!("the nickname `{name}` is taken; choose another"),
+                format!("the nickname `{}` is taken; choose another", shown(name)),
             ));
         }
         let id = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);

@@ -421,3 +421,44 @@ impl AsyncRead for ReadIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::ServiceError;
+    use crate::wire::ErrorCode;
+
+    /// A header over the limit fails that one message, leaves nothing half-written, and the
+    /// connection carries the next message intact; a handler's `?` makes it a request error.
+    #[tokio::test]
+    async fn a_header_too_large_to_send_fails_only_itself() {
+        let (near, far) = tokio::io::duplex(1 << 20);
+        let limits = Limits::default().with_max_header_len(256);
+        let mut sender = Connection::from_io(near, limits.clone());
+        let mut receiver = Connection::from_io(far, limits);
+        let oversized = Header::new("chat_event").with("members", "x".repeat(300));
+        let error = sender.send(oversized, b"").await.unwrap_err();
+        assert!(error.is_unsent(), "{error}");
+        let ServiceError::Reply(refusal) = ServiceError::from(error) else {
+            panic!("an unsent answer must not end the session");
+        };
+        assert_eq!(refusal.code, ErrorCode::HeaderTooLarge);
+        sender
+            .send(Header::new("echo").with_id(Some(2)), b"ok")
+            .await
+            .unwrap();
+        let message = receiver.read_message().await.unwrap().unwrap();
+        assert_eq!((message.header.cmd(), message.header.id()), ("echo", Some(2)));
+        assert_eq!(&message.body[..], b"ok");
+    }
+
+    #[test]
+    fn other_frame_errors_still_end_the_session() {
+        let error = FrameError::HeaderTooLarge {
+            len: 1 << 20,
+            max: 65536,
+        };
+        assert!(!error.is_unsent());
+        assert!(matches!(ServiceError::from(error), ServiceError::Connection(_)));
+    }
+}
