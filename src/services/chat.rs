@@ -39,8 +39,10 @@ use crate::wire::{ErrorCode, FrameError, Header, RemoteError, SharedWriter};
 pub const HISTORY_LEN: usize = 50;
 /// Bytes of history kept for all rooms together unless configured otherwise.
 pub const DEFAULT_HISTORY_BYTES: u64 = 16 * 1024 * 1024;
-/// What one kept message costs beyond its text, names and time: its bookkeeping.
-const POSTED_OVERHEAD: usize = 64;
+/// What one kept message costs beyond its text, names and time: its bookkeeping (the message's
+/// own fields and its place in the eviction order, which may hold as many entries again for
+/// messages already gone before it is swept).
+const POSTED_OVERHEAD: usize = 160;
 /// Events a client may have waiting before it counts as stuck and is dropped.
 pub const QUEUE_LEN: usize = 256;
 /// Longest message text, in bytes.
