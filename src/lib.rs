@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod server;
 pub mod services;
 pub mod source;
+pub mod text;
 pub mod wire;
 
 pub use auth::Secret;

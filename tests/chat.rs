@@ -71,7 +71,9 @@ async fn three_clients_two_rooms_direct_messages_history_and_presence() {
         next_event(&mut alice.feed).await,
         ChatEvent::Members {
             room: "lobby".into(),
-            members: vec!["alice".into()]
+            members: vec!["alice".into()],
+            total: 1,
+            next: None,
         }
     );
     for n in 1..=3 {
@@ -101,7 +103,9 @@ async fn three_clients_two_rooms_direct_messages_history_and_presence() {
         next_event(&mut bob.feed).await,
         ChatEvent::Members {
             room: "lobby".into(),
-            members: vec!["alice".into(), "bob".into()]
+            members: vec!["alice".into(), "bob".into()],
+            total: 2,
+            next: None,
         }
     );
 
@@ -201,7 +205,9 @@ async fn three_clients_two_rooms_direct_messages_history_and_presence() {
                     name: "lobby".into(),
                     members: 1
                 },
-            ]
+            ],
+            total: 2,
+            next: None,
         }
     );
 }

@@ -25,7 +25,7 @@ use super::{ClientArgs, EXIT_FAILURE, client_runtime, prompt_line};
 #[derive(Args)]
 #[command(
     about = "Chat with others on a server: rooms, direct messages, history",
-    after_help = "Examples:\n  sockit chat localhost --name alice             # interactive, room `lobby`\n  sockit chat localhost --name bot --room ops --send 'deploy done'\n  sockit chat --serve-udp 127.0.0.1:8081          # the course's UDP chat console\n\nCommands in the interactive client:\n  /join ROOM  /leave [ROOM]  /msg NICK TEXT  /who [ROOM]  /rooms  /help  /quit"
+    after_help = "Examples:\n  sockit chat localhost --name alice             # interactive, room `lobby`\n  sockit chat localhost --name bot --room ops --send 'deploy done'\n  sockit chat --serve-udp 127.0.0.1:8081          # the course's UDP chat console\n\nCommands in the interactive client:\n  /join ROOM  /leave [ROOM]  /msg NICK TEXT  /who [ROOM [AFTER]]  /rooms [AFTER]  /help  /quit"
 )]
 pub struct ChatArgs {
     /// Server as HOST[:PORT]
@@ -179,7 +179,7 @@ struct Rooms {
     joined: Vec<String>,
 }
 
-const HELP: &str = "/join ROOM · /leave [ROOM] · /msg NICK TEXT · /who [ROOM] · /rooms · /quit; other lines go to the current room";
+const HELP: &str = "/join ROOM · /leave [ROOM] · /msg NICK TEXT · /who [ROOM [AFTER]] · /rooms [AFTER] · /quit; other lines go to the current room";
 
 impl Rooms {
     fn current(&self) -> Option<&str> {
@@ -226,10 +226,16 @@ impl Rooms {
                 _ => bail!("usage: /msg NICK TEXT"),
             },
             "who" => {
-                sender.who(&room_or_current()?).await?;
+                let (room, after) = match rest.split_once(' ') {
+                    Some((room, after)) => (room.to_owned(), Some(after.trim())),
+                    None => (room_or_current()?, None),
+                };
+                sender.who_after(&room, after).await?;
             }
             "rooms" => {
-                sender.rooms().await?;
+                sender
+                    .rooms_after(Some(rest).filter(|after| !after.is_empty()))
+                    .await?;
             }
             _ => eprintln!("{HELP}"),
         }
@@ -267,7 +273,9 @@ async fn show_feed(
                     print(line);
                 }
             }
-            Ok(Some(ChatIncoming::Refused { error, .. })) => print(format!("sockit: {error}")),
+            Ok(Some(ChatIncoming::Refused { error, .. })) => {
+                print(format!("sockit: {}", escape(&error.to_string())))
+            }
             Ok(None) => break "the server closed the connection".to_owned(),
             Err(error) => break error.to_string(),
         }
@@ -344,26 +352,40 @@ impl Style {
                     escape(name)
                 )
             }
-            ChatEvent::Members { room, members } => {
+            ChatEvent::Members {
+                room,
+                members,
+                total,
+                next,
+            } => {
                 let names: Vec<String> = members.iter().map(|m| escape(m)).collect();
+                let more = more_hint(next.as_deref(), &format!("/who {} ", escape(room)));
                 format!(
-                    "#{}: {} online: {}",
+                    "#{}: {} online: {}{more}",
                     escape(room),
-                    members.len(),
+                    (*total).max(members.len()),
                     names.join(", ")
                 )
             }
             ChatEvent::Left { room } => format!("you left #{}", escape(room)),
-            ChatEvent::Rooms { rooms } => {
+            ChatEvent::Rooms { rooms, total, next } => {
+                let count = (*total).max(rooms.len());
                 let rooms: Vec<String> = rooms
                     .iter()
                     .map(|room| format!("#{} ({})", escape(&room.name), room.members))
                     .collect();
-                format!("rooms: {}", rooms.join(", "))
+                let more = more_hint(next.as_deref(), "/rooms ");
+                format!("{count} rooms: {}{more}", rooms.join(", "))
             }
             ChatEvent::Welcome { .. } | ChatEvent::Dropped { .. } => return None,
         })
     }
+}
+
+/// How to ask for the next page of a paged answer, if there is one.
+fn more_hint(next: Option<&str>, command: &str) -> String {
+    next.map(|after| format!(" … ({command}{} for more)", escape(after)))
+        .unwrap_or_default()
 }
 
 /// `HH:MM` in local time; history shows the date too.

@@ -324,15 +324,10 @@ fn print_host_line(host: &str, stderr: bool, data: &[u8], json: bool) {
     }
 }
 
-/// Remote output printed with a host prefix must not move the cursor or recolour the screen.
+/// Remote output printed with a host prefix must not move the cursor, recolour the screen or
+/// turn text around; tabs are kept.
 fn escape_controls(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '\t' => "\t".to_owned(),
-            c if c.is_control() => c.escape_default().to_string(),
-            c => c.to_string(),
-        })
-        .collect()
+    sockit::text::escape_except(text, &['\t'])
 }
 
 fn done_record(host: &str, outcome: &Result<ExitReport, String>) -> serde_json::Value {
@@ -370,7 +365,7 @@ fn print_summary(finished: &[(Arc<str>, Result<ExitReport, String>)]) {
                 report.status(),
                 report.duration_ms
             ),
-            Err(error) => eprintln!("   {host:width$}  failed: {error}"),
+            Err(error) => eprintln!("   {host:width$}  failed: {}", escape_controls(error)),
         }
     }
 }

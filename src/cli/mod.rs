@@ -114,7 +114,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("sockit: {}", one_line(&error));
+            // Errors may quote the server and, through it, other people: shown escaped.
+            eprintln!("sockit: {}", sockit::text::escape(&one_line(&error)));
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// Remove the partial file of an upload abandoned this long ago [default: 24h]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     partial_max_age: Option<Duration>,
+    /// Bytes of chat history kept for all rooms together; the oldest messages go first
+    /// [default: 16777216]
+    #[arg(long, value_name = "BYTES")]
+    chat_history_bytes: Option<u64>,
     /// The course's UDP time service (a strftime format in, the local time out) on IP:PORT,
     /// or `off` [default: 127.0.0.1:9000]
     #[arg(long, value_name = "ADDR|off")]
@@ -194,6 +198,7 @@ impl ServeArgs {
             uploads_max_per_source: self.uploads_max_per_source,
             uploads_max_total: self.uploads_max_total,
             partial_max_age: self.partial_max_age,
+            chat_history_bytes: self.chat_history_bytes,
             time_listen: self.time_listen,
             daytime_listen: self.daytime_listen,
             rfc868_listen: self.rfc868_listen,

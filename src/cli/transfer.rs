@@ -277,6 +277,7 @@ fn report<'a>(
             }
             (Ok(_), false) => {}
             (Err(error), false) => {
+                let error = sockit::text::escape(&error.to_string());
                 eprintln!("sockit: {}: {error}", sockit::services::root::escape(&job.from))
             }
         }

@@ -84,12 +84,25 @@ impl ChatSender {
             .await
     }
 
+    /// Asks for the first page of `room`'s members.
     pub async fn who(&mut self, room: &str) -> Result<u64, ClientError> {
-        self.send(Header::new("chat_who").with("room", room)).await
+        self.who_after(room, None).await
     }
 
+    /// Asks for a page of `room`'s members: those named after `after` (a page's `next`).
+    pub async fn who_after(&mut self, room: &str, after: Option<&str>) -> Result<u64, ClientError> {
+        let header = Header::new("chat_who").with("room", room);
+        self.send(with_after(header, after)).await
+    }
+
+    /// Asks for the first page of the server's rooms.
     pub async fn rooms(&mut self) -> Result<u64, ClientError> {
-        self.send(Header::new("chat_rooms")).await
+        self.rooms_after(None).await
+    }
+
+    /// Asks for a page of the server's rooms: those named after `after` (a page's `next`).
+    pub async fn rooms_after(&mut self, after: Option<&str>) -> Result<u64, ClientError> {
+        self.send(with_after(Header::new("chat_rooms"), after)).await
     }
 
     /// Closes our half of the connection: the server logs us out.
@@ -102,6 +115,13 @@ impl ChatSender {
         self.next_id += 1;
         self.writer.send(header.with_id(Some(id)), b"").await?;
         Ok(id)
+    }
+}
+
+fn with_after(header: Header, after: Option<&str>) -> Header {
+    match after {
+        Some(after) => header.with("after", after),
+        None => header,
     }
 }
 

@@ -141,6 +141,7 @@ pub struct FileConfig {
     pub uploads_max_total: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub partial_max_age: Option<Duration>,
+    pub chat_history_bytes: Option<u64>,
     pub time_listen: Option<ServiceListen>,
     pub daytime_listen: Option<ServiceListen>,
     pub rfc868_listen: Option<ServiceListen>,
@@ -181,6 +182,7 @@ impl FileConfig {
         set(&mut exec.max_per_connection, self.exec_max_per_connection);
         set(&mut exec.max_total, self.exec_max_total);
         set(&mut exec.grace, self.exec_grace);
+        set(&mut config.services.chat.history_bytes, self.chat_history_bytes);
         let files = &mut config.services.files;
         if let Some(root) = &self.root {
             files.root.clone_from(root);

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ServiceError;
-use super::chat::{ChatEvent, ChatRequest, Hub, MemberId, QUEUE_LEN, valid_name, valid_text};
+use super::chat::{ChatEvent, ChatRequest, Event, Hub, MemberId, QUEUE_LEN, valid_name, valid_text};
 use super::clock::{NTP_PACKET_LEN, sntp_reply};
 use super::root::escape;
 use super::time::{
@@ -137,7 +137,7 @@ fn check_chat_request(header: &Header) {
 }
 
 /// A member of `hub` called `name`, in room `lobby`, with what the hub sent it so far drained.
-fn member(hub: &mut Hub, name: &str) -> (MemberId, mpsc::Receiver<Header>) {
+fn member(hub: &mut Hub, name: &str) -> (MemberId, mpsc::Receiver<Event>) {
     let (outbox, mut feed) = mpsc::channel(QUEUE_LEN);
     let id = hub
         .login(name, outbox, CancellationToken::new())
@@ -159,7 +159,7 @@ fn encoded_len(header: &Header) -> usize {
 }
 
 /// What parses as an event re-encodes to the same event, and every text in it is shown
-/// without control characters once escaped (as the terminal client shows it).
+/// without control or format characters once escaped (as the terminal client shows it).
 fn check_chat_event(header: &Header) {
     let Ok(event) = header.parse::<ChatEvent>() else {
         return;
@@ -174,7 +174,7 @@ fn check_chat_event(header: &Header) {
     for_each_string(&fields, &mut |text| {
         let shown = escape(text);
         assert!(
-            !shown.chars().any(char::is_control),
+            !shown.chars().any(crate::text::is_unsafe),
             "{shown:?} reaches the terminal"
         );
     });

@@ -161,7 +161,18 @@ pub enum ServiceError {
     Reply(#[from] RemoteError),
     /// The connection itself failed and is closed.
     #[error(transparent)]
-    Connection(#[from] FrameError),
+    Connection(FrameError),
+}
+
+/// A reply too large to send was never written, so it fails only its request: the client is
+/// told and the session goes on. Every other frame error ends the connection.
+impl From<FrameError> for ServiceError {
+    fn from(error: FrameError) -> ServiceError {
+        match error.is_unsent().then(|| error.to_remote()).flatten() {
+            Some(remote) => ServiceError::Reply(remote),
+            None => ServiceError::Connection(error),
+        }
+    }
 }
 
 impl ServiceError {
@@ -195,6 +206,7 @@ pub struct Registry {
 /// Settings of the native services.
 #[derive(Clone, Debug, Default)]
 pub struct ServicesConfig {
+    pub chat: chat::ChatConfig,
     pub exec: exec::ExecConfig,
     pub files: files::FilesConfig,
 }
@@ -204,6 +216,7 @@ pub struct ServicesConfig {
 /// a time, whichever protocol writes it).
 #[derive(Clone)]
 pub struct Backends {
+    pub chat: chat::ChatConfig,
     pub exec: Arc<exec::Runner>,
     pub files: Arc<files::FileStore>,
 }
@@ -220,6 +233,7 @@ impl Backends {
         let files = Arc::new(files);
         files.start_expiry();
         Ok(Backends {
+            chat: config.chat,
             exec: Arc::new(exec::Runner::new(config.exec.clone())),
             files,
         })
@@ -231,7 +245,7 @@ impl Registry {
     pub fn native(backends: &Backends) -> Registry {
         let mut registry = Registry::default();
         registry.register(echo::Echo);
-        registry.register(chat::Chat::default());
+        registry.register(chat::Chat::new(backends.chat));
         registry.register(time::Time);
         registry.register(exec::Exec::new(backends.exec.clone()));
         registry.register(files::Files::new(backends.files.clone()));

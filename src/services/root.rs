@@ -102,27 +102,8 @@ impl std::fmt::Display for RootPath {
     }
 }
 
-/// Text with control characters escaped, safe to print in a terminal or a log.
-pub fn escape(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
-/// [`escape`] of at most the first `max_chars` characters, with `…` if more were cut: for
-/// quoting a peer's text in a reply, which must stay small however long the text was.
-pub fn escape_at_most(text: &str, max_chars: usize) -> String {
-    let mut chars = text.chars();
-    let head: String = chars.by_ref().take(max_chars).collect();
-    let cut = if chars.next().is_some() { "…" } else { "" };
-    format!("{}{cut}", escape(&head))
-}
+/// Escaping of others' text lives in [`crate::text`]; kept here for the paths that quote it.
+pub use crate::text::{escape, escape_at_most};
 
 /// One directory entry, as `ls` and `stat` report it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -205,7 +205,7 @@ pub fn encode_header(header: &Header, dst: &mut BytesMut, max_len: usize) -> Res
     let len = dst.len() - start - 4;
     if len > max_len {
         dst.truncate(start);
-        return Err(FrameError::HeaderTooLarge {
+        return Err(FrameError::TooLargeToSend {
             len: len as u64,
             max: max_len,
         });

@@ -288,6 +288,13 @@ impl FrameWriter {
         self.send(error.to_header(id), b"").await
     }
 
+    /// Sends a header as it is, with the body it declares left to [`FrameWriter::send_body`]
+    /// (none for a bodyless message): for one message shared by many connections.
+    pub async fn send_header(&mut self, header: &Header) -> Result<(), FrameError> {
+        self.queue_header(header)?;
+        self.flush().await
+    }
+
     /// Queues a whole message to go out with the next flush.
     pub fn queue(&mut self, header: Header, body: &[u8]) -> Result<(), FrameError> {
         self.queue_header(&header.with_body_len(body.len() as u64))?;
@@ -357,6 +364,11 @@ impl SharedWriter {
         self.0.lock().await.send_error(id, error).await
     }
 
+    /// [`FrameWriter::send_header`].
+    pub async fn send_header(&self, header: &Header) -> Result<(), FrameError> {
+        self.0.lock().await.send_header(header).await
+    }
+
     /// Exclusive use of the writer until the guard drops.
     pub async fn lock(&self) -> MutexGuard<'_, FrameWriter> {
         self.0.lock().await
@@ -407,5 +419,46 @@ impl AsyncRead for ReadIo {
             ReadIo::Unix(read) => std::pin::Pin::new(read).poll_read(cx, buf),
             ReadIo::Other(read) => std::pin::Pin::new(read).poll_read(cx, buf),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::ServiceError;
+    use crate::wire::ErrorCode;
+
+    /// A header over the limit fails that one message, leaves nothing half-written, and the
+    /// connection carries the next message intact; a handler's `?` makes it a request error.
+    #[tokio::test]
+    async fn a_header_too_large_to_send_fails_only_itself() {
+        let (near, far) = tokio::io::duplex(1 << 20);
+        let limits = Limits::default().with_max_header_len(256);
+        let mut sender = Connection::from_io(near, limits.clone());
+        let mut receiver = Connection::from_io(far, limits);
+        let oversized = Header::new("chat_event").with("members", "x".repeat(300));
+        let error = sender.send(oversized, b"").await.unwrap_err();
+        assert!(error.is_unsent(), "{error}");
+        let ServiceError::Reply(refusal) = ServiceError::from(error) else {
+            panic!("an unsent answer must not end the session");
+        };
+        assert_eq!(refusal.code, ErrorCode::HeaderTooLarge);
+        sender
+            .send(Header::new("echo").with_id(Some(2)), b"ok")
+            .await
+            .unwrap();
+        let message = receiver.read_message().await.unwrap().unwrap();
+        assert_eq!((message.header.cmd(), message.header.id()), ("echo", Some(2)));
+        assert_eq!(&message.body[..], b"ok");
+    }
+
+    #[test]
+    fn other_frame_errors_still_end_the_session() {
+        let error = FrameError::HeaderTooLarge {
+            len: 1 << 20,
+            max: 65536,
+        };
+        assert!(!error.is_unsent());
+        assert!(matches!(ServiceError::from(error), ServiceError::Connection(_)));
     }
 }

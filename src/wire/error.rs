@@ -138,6 +138,10 @@ impl RemoteError {
 pub enum FrameError {
     #[error("header of {len} bytes exceeds the limit of {max}")]
     HeaderTooLarge { len: u64, max: usize },
+    /// A header we were about to send is over the limit. Nothing of it was written, so the
+    /// stream is intact: this fails one message, never the connection.
+    #[error("a message with a header of {len} bytes cannot be sent (the limit is {max}); nothing was sent")]
+    TooLargeToSend { len: u64, max: usize },
     #[error("`{cmd}` body of {len} bytes exceeds the limit of {max}")]
     BodyTooLarge { cmd: String, len: u64, max: u64 },
     #[error("malformed header: {0}")]
@@ -154,12 +158,20 @@ impl FrameError {
     /// The error frame to send the peer, or `None` when the peer cannot be told (I/O failed).
     pub fn to_remote(&self) -> Option<RemoteError> {
         let code = match self {
-            FrameError::HeaderTooLarge { .. } => ErrorCode::HeaderTooLarge,
+            FrameError::HeaderTooLarge { .. } | FrameError::TooLargeToSend { .. } => {
+                ErrorCode::HeaderTooLarge
+            }
             FrameError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
             FrameError::BadHeader(_) => ErrorCode::BadFrame,
             FrameError::Truncated | FrameError::BadRecord(_) | FrameError::Io(_) => return None,
         };
         Some(RemoteError::new(code, self.to_string()))
+    }
+
+    /// Whether the connection is still usable after this error: only a message that was
+    /// never sent leaves it so.
+    pub fn is_unsent(&self) -> bool {
+        matches!(self, FrameError::TooLargeToSend { .. })
     }
 }
 
