@@ -18,9 +18,7 @@ use crate::wire::{
     Connection, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, Header, RemoteError, SharedWriter,
 };
 
-/// Answered `pong` by the session itself, whatever services the server runs: the cheapest
-/// first request, for a client that has nothing to ask yet but must confirm its session.
-const PING: &str = "ping";
+use crate::services::PING;
 
 /// How long a parting error frame may take to send before we just close.
 const PARTING_GRACE: Duration = Duration::from_secs(1);
@@ -222,7 +220,16 @@ async fn dispatch(
     if header.cmd() == PING {
         skip_body(&mut session.reader).await?;
         metrics().request("session", PING);
-        return session.writer.send(Header::new("pong").with_id(id), b"").await;
+        // Without an id it is a confirmation, which nobody waits for: no answer.
+        return match id {
+            Some(id) => {
+                session
+                    .writer
+                    .send(Header::new("pong").with_id(Some(id)), b"")
+                    .await
+            }
+            None => Ok(()),
+        };
     }
     let Some((service, spec)) = found else {
         skip_body(&mut session.reader).await?;

@@ -197,10 +197,20 @@ pub trait Service: Send + Sync {
 }
 
 /// Routes commands to services.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Registry {
     by_cmd: HashMap<&'static str, (Arc<dyn Service>, CommandSpec)>,
     names: Vec<&'static str>,
+}
+
+/// Every session answers [`PING`], whatever services it routes to, so every registry announces it.
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            by_cmd: HashMap::new(),
+            names: vec![PING],
+        }
+    }
 }
 
 /// Settings of the native services.
@@ -239,6 +249,11 @@ impl Backends {
         })
     }
 }
+
+/// Answered by the session itself, whatever services the server runs: the cheapest first
+/// request, for a client that has nothing to ask yet but must confirm its session. Announced in
+/// `features` so that clients know they may send it without waiting for an answer.
+pub const PING: &str = "ping";
 
 impl Registry {
     /// The native services this build offers.
