@@ -1,7 +1,8 @@
 //! Adversaries straight at the server (no proxy): slowloris connections trickling a handshake
 //! one byte at a time, a flood of connections opened and closed, and wrong-secret attempts from
-//! the same address as a correct client; with probes measuring what a normal client sees.
+//! an address of their own while a correct client logs in; with probes measuring what a normal client sees.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,10 @@ use tokio::task::JoinSet;
 
 use super::super::bench::new_histogram;
 use super::Tally;
+use super::hostile::wrong_secret;
 
+/// Where the wrong secrets come from: not 127.0.0.1, where the normal clients are.
+const WRONG_SECRETS_FROM: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// Pause between two trickled bytes.
 const TRICKLE_EVERY: Duration = Duration::from_millis(300);
 
@@ -144,36 +148,33 @@ pub struct AuthAbuse {
     pub correct: Histogram<u64>,
 }
 
-/// `attempts` wrong-secret handshakes, `parallel` at a time, each waiting `patience` for the
-/// refusal; meanwhile a correct client from the same address opens a fresh session every
-/// 100 ms and echoes once.
+/// `attempts` wrong-secret handshakes from [`WRONG_SECRETS_FROM`], `parallel` at a time, each
+/// waiting `patience` for the refusal; meanwhile a correct client from 127.0.0.1 opens a fresh
+/// session every 100 ms and echoes once. The attacker has an address of its own: a server may
+/// refuse an address that keeps failing at once, by design, but not its neighbours.
 pub async fn wrong_secrets(
-    server: String,
+    server: SocketAddr,
     config: ClientConfig,
     attempts: u64,
     parallel: u64,
     patience: Duration,
     tally: Arc<Tally>,
 ) -> AuthAbuse {
-    let mut wrong = config.clone();
-    wrong.secret = Secret::generate();
-    wrong.connect_timeout = patience;
     let begin = Instant::now();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let probe = tokio::spawn(correct_client(
-        server.clone(),
+        server.to_string(),
         config,
         done.clone(),
         tally.clone(),
     ));
     let mut set = JoinSet::new();
     for lane in 0..parallel {
-        let (server, wrong) = (server.clone(), wrong.clone());
         let share = attempts / parallel + u64::from(lane < attempts % parallel);
         set.spawn(async move {
             let (mut answered, mut held_back) = (0, 0);
             for _ in 0..share {
-                match Client::connect(&server, &wrong).await {
+                match wrong_secret(WRONG_SECRETS_FROM, server, patience).await {
                     Err(ClientError::Handshake(HandshakeError::AuthFailed(_))) => answered += 1,
                     Err(ClientError::Timeout(_)) => held_back += 1,
                     // Anything else (refused, reset) is neither; the caller reports the gap.
@@ -200,7 +201,8 @@ pub async fn wrong_secrets(
     }
 }
 
-async fn correct_client(
+/// Fresh sessions (connect, handshake, echo) from 127.0.0.1, 50–150 ms apart, until `done`.
+pub async fn correct_client(
     server: String,
     config: ClientConfig,
     done: Arc<std::sync::atomic::AtomicBool>,
