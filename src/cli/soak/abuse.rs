@@ -219,8 +219,8 @@ pub async fn correct_client(
             Ok(reply) if reply == "STILL WELCOME" => {
                 let _ = latencies.record(begin.elapsed().as_nanos() as u64);
             }
-            Ok(other) => tally.fail(&format!("correct client during auth abuse: echo {other:?}")),
-            Err(error) => tally.fail(&format!("correct client during auth abuse: {error}")),
+            Ok(other) => tally.fail(&format!("fresh session from 127.0.0.1: echo {other:?}")),
+            Err(error) => tally.fail(&format!("fresh session from 127.0.0.1: {error}")),
         }
         let pause = rand::rng().random_range(50..150);
         tokio::time::sleep(Duration::from_millis(pause)).await;

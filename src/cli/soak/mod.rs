@@ -154,25 +154,9 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         None => std::env::current_exe().context("cannot find this binary")?,
     };
     let dir = tempfile::tempdir()?;
-    let secret_file = dir.path().join("secret");
-    sockit::Secret::create(&secret_file, false)?;
     let attacks = args.hostile.0.clone();
     let exposed = !attacks.is_empty();
-    let mut server = ServerUnderTest::start(
-        &sockit,
-        &secret_file,
-        &dir.path().join("root"),
-        Role::Main { exposed },
-    )?;
-    let mut quota_server = match attacks.contains(&Attack::M2) {
-        true => Some(ServerUnderTest::start(
-            &sockit,
-            &secret_file,
-            &dir.path().join("quota-root"),
-            Role::Quota(ATTACK_QUOTA),
-        )?),
-        false => None,
-    };
+    let (mut server, mut quota_server) = start_servers(&sockit, dir.path(), &attacks)?;
     let tally = Arc::new(Tally::default());
     let config = ClientConfig::new(sockit::Secret::load(&server.secret_file)?);
     let (mixed, adversarial) = phases(args.duration);
@@ -193,6 +177,14 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         humantime(adversarial),
         args.auth_attempts
     );
+    if exposed {
+        println!(
+            "soak: hostile phase in the last {} of the mixed load: {:?} at {}x",
+            humantime(adversarial),
+            attacks,
+            args.hostile_scale
+        );
+    }
 
     let token = format!("{}-{}", std::process::id(), rand::random::<u32>());
     let proxy = proxy::start(server.addr, tally.clone()).await?;
@@ -228,22 +220,15 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
             args.hostile_scale,
         );
         let begin = load.until.checked_sub(adversarial).unwrap_or(load.until);
-        let (config, tally) = (config.clone(), tally.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep_until(begin.into()).await;
-            hostile::run(arena, &attacks, config, tally).await
-        })
+        tokio::spawn(hostile_phase(
+            arena,
+            attacks,
+            begin,
+            config.clone(),
+            tally.clone(),
+        ))
     });
-    let mut peak = at_start;
-    while !workers.is_empty() {
-        tokio::select! {
-            _ = workers.join_next() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {
-                let now = server.footprint();
-                peak = Footprint { rss_kib: peak.rss_kib.max(now.rss_kib), fds: peak.fds.max(now.fds) };
-            }
-        }
-    }
+    let peak = watch(&mut workers, &server, at_start).await;
     let hostile = match hostile {
         Some(phase) => phase.await.ok(),
         None => None,
@@ -301,6 +286,58 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         quota_alive,
     };
     Ok(report.print())
+}
+
+/// The main server (exposed to the hostile phase when it runs) and, for the quota attack, a
+/// second server with a small quota; both share one secret.
+fn start_servers(
+    sockit: &std::path::Path,
+    dir: &std::path::Path,
+    attacks: &[Attack],
+) -> anyhow::Result<(ServerUnderTest, Option<ServerUnderTest>)> {
+    let secret_file = dir.join("secret");
+    sockit::Secret::create(&secret_file, false)?;
+    let role = Role::Main {
+        exposed: !attacks.is_empty(),
+    };
+    let server = ServerUnderTest::start(sockit, &secret_file, &dir.join("root"), role)?;
+    let quota = match attacks.contains(&Attack::M2) {
+        true => Some(ServerUnderTest::start(
+            sockit,
+            &secret_file,
+            &dir.join("quota-root"),
+            Role::Quota(ATTACK_QUOTA),
+        )?),
+        false => None,
+    };
+    Ok((server, quota))
+}
+
+/// Waits until `begin`, then runs the hostile phase.
+async fn hostile_phase(
+    arena: Arena,
+    attacks: Vec<Attack>,
+    begin: Instant,
+    config: ClientConfig,
+    tally: Arc<Tally>,
+) -> HostileReport {
+    tokio::time::sleep_until(begin.into()).await;
+    hostile::run(arena, &attacks, config, tally).await
+}
+
+/// Waits for the load's workers to finish; returns the server's peak footprint meanwhile.
+async fn watch(workers: &mut JoinSet<()>, server: &ServerUnderTest, at_start: Footprint) -> Footprint {
+    let mut peak = at_start;
+    while !workers.is_empty() {
+        tokio::select! {
+            _ = workers.join_next() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                let now = server.footprint();
+                peak = Footprint { rss_kib: peak.rss_kib.max(now.rss_kib), fds: peak.fds.max(now.fds) };
+            }
+        }
+    }
+    peak
 }
 
 /// What the hostile phase aims at: the main server, and the quota server if it runs.
