@@ -363,6 +363,7 @@ fn arena(
             quota: ATTACK_QUOTA,
         }),
         scale,
+        scratch: server.root.with_file_name("bystander"),
     }
 }
 

@@ -7,6 +7,7 @@
 //! what the server did in a tally of its own, printed per attack in the report; the verdict
 //! holds the server to what normal clients see, its memory, and staying up.
 
+mod bystander;
 mod chat;
 mod files;
 mod link;
@@ -90,6 +91,13 @@ impl Attack {
         }
     }
 
+    /// Whether the attack starts halfway through the phase rather than at its start: the
+    /// slot, guessing and scraper floods, so that they neither starve the others of handshake
+    /// slots or the metrics endpoint nor hide which attack did what.
+    fn second_wave(self) -> bool {
+        matches!(self, Attack::M6 | Attack::L2 | Attack::L8)
+    }
+
     /// The third octet of this attack's source addresses.
     fn octet(self) -> u8 {
         let index = Attack::ALL.iter().position(|&a| a == self).unwrap_or(0);
@@ -155,6 +163,8 @@ pub struct Arena {
     pub quota: Option<QuotaServer>,
     /// Counts are the full run's times this (0.1 in CI).
     pub scale: f64,
+    /// Local files of the bystander's round-trips.
+    pub scratch: PathBuf,
 }
 
 /// The small-quota server M2 aims at: its own process and root, so the normal load's uploads
@@ -270,12 +280,28 @@ pub async fn run(arena: Arena, attacks: &[Attack], config: ClientConfig, tally: 
         tally.clone(),
     ));
     let done = Arc::new(AtomicBool::new(false));
-    let fresh = tokio::spawn(abuse::correct_client(target, config, done.clone(), tally));
+    let fresh = tokio::spawn(abuse::correct_client(
+        target,
+        config.clone(),
+        done.clone(),
+        tally.clone(),
+    ));
     let sampler = tokio::spawn(sample_peaks(arena.pid, done.clone()));
+    let bystander = tokio::spawn({
+        let (server, arena) = (arena.server.to_string(), arena.clone());
+        async move { bystander::rounds(server, config, &arena.scratch, arena.until, tally).await }
+    });
+    let second_wave = Instant::now() + arena.until.saturating_duration_since(Instant::now()) / 2;
     let mut running = JoinSet::new();
     for &attack in attacks {
         let arena = arena.clone();
+        let start = if attack.second_wave() {
+            second_wave
+        } else {
+            Instant::now()
+        };
         running.spawn(async move {
+            tokio::time::sleep_until(start.into()).await;
             let begin = Instant::now();
             let tally = Arc::new(Tally::default());
             let held = attack.run(arena.clone(), tally.clone()).await;
@@ -293,6 +319,7 @@ pub async fn run(arena: Arena, attacks: &[Attack], config: ClientConfig, tally: 
     tokio::time::sleep(arena.until.saturating_duration_since(Instant::now())).await;
     done.store(true, Ordering::Release);
     let (rss_peak_kib, fds_peak) = sampler.await.unwrap_or((0, 0));
+    let _ = bystander.await;
     HostileReport {
         findings,
         rss_peak_kib,
