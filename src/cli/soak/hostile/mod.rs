@@ -424,3 +424,24 @@ impl Finding {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attacks_parse_by_id_in_any_case_and_unknown_ones_are_named() {
+        assert_eq!(parse_attacks("all").unwrap(), Attack::ALL.to_vec());
+        assert!(parse_attacks("none").unwrap().is_empty());
+        assert_eq!(parse_attacks("h1, M6").unwrap(), vec![Attack::H1, Attack::M6]);
+        let error = parse_attacks("H1,M3").unwrap_err();
+        assert!(error.contains("`M3`"), "{error}");
+    }
+
+    #[test]
+    fn every_attack_has_its_own_source_octet_off_the_normal_clients() {
+        let octets: std::collections::BTreeSet<u8> = Attack::ALL.iter().map(|a| a.octet()).collect();
+        assert_eq!(octets.len(), Attack::ALL.len());
+        assert!(octets.iter().all(|&octet| octet >= 10));
+    }
+}
