@@ -269,7 +269,8 @@ pub struct HostileReport {
     pub fresh: Histogram<u64>,
 }
 
-/// Runs `attacks` at once until `arena.until`, with the probes of a normal client beside them.
+/// Runs `attacks` until `arena.until` (the second wave from halfway), with a normal client's
+/// probes and a bystander beside them.
 pub async fn run(arena: Arena, attacks: &[Attack], config: ClientConfig, tally: Arc<Tally>) -> HostileReport {
     let arena = Arc::new(arena);
     let target = arena.server.to_string();
@@ -294,25 +295,12 @@ pub async fn run(arena: Arena, attacks: &[Attack], config: ClientConfig, tally: 
     let second_wave = Instant::now() + arena.until.saturating_duration_since(Instant::now()) / 2;
     let mut running = JoinSet::new();
     for &attack in attacks {
-        let arena = arena.clone();
         let start = if attack.second_wave() {
             second_wave
         } else {
             Instant::now()
         };
-        running.spawn(async move {
-            tokio::time::sleep_until(start.into()).await;
-            let begin = Instant::now();
-            let tally = Arc::new(Tally::default());
-            let held = attack.run(arena.clone(), tally.clone()).await;
-            Finding {
-                attack,
-                counts: tally.snapshot(),
-                held,
-                server_up_after: running_process(arena.pid),
-                took: begin.elapsed(),
-            }
-        });
+        running.spawn(attack_from(attack, arena.clone(), start));
     }
     let mut findings = running.join_all().await;
     findings.sort_by_key(|finding| finding.attack);
@@ -326,6 +314,21 @@ pub async fn run(arena: Arena, attacks: &[Attack], config: ClientConfig, tally: 
         fds_peak,
         probe: probe.await.unwrap_or_else(|_| new_histogram()),
         fresh: fresh.await.unwrap_or_else(|_| new_histogram()),
+    }
+}
+
+/// Runs one attack from `start` with a tally of its own; notes whether the server outlived it.
+async fn attack_from(attack: Attack, arena: Arc<Arena>, start: Instant) -> Finding {
+    tokio::time::sleep_until(start.into()).await;
+    let begin = Instant::now();
+    let tally = Arc::new(Tally::default());
+    let held = attack.run(arena.clone(), tally.clone()).await;
+    Finding {
+        attack,
+        counts: tally.snapshot(),
+        held,
+        server_up_after: running_process(arena.pid),
+        took: begin.elapsed(),
     }
 }
 
