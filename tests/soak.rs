@@ -1,7 +1,12 @@
 //! The short soak: `sockit bench soak` for 60 s against the real server, in CI. It starts its
 //! own server and fault proxy; the verdict covers data integrity, the server staying up, its
-//! descriptors and memory after the load, exec leftovers, and wrong-secret throttling. The
-//! latency bound is left to the full run (`--p99-bound off`): CI machines are shared.
+//! descriptors and memory after the load, exec leftovers, wrong-secret throttling, and a
+//! hostile phase scaled down to a tenth. The latency bounds are left to the full run
+//! (`--p99-bound off`): CI machines are shared.
+//!
+//! The hostile phase here runs the attacks the server already holds. The rest of issue 12's
+//! attacks are in the ignored test below, which expects the issue's server fixes: run it with
+//! `cargo test --test soak -- --ignored`; once those fixes are in, it replaces the subset.
 
 mod common;
 
@@ -21,27 +26,50 @@ fn counts(report: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-#[test]
-fn a_minute_of_mixed_load_faults_and_abuse_ends_in_a_pass() {
+/// Issue 12's attacks the server holds today (the others break chat, outrun the quota, keep
+/// guessing fast, or lock out scrapers: see the ignored test).
+const HOSTILE_HELD_TODAY: &str = "H1,M1,M6,L7";
+
+/// Runs a one-minute soak with `hostile` attacks at a tenth of their full counts; returns the
+/// report and its counts, after checking the run passed.
+fn soak_minute(hostile: &str) -> (String, BTreeMap<String, u64>) {
     let output = Command::new(SOCKIT)
+        .args(["bench", "soak", "--duration", "60s", "--clients", "120"])
         .args([
-            "bench",
-            "soak",
-            "--duration",
-            "60s",
-            "--clients",
-            "120",
             "--p99-bound",
             "off",
+            "--hostile",
+            hostile,
+            "--hostile-scale",
+            "0.1",
         ])
         .env_remove("SOCKIT_SECRET")
         .output()
         .unwrap();
-    let report = String::from_utf8_lossy(&output.stdout);
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{report}\n{stderr}");
     assert!(report.contains("verdict: PASS"), "{report}");
     let counts = counts(&report);
+    (report, counts)
+}
+
+/// Every attack in `hostile` reported attempts, and none left the server down.
+fn assert_attacked(report: &str, counts: &BTreeMap<String, u64>, hostile: &str) {
+    for attack in hostile.split(',') {
+        let attempts: u64 = counts
+            .iter()
+            .filter(|(name, _)| name.starts_with(&format!("{attack} attempts")))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(attempts > 0, "no attempts by {attack} in the report:\n{report}");
+    }
+    assert!(!report.contains("server DOWN"), "{report}");
+}
+
+#[test]
+fn a_minute_of_mixed_load_faults_and_abuse_ends_in_a_pass() {
+    let (report, counts) = soak_minute(HOSTILE_HELD_TODAY);
     let count = |name: &str| counts.get(name).copied().unwrap_or(0);
     for name in [
         "done: echo",
@@ -65,4 +93,14 @@ fn a_minute_of_mixed_load_faults_and_abuse_ends_in_a_pass() {
     assert_eq!(count("failures") + count("data lost"), 0, "{report}");
     assert_eq!(count("server restarts needed"), 0, "{report}");
     assert_eq!(count("processes left behind by exec"), 0, "{report}");
+    assert_attacked(&report, &counts, HOSTILE_HELD_TODAY);
+}
+
+#[test]
+#[ignore = "expects the server fixes of issue 12 (chat drops, quota, guessing, metrics, UDP)"]
+fn a_minute_with_every_hostile_attack_ends_in_a_pass() {
+    let all = "H1,H2,H3,M1,M2,M4,M5,M6,L2,L6,L7,L8";
+    let (report, counts) = soak_minute(all);
+    assert_attacked(&report, &counts, all);
+    assert!(!report.contains("NOT held"), "{report}");
 }

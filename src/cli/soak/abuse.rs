@@ -1,45 +1,33 @@
 //! Adversaries straight at the server (no proxy): slowloris connections trickling a handshake
-//! one byte at a time, a flood of connections opened and closed, and wrong-secret attempts;
-//! with probes measuring what a normal client sees. Slowloris and the guesser connect from
-//! their own loopback addresses, as real attackers come from theirs: the server's per-source
-//! limits (handshake slots, failure back-off) must stop them without touching the probes on
-//! 127.0.0.1.
+//! one byte at a time, a flood of connections opened and closed, and wrong-secret attempts while
+//! a correct client logs in; with probes measuring what a normal client sees. Slowloris and the
+//! guesser connect from loopback addresses of their own, as real attackers come from theirs: the
+//! server's per-source limits (handshake slots, failure back-off) must stop them without
+//! touching the probes on 127.0.0.1.
 
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::RngExt;
 use sockit::auth::{self, AuthMode, HandshakeError, SessionKeys};
-use sockit::wire::{Connection, ErrorCode, FrameError, Limits};
-use sockit::{Client, ClientConfig, Secret};
+use sockit::wire::{Connection, ErrorCode, Limits};
+use sockit::{Client, ClientConfig, ClientError, Secret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use super::super::bench::new_histogram;
 use super::Tally;
+use super::hostile::{Reading, dial_from, wrong_secret};
 
+/// Where the wrong secrets come from: not 127.0.0.1, where the normal clients are.
+const WRONG_SECRETS_FROM: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// Where slowloris connects from.
+const SLOWLORIS_FROM: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 /// Pause between two trickled bytes.
 const TRICKLE_EVERY: Duration = Duration::from_millis(300);
-/// Where slowloris connects from.
-const SLOWLORIS_FROM: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-/// Where the wrong secrets come from.
-const GUESSER_FROM: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
-
-/// A TCP connection to `server` (an IPv4 `IP:PORT`) from `source`.
-async fn connect_from(source: IpAddr, server: &str) -> io::Result<TcpStream> {
-    let server: SocketAddr = server
-        .parse()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source, 0))?;
-    let stream = socket.connect(server).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
 
 /// The first bytes a real client sends: its hello frame, captured off an in-memory pipe.
 async fn client_hello() -> Vec<u8> {
@@ -62,16 +50,16 @@ async fn client_hello() -> Vec<u8> {
 
 /// Keeps `count` connections open, each sending the hello one byte per [`TRICKLE_EVERY`] and
 /// never its last byte; when the server reaps one, it is opened again.
-pub async fn slowloris(server: String, count: usize, until: Instant, tally: Arc<Tally>) {
+pub async fn slowloris(server: SocketAddr, count: usize, until: Instant, tally: Arc<Tally>) {
     let hello = Arc::new(client_hello().await);
     let mut set = JoinSet::new();
     for n in 0..count {
-        let (server, hello, tally) = (server.clone(), hello.clone(), tally.clone());
+        let (hello, tally) = (hello.clone(), tally.clone());
         set.spawn(async move {
             // Spread the opening over a second, as a real attacker ramps up.
             tokio::time::sleep(Duration::from_millis((n % 1000) as u64)).await;
             while Instant::now() < until {
-                let Ok(mut stream) = connect_from(SLOWLORIS_FROM, &server).await else {
+                let Ok(mut stream) = dial_from(SLOWLORIS_FROM, server, Reading::Normally).await else {
                     tally.add("slowloris: connect failed", 1);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -169,50 +157,42 @@ pub struct AuthAbuse {
     pub correct: Histogram<u64>,
 }
 
-/// How one wrong-secret attempt ended.
-enum Guess {
-    Checked,
-    Refused,
-    HeldBack,
-    Other,
-}
-
-/// `attempts` wrong-secret handshakes from [`GUESSER_FROM`], `parallel` at a time, each
-/// waiting `patience` for the answer; meanwhile a correct client on 127.0.0.1 opens a fresh
-/// session every 100 ms and echoes once.
+/// `attempts` wrong-secret handshakes from [`WRONG_SECRETS_FROM`], `parallel` at a time, each
+/// waiting `patience` for the refusal; meanwhile a correct client from 127.0.0.1 opens a fresh
+/// session every 100 ms and echoes once. The attacker has an address of its own: a server may
+/// refuse an address that keeps failing at once, by design, but not its neighbours.
 pub async fn wrong_secrets(
-    server: String,
+    server: SocketAddr,
     config: ClientConfig,
     attempts: u64,
     parallel: u64,
     patience: Duration,
     tally: Arc<Tally>,
 ) -> AuthAbuse {
-    let wrong = Arc::new(SessionKeys::new(
-        Secret::generate(),
-        AuthMode::from_plaintext(config.plaintext),
-    ));
     let begin = Instant::now();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let probe = tokio::spawn(correct_client(
-        server.clone(),
+        server.to_string(),
         config,
         done.clone(),
         tally.clone(),
     ));
     let mut set = JoinSet::new();
     for lane in 0..parallel {
-        let (server, wrong) = (server.clone(), wrong.clone());
         let share = attempts / parallel + u64::from(lane < attempts % parallel);
         set.spawn(async move {
             let mut counts = [0u64; 3];
             for _ in 0..share {
-                match guess(&server, &wrong, patience).await {
-                    Guess::Checked => counts[0] += 1,
-                    Guess::Refused => counts[1] += 1,
-                    Guess::HeldBack => counts[2] += 1,
+                match wrong_secret(WRONG_SECRETS_FROM, server, patience).await {
+                    Err(ClientError::Handshake(HandshakeError::AuthFailed(_))) => counts[0] += 1,
+                    Err(ClientError::Handshake(HandshakeError::Refused(error)))
+                        if matches!(error.code, ErrorCode::AuthThrottled | ErrorCode::Busy) =>
+                    {
+                        counts[1] += 1
+                    }
+                    Err(ClientError::Timeout(_)) => counts[2] += 1,
                     // Anything else (reset, closed) is none of these; the report shows the gap.
-                    Guess::Other => {}
+                    _ => {}
                 }
             }
             counts
@@ -222,10 +202,10 @@ pub async fn wrong_secrets(
     for counts in set.join_all().await {
         totals.iter_mut().zip(counts).for_each(|(total, n)| *total += n);
     }
+    let [checked, refused, held_back] = totals;
     let elapsed = begin.elapsed();
     done.store(true, std::sync::atomic::Ordering::Release);
     let correct = probe.await.unwrap_or_else(|_| new_histogram());
-    let [checked, refused, held_back] = totals;
     AuthAbuse {
         attempts,
         elapsed,
@@ -236,28 +216,8 @@ pub async fn wrong_secrets(
     }
 }
 
-/// One handshake with a wrong secret from [`GUESSER_FROM`].
-async fn guess(server: &str, keys: &SessionKeys, patience: Duration) -> Guess {
-    let attempt = async {
-        let stream = connect_from(GUESSER_FROM, server)
-            .await
-            .map_err(FrameError::from)?;
-        let mut conn = Connection::tcp(stream, Limits::default());
-        auth::connect(&mut conn, keys).await
-    };
-    match tokio::time::timeout(patience, attempt).await {
-        Ok(Err(HandshakeError::AuthFailed(_))) => Guess::Checked,
-        Ok(Err(HandshakeError::Refused(error)))
-            if matches!(error.code, ErrorCode::AuthThrottled | ErrorCode::Busy) =>
-        {
-            Guess::Refused
-        }
-        Err(_) => Guess::HeldBack,
-        Ok(_) => Guess::Other,
-    }
-}
-
-async fn correct_client(
+/// Fresh sessions (connect, handshake, echo) from 127.0.0.1, 50–150 ms apart, until `done`.
+pub async fn correct_client(
     server: String,
     config: ClientConfig,
     done: Arc<std::sync::atomic::AtomicBool>,
@@ -274,8 +234,8 @@ async fn correct_client(
             Ok(reply) if reply == "STILL WELCOME" => {
                 let _ = latencies.record(begin.elapsed().as_nanos() as u64);
             }
-            Ok(other) => tally.fail(&format!("correct client during auth abuse: echo {other:?}")),
-            Err(error) => tally.fail(&format!("correct client during auth abuse: {error}")),
+            Ok(other) => tally.fail(&format!("fresh session from 127.0.0.1: echo {other:?}")),
+            Err(error) => tally.fail(&format!("fresh session from 127.0.0.1: {error}")),
         }
         let pause = rand::rng().random_range(50..150);
         tokio::time::sleep(Duration::from_millis(pause)).await;

@@ -5,9 +5,11 @@
 //! clients through the proxy, plus `sockit put` processes killed mid-transfer and resumed.
 //! Then, straight at the server, slowloris connections and a connection flood while a probe
 //! measures echo latency, and wrong-secret attempts while a correct client keeps logging in.
-//! It ends with numbers and a verdict, and exits non-zero on FAIL.
+//! In the last stretch of the mixed load, a hostile phase runs attacks on the server beside it
+//! (see [`hostile`]). It ends with numbers and a verdict, and exits non-zero on FAIL.
 
 mod abuse;
+mod hostile;
 mod proxy;
 mod server;
 mod workload;
@@ -27,7 +29,8 @@ use tokio::task::JoinSet;
 
 use super::bench::{micros, new_histogram};
 use super::raise_fd_limit;
-use server::{Footprint, ServerUnderTest};
+use hostile::{Arena, Attack, HostileReport, QuotaServer};
+use server::{Footprint, Role, ServerUnderTest};
 use workload::Load;
 
 /// After the load stops, the server's descriptors must come back to within this many of the
@@ -58,6 +61,13 @@ pub struct SoakArgs {
     /// Fail if the echo probe's p99 under slowloris and flood exceeds this (`off`: report only)
     #[arg(long, default_value = "50ms", value_parser = parse_bound)]
     p99_bound: LatencyBound,
+    /// Attacks run beside the last stretch of the mixed load: `all`, `none`, or ids from
+    /// H1,H2,H3,M1,M2,M4,M5,M6,L2,L6,L7,L8 (issue 12's findings)
+    #[arg(long, default_value = "all", value_parser = parse_attacks)]
+    hostile: Attacks,
+    /// The hostile attacks' counts as a share of the full run's (CI runs 0.1)
+    #[arg(long, default_value_t = 1.0)]
+    hostile_scale: f64,
     /// The sockit binary to serve with [default: this one]
     #[arg(long, value_name = "PATH")]
     sockit: Option<PathBuf>,
@@ -73,6 +83,17 @@ fn parse_bound(text: &str) -> Result<LatencyBound, String> {
         _ => parse_duration(text).map(|bound| LatencyBound(Some(bound))),
     }
 }
+
+/// The attacks of the hostile phase, as `--hostile` names them.
+#[derive(Clone, Debug)]
+struct Attacks(Vec<Attack>);
+
+fn parse_attacks(text: &str) -> Result<Attacks, String> {
+    hostile::parse_attacks(text).map(Attacks)
+}
+
+/// The quota of the second server the quota attack (M2) aims at.
+const ATTACK_QUOTA: u64 = 4 << 20;
 
 /// Counters by name, shared by every task; `failures: …` must all stay zero.
 #[derive(Default)]
@@ -133,7 +154,9 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         None => std::env::current_exe().context("cannot find this binary")?,
     };
     let dir = tempfile::tempdir()?;
-    let mut server = ServerUnderTest::start(&sockit, dir.path())?;
+    let attacks = args.hostile.0.clone();
+    let exposed = !attacks.is_empty();
+    let (mut server, mut quota_server) = start_servers(&sockit, dir.path(), &attacks)?;
     let tally = Arc::new(Tally::default());
     let config = ClientConfig::new(sockit::Secret::load(&server.secret_file)?);
     let (mixed, adversarial) = phases(args.duration);
@@ -154,6 +177,14 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         humantime(adversarial),
         args.auth_attempts
     );
+    if exposed {
+        println!(
+            "soak: hostile phase in the last {} of the mixed load: {:?} at {}x",
+            humantime(adversarial),
+            attacks,
+            args.hostile_scale
+        );
+    }
 
     let token = format!("{}-{}", std::process::id(), rand::random::<u32>());
     let proxy = proxy::start(server.addr, tally.clone()).await?;
@@ -180,16 +211,28 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         sockit.clone(),
         server.secret_file.clone(),
     ));
-    let mut peak = at_start;
-    while !workers.is_empty() {
-        tokio::select! {
-            _ = workers.join_next() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {
-                let now = server.footprint();
-                peak = Footprint { rss_kib: peak.rss_kib.max(now.rss_kib), fds: peak.fds.max(now.fds) };
-            }
-        }
-    }
+    let hostile = exposed.then(|| {
+        let arena = arena(
+            &server,
+            quota_server.as_ref(),
+            &config,
+            load.until,
+            args.hostile_scale,
+        );
+        let begin = load.until.checked_sub(adversarial).unwrap_or(load.until);
+        tokio::spawn(hostile_phase(
+            arena,
+            attacks,
+            begin,
+            config.clone(),
+            tally.clone(),
+        ))
+    });
+    let peak = watch(&mut workers, &server, at_start).await;
+    let hostile = match hostile {
+        Some(phase) => phase.await.ok(),
+        None => None,
+    };
     let alive_after_load = server.alive();
 
     let target = server.addr.to_string();
@@ -201,14 +244,14 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         tally.clone(),
     ));
     tokio::join!(
-        abuse::slowloris(target.clone(), args.slowloris, until, tally.clone()),
+        abuse::slowloris(server.addr, args.slowloris, until, tally.clone()),
         abuse::flood(target.clone(), config.clone(), until, tally.clone()),
     );
     let probe = probe.await.unwrap_or_else(|_| new_histogram());
     let auth = tokio::time::timeout(
         adversarial * 3,
         abuse::wrong_secrets(
-            target,
+            server.addr,
             config,
             args.auth_attempts,
             500,
@@ -221,6 +264,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
 
     let (at_end, leftovers) = settle(&server, at_start, &token).await;
     let alive = alive_after_load && alive_after_abuse && server.alive();
+    let quota_alive = quota_server.as_mut().map(ServerUnderTest::alive);
     let report = Report {
         elapsed: started.elapsed(),
         counts: tally.snapshot(),
@@ -237,8 +281,90 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         probe,
         auth: auth.ok(),
         p99_bound: args.p99_bound.0,
+        hostile,
+        hostile_expected: exposed,
+        quota_alive,
     };
     Ok(report.print())
+}
+
+/// The main server (exposed to the hostile phase when it runs) and, for the quota attack, a
+/// second server with a small quota; both share one secret.
+fn start_servers(
+    sockit: &std::path::Path,
+    dir: &std::path::Path,
+    attacks: &[Attack],
+) -> anyhow::Result<(ServerUnderTest, Option<ServerUnderTest>)> {
+    let secret_file = dir.join("secret");
+    sockit::Secret::create(&secret_file, false)?;
+    let role = Role::Main {
+        exposed: !attacks.is_empty(),
+    };
+    let server = ServerUnderTest::start(sockit, &secret_file, &dir.join("root"), role)?;
+    let quota = match attacks.contains(&Attack::M2) {
+        true => Some(ServerUnderTest::start(
+            sockit,
+            &secret_file,
+            &dir.join("quota-root"),
+            Role::Quota(ATTACK_QUOTA),
+        )?),
+        false => None,
+    };
+    Ok((server, quota))
+}
+
+/// Waits until `begin`, then runs the hostile phase.
+async fn hostile_phase(
+    arena: Arena,
+    attacks: Vec<Attack>,
+    begin: Instant,
+    config: ClientConfig,
+    tally: Arc<Tally>,
+) -> HostileReport {
+    tokio::time::sleep_until(begin.into()).await;
+    hostile::run(arena, &attacks, config, tally).await
+}
+
+/// Waits for the load's workers to finish; returns the server's peak footprint meanwhile.
+async fn watch(workers: &mut JoinSet<()>, server: &ServerUnderTest, at_start: Footprint) -> Footprint {
+    let mut peak = at_start;
+    while !workers.is_empty() {
+        tokio::select! {
+            _ = workers.join_next() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                let now = server.footprint();
+                peak = Footprint { rss_kib: peak.rss_kib.max(now.rss_kib), fds: peak.fds.max(now.fds) };
+            }
+        }
+    }
+    peak
+}
+
+/// What the hostile phase aims at: the main server, and the quota server if it runs.
+fn arena(
+    server: &ServerUnderTest,
+    quota: Option<&ServerUnderTest>,
+    config: &ClientConfig,
+    until: Instant,
+    scale: f64,
+) -> Arena {
+    Arena {
+        server: server.addr,
+        keys: sockit::auth::SessionKeys::new(config.secret.clone(), sockit::auth::AuthMode::Noise),
+        pid: server.pid(),
+        until,
+        root: server.root.clone(),
+        metrics: server.metrics_addr,
+        time_udp: server.time_addr,
+        udp_echo: server.udp_echo_addr,
+        quota: quota.map(|quota| QuotaServer {
+            addr: quota.addr,
+            root: quota.root.clone(),
+            quota: ATTACK_QUOTA,
+        }),
+        scale,
+        scratch: server.root.with_file_name("bystander"),
+    }
 }
 
 /// Waits, up to [`SETTLE`], for the server's descriptors to come back down and the commands
@@ -268,6 +394,10 @@ struct Report {
     probe: Histogram<u64>,
     auth: Option<abuse::AuthAbuse>,
     p99_bound: Option<Duration>,
+    hostile: Option<HostileReport>,
+    hostile_expected: bool,
+    /// Whether the quota attack's own server stayed up, when it ran.
+    quota_alive: Option<bool>,
 }
 
 impl Report {
@@ -345,7 +475,7 @@ impl Report {
             .sum();
         let cuts = count("faults: cut mid-stream");
         println!("  sessions broken: {interruptions}, cuts made by the proxy: {cuts}");
-        let mut verdict = vec![
+        let mut verdict: Vec<(String, bool)> = [
             (
                 "every broken session explained by a cut",
                 interruptions <= count("proxy connections: cut"),
@@ -365,9 +495,19 @@ impl Report {
             ("no exec leftovers", self.leftovers.is_empty()),
             ("wrong secrets throttled, correct client served", auth_ok),
             ("echo probe ran", !self.probe.is_empty()),
-        ];
+        ]
+        .map(|(name, ok)| (name.to_owned(), ok))
+        .to_vec();
         if let Some(bound) = self.p99_bound {
-            verdict.push(("echo p99 within bound", p99 <= bound));
+            verdict.push(("echo p99 within bound".to_owned(), p99 <= bound));
+        }
+        match &self.hostile {
+            Some(hostile) => verdict.extend(hostile.print(self.p99_bound)),
+            None if self.hostile_expected => verdict.push(("hostile phase finished".to_owned(), false)),
+            None => {}
+        }
+        if let Some(up) = self.quota_alive {
+            verdict.push(("quota server stayed up".to_owned(), up));
         }
         for failure in &self.failures {
             println!("  failure: {failure}");
@@ -375,7 +515,7 @@ impl Report {
         let failed: Vec<&str> = verdict
             .iter()
             .filter(|(_, ok)| !ok)
-            .map(|(name, _)| *name)
+            .map(|(name, _)| name.as_str())
             .collect();
         if failed.is_empty() {
             println!("verdict: PASS");

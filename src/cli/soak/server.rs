@@ -1,4 +1,4 @@
-//! The server under test: the real `sockit serve` as a child process, and what /proc says
+//! The servers under test: the real `sockit serve` as child processes, and what /proc says
 //! about it (memory, descriptors, the processes it left behind).
 
 use std::io::{BufRead, BufReader};
@@ -12,13 +12,95 @@ use anyhow::{Context, bail};
 
 use super::super::bench::resident_kib;
 
-/// A `sockit serve` child with exec allowed, a file root and the UDP time service, killed on drop.
+/// A `sockit serve` child, killed on drop.
 pub struct ServerUnderTest {
     child: Child,
     pub addr: SocketAddr,
     pub time_addr: SocketAddr,
+    /// The metrics endpoint, when the role has one.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The classic UDP echo, when the role has one.
+    pub udp_echo_addr: Option<SocketAddr>,
     pub secret_file: PathBuf,
     pub root: PathBuf,
+}
+
+/// What a server under test runs.
+#[derive(Clone, Copy)]
+pub enum Role {
+    /// The server the load aims at: exec allowed, a file root, the UDP time service; with
+    /// `exposed`, also metrics and the classic UDP echo for the hostile phase to aim at.
+    Main { exposed: bool },
+    /// A bare server whose file root has this quota, for the quota attack alone.
+    Quota(u64),
+}
+
+impl Role {
+    fn args(self) -> Vec<String> {
+        let mut args: Vec<String> = ["--listen", "127.0.0.1:0"].map(String::from).to_vec();
+        match self {
+            Role::Main { exposed } => {
+                args.extend(
+                    [
+                        "--time-listen",
+                        "127.0.0.1:0",
+                        "--allow-exec",
+                        "--exec-max-total",
+                        "512",
+                    ]
+                    .map(String::from),
+                );
+                if exposed {
+                    args.extend(["--metrics", "127.0.0.1:0", "--classic"].map(String::from));
+                    for service in ["echo", "exec", "ftp", "hmac_echo", "greeting", "udp_exec"] {
+                        args.extend(["--classic-listen".to_owned(), format!("{service}=off")]);
+                    }
+                    args.extend(["--classic-listen", "udp_echo=127.0.0.1:0"].map(String::from));
+                }
+            }
+            Role::Quota(bytes) => {
+                args.extend([
+                    "--time-listen".to_owned(),
+                    "off".to_owned(),
+                    "--quota".to_owned(),
+                    bytes.to_string(),
+                ]);
+            }
+        }
+        args
+    }
+}
+
+/// The addresses a server logs as it starts, gathered from its log.
+#[derive(Default)]
+struct Addresses {
+    listen: Option<SocketAddr>,
+    time: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    udp_echo: Option<SocketAddr>,
+}
+
+impl Addresses {
+    fn note(&mut self, line: &str) {
+        self.listen = self.listen.or_else(|| address_after(line, "listening on "));
+        self.time = self.time.or_else(|| address_after(line, "time service on udp "));
+        self.metrics = self.metrics.or_else(|| address_after(line, "metrics on http://"));
+        self.udp_echo = self
+            .udp_echo
+            .or_else(|| address_after(line, "classic-udp-echo service on udp "));
+    }
+
+    /// Whether every address `role` logs is in.
+    fn complete(&self, role: Role) -> bool {
+        match role {
+            Role::Main { exposed } => {
+                self.listen.is_some()
+                    && self.time.is_some()
+                    && (!exposed || (self.metrics.is_some() && self.udp_echo.is_some()))
+            }
+            Role::Quota(_) => self.listen.is_some(),
+        }
+    }
 }
 
 /// What /proc says about the server at one moment.
@@ -29,19 +111,21 @@ pub struct Footprint {
 }
 
 impl ServerUnderTest {
-    pub fn start(sockit: &Path, dir: &Path) -> anyhow::Result<ServerUnderTest> {
-        let secret_file = dir.join("secret");
-        sockit::Secret::create(&secret_file, false)?;
-        let root = dir.join("root");
-        std::fs::create_dir_all(&root)?;
+    /// Starts a server in `role` with the secret in `secret_file` and the file root `root`.
+    pub fn start(
+        sockit: &Path,
+        secret_file: &Path,
+        root: &Path,
+        role: Role,
+    ) -> anyhow::Result<ServerUnderTest> {
+        std::fs::create_dir_all(root)?;
         let mut child = Command::new(sockit)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--time-listen", "127.0.0.1:0"])
+            .args(role.args())
             .arg("--secret-file")
-            .arg(&secret_file)
+            .arg(secret_file)
             .arg("--root")
-            .arg(&root)
-            .args(["--allow-exec", "--exec-max-total", "512"])
+            .arg(root)
             .env_remove("SOCKIT_SECRET")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -54,26 +138,31 @@ impl ServerUnderTest {
         // Drains the log for the whole run: a server blocked on a full stderr pipe is not one
         // under test.
         std::thread::spawn(move || {
-            let (mut listen, mut time) = (None, None);
+            let mut addresses = Some(Addresses::default());
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                listen = listen.or_else(|| address_after(&line, "listening on "));
-                time = time.or_else(|| address_after(&line, "time service on udp "));
-                if let (Some(listen), Some(time)) = (listen, time.take()) {
-                    let _ = found.send((listen, time));
+                if let Some(gathered) = addresses.as_mut() {
+                    gathered.note(&line);
+                    if gathered.complete(role) {
+                        let _ = found.send(addresses.take());
+                    }
                 }
             }
         });
-        let Ok((addr, time_addr)) = addrs.recv_timeout(Duration::from_secs(20)) else {
+        let Ok(Some(addresses)) = addrs.recv_timeout(Duration::from_secs(20)) else {
             let _ = child.kill();
             bail!("the server did not report its addresses within 20 s");
         };
         Ok(ServerUnderTest {
             child,
-            addr,
-            time_addr,
-            secret_file,
-            root,
+            addr: addresses.listen.context("no address")?,
+            time_addr: addresses
+                .time
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            metrics_addr: addresses.metrics,
+            udp_echo_addr: addresses.udp_echo,
+            secret_file: secret_file.to_owned(),
+            root: root.to_owned(),
         })
     }
 
@@ -131,7 +220,7 @@ impl Drop for ServerUnderTest {
 /// The address following `marker` in a log line, text or JSON.
 fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
     let rest = line.split(marker).nth(1)?;
-    rest.split(|c: char| c.is_whitespace() || c == '"')
+    rest.split(|c: char| c.is_whitespace() || c == '"' || c == '/')
         .next()?
         .parse()
         .ok()

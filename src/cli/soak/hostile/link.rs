@@ -1,0 +1,182 @@
+//! What every attack needs to reach the server: a connection from its own address, an
+//! authenticated session on it, a chat login, a request and its answer.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use sockit::auth::{self, AuthMode, SessionKeys};
+use sockit::wire::{Connection, FrameReader, Header, Limits, Message, RemoteError};
+use sockit::{ClientError, Secret};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::timeout;
+
+use super::Attacker;
+
+/// Once the writing is done, replies are read until none came for this long.
+const QUIET: Duration = Duration::from_secs(2);
+/// Bounds one pipelined burst: a server that stops reading must not hold the attacker.
+pub const BURST_WITHIN: Duration = Duration::from_secs(20);
+/// The receive buffer of a connection that never reads: small, so the server's side fills fast.
+const SMALL_WINDOW: u32 = 4096;
+/// Connecting plus the handshake, for an attacker's own session.
+const SESSION_WITHIN: Duration = Duration::from_secs(10);
+
+/// How an attacker's connection reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    Normally,
+    /// Never reads: a 4 KiB receive buffer, so the server's side backs up quickly.
+    Never,
+}
+
+/// A TCP connection to `to` from `source` (any 127/8 address works on Linux without setup).
+pub async fn dial_from(source: Ipv4Addr, to: SocketAddr, reading: Reading) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source.into(), 0))?;
+    if reading == Reading::Never {
+        socket.set_recv_buffer_size(SMALL_WINDOW)?;
+    }
+    let stream = socket.connect(to).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// One handshake from `source` with a secret that is not the server's, given up after
+/// `patience`: `AuthFailed` when refused as wrong, `Timeout` when nothing came back in time.
+pub async fn wrong_secret(
+    source: Ipv4Addr,
+    server: SocketAddr,
+    patience: Duration,
+) -> Result<(), ClientError> {
+    let keys = SessionKeys::new(Secret::generate(), AuthMode::Noise);
+    let attempt = async {
+        let stream = dial_from(source, server, Reading::Normally)
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                target: server.to_string(),
+                source,
+            })?;
+        let mut conn = Connection::tcp(stream, Limits::default());
+        auth::connect(&mut conn, &keys).await?;
+        Ok(())
+    };
+    timeout(patience, attempt)
+        .await
+        .map_err(|_| ClientError::Timeout(server.to_string()))?
+}
+
+impl Attacker {
+    /// A TCP connection to `to` from this attack's address for `lane`.
+    pub async fn dial(&self, lane: usize, to: SocketAddr, reading: Reading) -> io::Result<TcpStream> {
+        dial_from(self.source(lane), to, reading).await
+    }
+
+    /// An authenticated session with the main server; replies of any size are accepted.
+    pub async fn session(&self, lane: usize, reading: Reading) -> Result<Connection, ClientError> {
+        self.session_with(self.arena.server, lane, reading).await
+    }
+
+    pub async fn session_with(
+        &self,
+        server: SocketAddr,
+        lane: usize,
+        reading: Reading,
+    ) -> Result<Connection, ClientError> {
+        let open = async {
+            let stream =
+                self.dial(lane, server, reading)
+                    .await
+                    .map_err(|source| ClientError::Unreachable {
+                        target: server.to_string(),
+                        source,
+                    })?;
+            let limits = Limits::default()
+                .with_max_header_len(64 << 20)
+                .with_default_body_limit(u64::MAX);
+            let mut conn = Connection::tcp(stream, limits);
+            auth::connect(&mut conn, &self.arena.keys).await?;
+            Ok(conn)
+        };
+        timeout(SESSION_WITHIN, open)
+            .await
+            .map_err(|_| ClientError::Timeout(server.to_string()))?
+    }
+
+    /// A session logged in to chat as `name`.
+    pub async fn chat_member(
+        &self,
+        lane: usize,
+        name: &str,
+        reading: Reading,
+    ) -> Result<Connection, ClientError> {
+        let mut conn = self.session(lane, reading).await?;
+        call(&mut conn, Header::new("chat_login").with("name", name)).await?;
+        Ok(conn)
+    }
+
+    /// Counts `result` under `what: ok` or `what: ` and the kind of failure.
+    pub fn count_outcome<T>(&self, what: &str, result: &Result<T, ClientError>) {
+        let kind = match result {
+            Ok(_) => "ok",
+            Err(error) => failure_kind(error),
+        };
+        self.count(&format!("{what}: {kind}"));
+    }
+}
+
+/// A short name for what went wrong, to count refusals by kind.
+pub fn failure_kind(error: &ClientError) -> &'static str {
+    match error {
+        ClientError::Remote(_) => "refused with an error",
+        ClientError::Handshake(sockit::auth::HandshakeError::AuthFailed(_)) => "auth failed",
+        ClientError::Handshake(sockit::auth::HandshakeError::Refused(_)) => "refused in the handshake",
+        ClientError::Handshake(_) => "handshake broken",
+        ClientError::Timeout(_) => "timed out",
+        ClientError::Unreachable { .. } | ClientError::Refused(_) => "could not connect",
+        _ => "connection lost",
+    }
+}
+
+/// Sends one request (id 1) and reads one message back; an error frame is an error.
+pub async fn call(conn: &mut Connection, header: Header) -> Result<Message, ClientError> {
+    conn.send(header.with_id(Some(1)), b"").await?;
+    let reply = conn.read_message().await?.ok_or(ClientError::Closed)?;
+    match RemoteError::from_header(&reply.header) {
+        Some(error) => Err(ClientError::Remote(error)),
+        None => Ok(reply),
+    }
+}
+
+/// Sends `requests` in order while reading whatever comes back, counting refusals; returns
+/// whether the session outlived the burst (the server neither closed it nor broke it).
+pub async fn burst(me: &Attacker, conn: Connection, requests: impl Iterator<Item = Header> + Send) -> bool {
+    let Connection { reader, mut writer } = conn;
+    let sent = async move {
+        for (id, request) in requests.enumerate() {
+            writer.send(request.with_id(Some(id as u64 + 2)), b"").await?;
+        }
+        Ok::<_, ClientError>(writer)
+    };
+    let (sent, read) = tokio::join!(timeout(BURST_WITHIN, sent), read_replies(me, reader));
+    me.count(if matches!(sent, Ok(Ok(_))) {
+        "bursts sent whole"
+    } else {
+        "bursts cut short"
+    });
+    read
+}
+
+/// Reads until the session ends or goes quiet; true if it went quiet (the session lives).
+async fn read_replies(me: &Attacker, mut reader: FrameReader) -> bool {
+    loop {
+        match timeout(QUIET, reader.read_message()).await {
+            Err(_) => return true,
+            Ok(Ok(Some(message))) => match RemoteError::from_header(&message.header) {
+                Some(error) => me.count(&format!("refused: {}", error.code.as_str())),
+                None => me.count(&format!("replies: {}", message.header.cmd())),
+            },
+            Ok(Ok(None) | Err(_)) => return false,
+        }
+    }
+}
