@@ -500,3 +500,22 @@ async fn idle_connections_do_not_lock_scrapers_out_of_metrics() {
         assert!(response.unwrap().starts_with("HTTP/1.1 408"));
     }
 }
+
+/// Idle connections from many addresses, a few each, do not lock scrapers out either: the
+/// endpoint's cap in all is far above what a handful of addresses can hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_many_addresses_do_not_lock_scrapers_out() {
+    let server = ServerProcess::start(&["--metrics", "127.0.0.1:0"]);
+    let metrics = metrics_addr(&server);
+    let mut idle = Vec::new();
+    for host in 1..=64 {
+        for _ in 0..4 {
+            idle.push(connect_from([127, 0, 9, host], metrics).await);
+        }
+    }
+    let text = timeout(PROMPTLY, scrape(metrics))
+        .await
+        .expect("a scrape answered at once");
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    drop(idle);
+}

@@ -24,8 +24,10 @@ const MAX_HEAD: usize = 8 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// A scrape (reading the request, writing the answer) must finish within this.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections answered at once; more are closed at once.
-const MAX_SCRAPERS: usize = 32;
+/// Connections answered at once; more are closed at once. Generous, because each costs only a
+/// task and a descriptor for at most [`HEAD_TIMEOUT`] unless it is a real scrape: with four per
+/// source, locking scrapers out takes 256 addresses, not a handful of idle connections.
+const MAX_SCRAPERS: usize = 1024;
 /// Connections answered at once from one source address (IPv6: /64); more are closed at once.
 const MAX_SCRAPERS_PER_SOURCE: usize = 4;
 
