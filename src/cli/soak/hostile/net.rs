@@ -115,10 +115,16 @@ async fn send_forged(from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> st
 
 /// The classic UDP echo's datagram count, from the metrics endpoint.
 async fn echo_datagrams(metrics: SocketAddr) -> Option<u64> {
+    metric_sum(metrics, "sockit_datagrams_total{", "udp-echo").await
+}
+
+/// The sum of the samples of the metrics endpoint whose series start with `series` and hold
+/// `holding`: what the server itself counted.
+pub(super) async fn metric_sum(metrics: SocketAddr, series: &str, holding: &str) -> Option<u64> {
     let text = scrape(metrics).await.ok()?;
     let counts = text
         .lines()
-        .filter(|line| line.starts_with("sockit_datagrams_total{") && line.contains("udp-echo"))
+        .filter(|line| line.starts_with(series) && line.contains(holding))
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok());
     Some(counts.sum::<f64>() as u64)
 }

@@ -10,6 +10,7 @@ use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
 use super::link::{Reading, failure_kind, wrong_secret};
+use super::net::metric_sum;
 use super::{Attacker, GUESSES_PER_SECOND_BOUND, Held};
 
 /// How long an unauthenticated attempt waits for the server's answer.
@@ -77,27 +78,38 @@ pub async fn idle_handshakes(me: Attacker) -> Held {
     None
 }
 
-/// L2: wrong-secret handshakes from one address, 100 at a time. An attempt the server checked
-/// is one refused as a wrong secret or left unanswered past the attacker's patience (silence
-/// means "wrong": a right secret is answered at once); one refused otherwise was not checked.
+/// L2: wrong-secret handshakes from one address, 100 at a time. The guesses that count are
+/// the ones the server checked: its own count of failed authentications over the attack (no
+/// other attack fails one), or, without the metrics endpoint, the attempts refused as wrong
+/// plus those left unanswered past the attacker's patience (silence could mean "wrong").
 pub async fn guessing(me: Attacker) -> Held {
     let count = me.arena.scaled(20_000);
+    let failed = |metrics| metric_sum(metrics, "sockit_handshakes_total{", "auth_failed");
+    let before = match me.arena.metrics {
+        Some(metrics) => failed(metrics).await,
+        None => None,
+    };
     let begin = Instant::now();
     me.in_lanes(100, count, |me, _, _| async move {
         me.count("attempts");
         match wrong_secret(me.source(0), me.arena.server, GUESS_PATIENCE).await {
-            Err(ClientError::Timeout(_)) => me.count("checked: no answer within 500 ms"),
-            Err(ClientError::Handshake(HandshakeError::AuthFailed(_))) => {
-                me.count("checked: refused as wrong")
-            }
-            Err(error) => me.count(&format!("not checked: {}", failure_kind(&error))),
+            Err(ClientError::Timeout(_)) => me.count("no answer within 500 ms"),
+            Err(ClientError::Handshake(HandshakeError::AuthFailed(_))) => me.count("refused as wrong"),
+            Err(error) => me.count(&format!("refused unchecked: {}", failure_kind(&error))),
             Ok(()) => me.count("guessed the secret"),
         }
     })
     .await;
     let seconds = begin.elapsed().as_secs_f64().max(0.001);
-    let checked = me.tally_total("checked: ");
-    let per_second = (checked as f64 / seconds).round() as u64;
-    me.add("checked per second", per_second);
-    Some(checked as f64 / seconds <= GUESSES_PER_SECOND_BOUND)
+    let after = match me.arena.metrics {
+        Some(metrics) => failed(metrics).await,
+        None => None,
+    };
+    let checked = match before.zip(after) {
+        Some((before, after)) => after.saturating_sub(before),
+        None => me.tally_total("refused as wrong") + me.tally_total("no answer"),
+    };
+    me.add("checked by the server", checked);
+    me.add("checked per second", (checked as f64 / seconds).round() as u64);
+    Some(checked as f64 / seconds <= GUESSES_PER_SECOND_BOUND && me.tally_total("guessed") == 0)
 }
