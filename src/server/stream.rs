@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -153,10 +154,11 @@ impl ServiceStream {
     /// Reads the start of the client's next request. Like `read`, but once the server is
     /// shutting down it returns `Ok(0)` (as if the client had closed): a connection waiting
     /// between requests has nothing in flight, so shutdown need not wait for it.
-    pub async fn read_request(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// The bytes are appended to `buf` (a `BytesMut`, or a `&mut [u8]` that advances past them).
+    pub async fn read_request(&mut self, buf: &mut impl BufMut) -> io::Result<usize> {
         let stopping = self.stopping.clone();
         tokio::select! {
-            read = self.read(buf) => read,
+            read = self.read_buf(buf) => read,
             () = stopping.cancelled() => Ok(0),
         }
     }
