@@ -83,8 +83,12 @@ pub async fn serve_streams(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
+        // `slots` is never closed; were it closed, no slot could be had again: stop as at shutdown.
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_closed) => return,
+            },
             () = shutdown.stopping.cancelled() => return,
         };
         let accepted = tokio::select! {
