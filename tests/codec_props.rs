@@ -81,7 +81,7 @@ proptest! {
         let (mut sealer, mut opener) = noise_pair();
         let mut sealed = BytesMut::new();
         for message in &messages {
-            sealer.seal(message, &mut sealed);
+            sealer.seal(message, &mut sealed).unwrap();
         }
         let (mut pending, mut plain) = (BytesMut::new(), BytesMut::new());
         for chunk in cut(&sealed, &cuts) {
@@ -107,7 +107,7 @@ fn a_frame_arriving_one_byte_at_a_time_decodes_once_complete() {
 fn a_flipped_bit_in_any_record_is_detected() {
     let (mut sealer, mut opener) = noise_pair();
     let mut sealed = BytesMut::new();
-    sealer.seal(b"attack at dawn", &mut sealed);
+    sealer.seal(b"attack at dawn", &mut sealed).unwrap();
     sealed[10] ^= 0x01;
     assert!(opener.open(&mut sealed, &mut BytesMut::new()).is_err());
 }

@@ -74,21 +74,27 @@ impl SessionKeys {
         self.mode
     }
 
-    fn noise(&self, initiator: bool) -> HandshakeState {
-        let builder = Builder::new(NOISE_PARAMS.parse().expect("valid Noise parameters"))
+    /// A fresh Noise handshake for one side. The configuration is constant, so an error here
+    /// is a bug in this build; it fails the handshake like any other.
+    fn noise(&self, initiator: bool) -> Result<HandshakeState, HandshakeError> {
+        let builder = Builder::new(NOISE_PARAMS.parse().map_err(noise_bug)?)
             .prologue(PROLOGUE)
             .and_then(|b| b.psk(0, &self.psk))
-            .expect("static Noise configuration is valid");
+            .map_err(noise_bug)?;
         if initiator {
             builder.build_initiator()
         } else {
             builder.build_responder()
         }
-        .expect("Noise handshake state builds")
+        .map_err(noise_bug)
     }
 
     /// HMAC-SHA256 over the role and both nonces: a proof for one side of one session.
     fn proof(&self, role: &[u8], client_nonce: &[u8], server_nonce: &[u8]) -> Hmac<Sha256> {
+        #[allow(
+            clippy::expect_used,
+            reason = "HMAC takes a key of any length, so this never fails"
+        )]
         let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.as_bytes()).expect("any key length");
         mac.update(b"sockit/1 ");
         mac.update(role);
@@ -255,14 +261,13 @@ pub async fn accept_throttled(
 
 /// Reads the client's Noise message, queues the answer, and switches to encrypted records.
 fn accept_noise(conn: &mut Connection, keys: &SessionKeys, message: &[u8]) -> Result<(), HandshakeError> {
-    let mut noise = keys.noise(false);
+    let mut noise = keys.noise(false)?;
     let mut payload = [0u8; MAX_NOISE_MESSAGE];
     noise.read_message(message, &mut payload).map_err(|_| {
         HandshakeError::AuthFailed("the client's handshake did not decrypt with our key".into())
     })?;
-    let mut reply = [0u8; MAX_NOISE_MESSAGE];
-    let len = noise.write_message(&[], &mut reply).map_err(noise_bug)?;
-    conn.writer.queue(hello_header(AuthMode::Noise), &reply[..len])?;
+    let reply = write_noise_message(&mut noise)?;
+    conn.writer.queue(hello_header(AuthMode::Noise), &reply)?;
     conn.encrypt(noise.into_stateless_transport_mode().map_err(noise_bug)?);
     Ok(())
 }
@@ -309,10 +314,9 @@ pub async fn connect(conn: &mut Connection, keys: &SessionKeys) -> Result<Server
 }
 
 async fn connect_noise(conn: &mut Connection, keys: &SessionKeys) -> Result<(), HandshakeError> {
-    let mut noise = keys.noise(true);
-    let mut message = [0u8; MAX_NOISE_MESSAGE];
-    let len = noise.write_message(&[], &mut message).map_err(noise_bug)?;
-    conn.send(hello_header(AuthMode::Noise), &message[..len]).await?;
+    let mut noise = keys.noise(true)?;
+    let message = write_noise_message(&mut noise)?;
+    conn.send(hello_header(AuthMode::Noise), &message).await?;
 
     let answer = expect_server_hello(conn).await?;
     let mut payload = [0u8; MAX_NOISE_MESSAGE];
@@ -404,6 +408,14 @@ fn decode_proof(proof: Option<&str>) -> Result<Vec<u8>, HandshakeError> {
     proof
         .and_then(|hex_text| hex::decode(hex_text).ok())
         .ok_or_else(|| HandshakeError::AuthFailed("the proof is missing or not hex".into()))
+}
+
+/// This side's next handshake message (with no payload), exactly as long as Noise wrote it.
+fn write_noise_message(noise: &mut HandshakeState) -> Result<Vec<u8>, HandshakeError> {
+    let mut message = vec![0u8; MAX_NOISE_MESSAGE];
+    let len = noise.write_message(&[], &mut message).map_err(noise_bug)?;
+    message.truncate(len);
+    Ok(message)
 }
 
 fn noise_bug(error: snow::Error) -> HandshakeError {

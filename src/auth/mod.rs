@@ -1,5 +1,8 @@
 //! The session layer: the shared secret, the handshake that proves it, and failure throttling.
 
+// The handshake decodes what unauthenticated peers send: no panic on any of it.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod handshake;
 mod secret;
 mod throttle;

@@ -9,6 +9,10 @@
 //! service, the standard time protocols, the classic services) on their own sockets ([`udp`], [`stream`]), with the
 //! same shutdown.
 
+// The server runs every client's session: a panic on a path a client drives must not exist.
+// So no unwrap, expect or indexing here; a true exception is allowed where it stands, with why.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod config;
 mod endpoints;
 mod listener;
@@ -201,8 +205,13 @@ async fn accept_loop(
             Ok(permit) => permit,
             Err(_) => {
                 metrics().connections_limit_reached.inc();
+                // The semaphore is never closed; were it closed, no connection could be
+                // served again, so the listener stops as it does at shutdown.
                 tokio::select! {
-                    permit = connections.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                    permit = connections.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_closed) => return,
+                    },
                     () = shared.stopping.cancelled() => return,
                 }
             }

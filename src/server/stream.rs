@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -82,8 +83,12 @@ pub async fn serve_streams(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
+        // `slots` is never closed; were it closed, no slot could be had again: stop as at shutdown.
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_closed) => return,
+            },
             () = shutdown.stopping.cancelled() => return,
         };
         let accepted = tokio::select! {
@@ -153,10 +158,11 @@ impl ServiceStream {
     /// Reads the start of the client's next request. Like `read`, but once the server is
     /// shutting down it returns `Ok(0)` (as if the client had closed): a connection waiting
     /// between requests has nothing in flight, so shutdown need not wait for it.
-    pub async fn read_request(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// The bytes are appended to `buf` (a `BytesMut`, or a `&mut [u8]` that advances past them).
+    pub async fn read_request(&mut self, buf: &mut impl BufMut) -> io::Result<usize> {
         let stopping = self.stopping.clone();
         tokio::select! {
-            read = self.read(buf) => read,
+            read = self.read_buf(buf) => read,
             () = stopping.cancelled() => Ok(0),
         }
     }

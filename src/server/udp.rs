@@ -210,6 +210,11 @@ pub async fn serve_datagrams(
                 continue;
             }
         };
+        #[allow(
+            clippy::indexing_slicing,
+            reason = "recv_from returns at most the buffer's length"
+        )]
+        let datagram = &buffer[..len];
         if from.port() == 0 || !replier.service.answers_port(from.port()) || own_ports.sent(from) {
             debug!(service = name, %from, "ignored a datagram from a server port");
             metrics().datagram(name, Datagram::Ignored);
@@ -221,14 +226,14 @@ pub async fn serve_datagrams(
             continue;
         }
         if !replier.service.runs_long() {
-            replier.answer(&buffer[..len], from).await;
+            replier.answer(datagram, from).await;
             continue;
         }
         let Ok(permit) = long_answers.clone().try_acquire_owned() else {
             warn!(service = name, %from, "{MAX_LONG_ANSWERS} requests in progress; dropped one");
             continue;
         };
-        let request = Bytes::copy_from_slice(&buffer[..len]);
+        let request = Bytes::copy_from_slice(datagram);
         let (replier, abort) = (replier.clone(), shutdown.abort.clone());
         shutdown.tasks.spawn(async move {
             tokio::select! {

@@ -26,6 +26,10 @@ pub fn daytime_text<Tz: TimeZone>(now: &DateTime<Tz>) -> String
 where
     Tz::Offset: std::fmt::Display,
 {
+    #[allow(
+        clippy::expect_used,
+        reason = "DAYTIME_FORMAT is a constant, valid format; the daytime test formats it"
+    )]
     let text = format_at(now, DAYTIME_FORMAT).expect("the daytime format is valid (tested)");
     text + "\r\n"
 }
@@ -65,9 +69,9 @@ pub fn sntp_reply(
     received: SystemTime,
     transmit: SystemTime,
 ) -> Option<[u8; NTP_PACKET_LEN]> {
-    let first = *request.first()?;
-    let (version, mode) = ((first >> 3) & 0b111, first & 0b111);
-    if request.len() < NTP_PACKET_LEN || mode != MODE_CLIENT || !(1..=4).contains(&version) {
+    let request = request.first_chunk::<NTP_PACKET_LEN>()?;
+    let (version, mode) = ((request[0] >> 3) & 0b111, request[0] & 0b111);
+    if mode != MODE_CLIENT || !(1..=4).contains(&version) {
         return None;
     }
     let mut reply = [0; NTP_PACKET_LEN];

@@ -626,11 +626,29 @@ struct Supervisor<S> {
 
 /// One thing that happened to a running command.
 enum Event {
-    /// Output read from pipe 0 (stdout) or 1 (stderr).
-    Output(usize, std::io::Result<usize>),
+    /// Output read from one of the command's pipes.
+    Output(Pipe, std::io::Result<usize>),
     Signal(Option<Signal>),
     Deadline,
     Exited(std::io::Result<ExitStatus>),
+}
+
+/// Which of a command's two output pipes a read came from.
+#[derive(Clone, Copy)]
+enum Pipe {
+    Stdout,
+    Stderr,
+}
+
+impl Pipe {
+    /// This pipe's output among `[stdout, stderr]`.
+    fn of(self, pipes: &mut [Output; 2]) -> &mut Output {
+        let [stdout, stderr] = pipes;
+        match self {
+            Pipe::Stdout => stdout,
+            Pipe::Stderr => stderr,
+        }
+    }
 }
 
 impl<S: Sink> Supervisor<S> {
@@ -677,15 +695,15 @@ impl<S: Sink> Supervisor<S> {
         let status = loop {
             let [stdout, stderr] = &mut pipes;
             let event = tokio::select! {
-                n = stdout.read(), if stdout.open() => Event::Output(0, n),
-                n = stderr.read(), if stderr.open() => Event::Output(1, n),
+                n = stdout.read(), if stdout.open() => Event::Output(Pipe::Stdout, n),
+                n = stderr.read(), if stderr.open() => Event::Output(Pipe::Stderr, n),
                 signal = signals.recv() => Event::Signal(signal),
                 () = sleep_until(deadline), if !self.timed_out => Event::Deadline,
                 status = child.wait() => Event::Exited(status),
             };
             match event {
                 Event::Output(pipe, read) => {
-                    if !self.relay(&mut pipes[pipe], read, deadline).await {
+                    if !self.relay(pipe.of(&mut pipes), read, deadline).await {
                         return self.abandon(child).await;
                     }
                 }
@@ -703,11 +721,11 @@ impl<S: Sink> Supervisor<S> {
         while pipes.iter().any(Output::open) {
             let [stdout, stderr] = &mut pipes;
             let (pipe, read) = tokio::select! {
-                n = stdout.read(), if stdout.open() => (0, n),
-                n = stderr.read(), if stderr.open() => (1, n),
+                n = stdout.read(), if stdout.open() => (Pipe::Stdout, n),
+                n = stderr.read(), if stderr.open() => (Pipe::Stderr, n),
                 () = sleep_until(Some(drain_until)) => break,
             };
-            if !self.relay(&mut pipes[pipe], read, None).await {
+            if !self.relay(pipe.of(&mut pipes), read, None).await {
                 return self.abandon(child).await;
             }
         }
@@ -727,14 +745,11 @@ impl<S: Sink> Supervisor<S> {
         read: std::io::Result<usize>,
         deadline: Option<Instant>,
     ) -> bool {
-        let n = match read {
-            Ok(0) | Err(_) => {
-                output.pipe = None;
-                return true;
-            }
-            Ok(n) => n,
-        };
-        let send = self.sink.output(output.name, &output.buf[..n]);
+        if matches!(read, Ok(0) | Err(_)) {
+            output.pipe = None;
+            return true;
+        }
+        let send = self.sink.output(output.name, &output.buf);
         tokio::pin!(send);
         loop {
             tokio::select! {
@@ -854,11 +869,13 @@ impl Output {
         self.pipe.is_some()
     }
 
-    /// Reads what the command wrote next (cancel-safe: nothing is lost if not awaited).
+    /// Reads what the command wrote next into `buf`, which then holds exactly that
+    /// (cancel-safe: nothing is lost if not awaited).
     async fn read(&mut self) -> std::io::Result<usize> {
         let Some(pipe) = &mut self.pipe else { return Ok(0) };
-        self.buf.resize(OUTPUT_CHUNK, 0);
-        pipe.read(&mut self.buf).await
+        self.buf.clear();
+        self.buf.reserve(OUTPUT_CHUNK);
+        pipe.read_buf(&mut self.buf).await
     }
 }
 

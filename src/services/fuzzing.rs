@@ -1,6 +1,13 @@
 //! Checks run by the fuzz targets of the services (fuzz/) and by the test that replays their
 //! corpus, kept in the library so both run exactly the same code.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "a fuzz check panics on purpose when an invariant breaks"
+)]
+
 use std::time::SystemTime;
 
 use bytes::BytesMut;

@@ -4,6 +4,10 @@
 //! carry) and handles a request on the connection it arrived on. Adding a service means writing
 //! that file and adding one line to [`Registry::native`].
 
+// Services answer whatever a client sends: a panic here would drop the client's session or,
+// under a held lock, break the service for everyone. So no unwrap, expect or indexing.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
@@ -138,6 +142,10 @@ impl Session {
     }
 
     /// This connection's state of type `T`, created on first use.
+    #[allow(
+        clippy::expect_used,
+        reason = "entries are keyed by `TypeId::of::<T>()`, so the one found holds a `T`"
+    )]
     pub fn state<T: Default + Send + 'static>(&mut self) -> &mut T {
         self.state
             .entry(TypeId::of::<T>())

@@ -127,11 +127,11 @@ impl FrameCodec {
                 max: self.limits.max_header_len,
             });
         }
-        if src.len() < 4 + len {
+        let Some(json) = src.get(4..4 + len) else {
             src.reserve(4 + len - src.len());
             return Ok(None);
-        }
-        let header = Header::from_json(&src[4..4 + len])?;
+        };
+        let header = Header::from_json(json)?;
         let max = self.limits.body_limit(header.cmd());
         if header.body_len() > max {
             return Err(FrameError::BodyTooLarge {
@@ -210,6 +210,10 @@ pub fn encode_header(header: &Header, dst: &mut BytesMut, max_len: usize) -> Res
             max: max_len,
         });
     }
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "`put_u32_le` above wrote these four bytes"
+    )]
     dst[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
 }

@@ -323,9 +323,12 @@ impl FrameWriter {
         }
         match &mut self.sealer {
             Some(sealer) => {
+                // `clear_len` never exceeds what is queued; were it to, everything would be
+                // sealed, the safe side.
                 let clear = std::mem::take(&mut self.clear_len);
-                self.sealed.extend_from_slice(&self.out[..clear]);
-                sealer.seal(&self.out[clear..], &mut self.sealed);
+                let (in_clear, to_seal) = self.out.split_at_checked(clear).unwrap_or((&[], &self.out));
+                self.sealed.extend_from_slice(in_clear);
+                sealer.seal(to_seal, &mut self.sealed)?;
                 self.out.clear();
                 self.io.write_all(&self.sealed).await?;
                 count(&self.sent, self.sealed.len());

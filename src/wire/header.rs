@@ -140,8 +140,11 @@ fn is_reserved(key: &str) -> bool {
     matches!(key, "cmd" | "id" | "body_len")
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "its callers pass a String or a serde_json::Value, which always serialize, into memory"
+)]
 fn write_value(out: &mut BytesMut, value: &(impl Serialize + ?Sized)) {
-    // Serializing a String or a serde_json::Value into memory cannot fail.
     serde_json::to_writer(out.writer(), value).expect("JSON value serializes");
 }
 

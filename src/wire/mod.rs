@@ -2,6 +2,9 @@
 //!
 //! docs/protocol.md specifies the bytes; this module is the reference implementation.
 
+// The wire layer decodes what unauthenticated peers send: no panic on any of it.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod codec;
 mod connection;
 mod error;

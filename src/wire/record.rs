@@ -5,6 +5,7 @@
 //! records; the frame layer above never notices. Each direction keeps its own nonce counter, so
 //! the reading and writing halves of a connection work independently.
 
+use std::io;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -44,18 +45,18 @@ pub fn split(state: StatelessTransportState) -> (Sealer, Opener) {
 }
 
 impl Sealer {
-    /// Appends `plaintext` to `out` as one or more records.
-    pub fn seal(&mut self, plaintext: &[u8], out: &mut BytesMut) {
+    /// Appends `plaintext` to `out` as one or more records. Records are sized within Noise's
+    /// limit, so this fails only once the nonce runs out (after 2^64 records): the session ends.
+    pub fn seal(&mut self, plaintext: &[u8], out: &mut BytesMut) -> io::Result<()> {
         for chunk in plaintext.chunks(MAX_RECORD_PLAINTEXT) {
             let len = chunk.len() + TAG_LEN;
             out.put_u16_le(len as u16);
-            let start = out.len();
-            out.resize(start + len, 0);
             self.state
-                .write_message(self.nonce, chunk, &mut out[start..])
-                .expect("a record within Noise's size limit always encrypts");
+                .write_message(self.nonce, chunk, grow(out, len))
+                .map_err(|error| io::Error::other(format!("noise: {error}")))?;
             self.nonce += 1;
         }
+        Ok(())
     }
 }
 
@@ -68,18 +69,27 @@ impl Opener {
             if len < TAG_LEN {
                 return Err(BadRecord);
             }
-            if sealed.len() < 2 + len {
+            let Some(record) = sealed.get(2..2 + len) else {
                 sealed.reserve(2 + len - sealed.len());
                 return Ok(());
-            }
-            let start = plain.len();
-            plain.resize(start + len - TAG_LEN, 0);
+            };
             self.state
-                .read_message(self.nonce, &sealed[2..2 + len], &mut plain[start..])
+                .read_message(self.nonce, record, grow(plain, len - TAG_LEN))
                 .map_err(|_| BadRecord)?;
             self.nonce += 1;
             sealed.advance(2 + len);
         }
         Ok(())
     }
+}
+
+/// Extends `buf` by `len` zero bytes and returns them, for a record to be written in place.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "`buf` was just resized to `start + len` bytes"
+)]
+fn grow(buf: &mut BytesMut, len: usize) -> &mut [u8] {
+    let start = buf.len();
+    buf.resize(start + len, 0);
+    &mut buf[start..]
 }

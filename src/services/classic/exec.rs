@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
@@ -69,10 +69,10 @@ impl TcpExec {
     }
 
     async fn serve_commands(&self, stream: &mut ServiceStream, peer: SocketAddr) -> std::io::Result<()> {
-        let mut buffer = vec![0; READ_CHUNK];
+        let mut buffer = BytesMut::with_capacity(READ_CHUNK);
         loop {
-            let n = stream.read_request(&mut buffer).await?;
-            if n == 0 {
+            buffer.clear();
+            if stream.read_request(&mut buffer).await? == 0 {
                 return Ok(());
             }
             let limits = CollectLimits {
@@ -80,7 +80,7 @@ impl TcpExec {
                 in_memory: TCP_IN_MEMORY,
                 timeout: COMMAND_TIMEOUT,
             };
-            let run = run(&self.runner, &buffer[..n], limits, "classic-exec", peer);
+            let run = run(&self.runner, &buffer, limits, "classic-exec", peer);
             let collected = tokio::select! {
                 collected = run => collected,
                 () = stream.closed() => {
@@ -102,7 +102,7 @@ async fn send_reply(stream: &mut ServiceStream, collected: Collected) -> std::io
         data_size: size,
         msg_length: size,
     };
-    stream.write_all(&header_bytes(&header)).await?;
+    stream.write_all(&header_bytes(&header)?).await?;
     collected.stdout.write_to(stream).await?;
     collected.stderr.write_to(stream).await
 }

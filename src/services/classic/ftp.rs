@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
@@ -188,7 +189,7 @@ impl Ftp {
                     filesize: 0,
                     error: Some(error),
                 };
-                stream.write_all(&header_bytes(&reply)).await?;
+                stream.write_all(&header_bytes(&reply)?).await?;
                 return Ok(());
             }
         };
@@ -198,7 +199,7 @@ impl Ftp {
             filesize: size,
             error: None,
         };
-        stream.write_all(&header_bytes(&reply)).await?;
+        stream.write_all(&header_bytes(&reply)?).await?;
         // The size is promised: a file that shrinks meanwhile ends the connection, one that
         // grows is sent as it was.
         let mut file = tokio::fs::File::from_std(file).take(size);
@@ -245,11 +246,12 @@ pub fn base_name(filename: &str) -> Result<RootPath, String> {
 /// Copies exactly `size` bytes (or fewer, if the client leaves) from `stream` into `file`;
 /// how many arrived.
 async fn receive(stream: &mut ServiceStream, file: &mut tokio::fs::File, size: u64) -> io::Result<u64> {
-    let mut buffer = vec![0; READ_CHUNK];
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     let mut received = 0;
     while received < size {
         let want = (size - received).min(READ_CHUNK as u64) as usize;
-        let n = match stream.read(&mut buffer[..want]).await {
+        buffer.clear();
+        let n = match stream.read_buf(&mut (&mut buffer).limit(want)).await {
             Ok(0) => break,
             Ok(n) => n,
             Err(error)
@@ -260,7 +262,7 @@ async fn receive(stream: &mut ServiceStream, file: &mut tokio::fs::File, size: u
             }
             Err(error) => return Err(error),
         };
-        file.write_all(&buffer[..n]).await?;
+        file.write_all(&buffer).await?;
         received += n as u64;
     }
     file.flush().await?;

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::READ_CHUNK;
@@ -29,10 +30,11 @@ impl StreamService for Greeting {
 
 async fn converse(stream: &mut ServiceStream) -> std::io::Result<()> {
     stream.write_all(WELCOME).await?;
-    let mut buffer = vec![0; READ_CHUNK];
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        let n = stream.read_request(&mut buffer).await?;
-        let Some(reply) = greet(&buffer[..n]) else {
+        buffer.clear();
+        stream.read_request(&mut buffer).await?;
+        let Some(reply) = greet(&buffer) else {
             return stream.shutdown().await;
         };
         stream.write_all(&reply).await?;

@@ -244,11 +244,11 @@ impl From<io::Error> for HeaderError {
 /// when the client closed (or the server is stopping) before a new header began.
 pub async fn read_header<T: DeserializeOwned>(stream: &mut ServiceStream) -> Result<Option<T>, HeaderError> {
     let mut prefix = [0u8; 4];
-    let first = stream.read_request(&mut prefix).await?;
-    if first == 0 {
+    let mut unread = prefix.as_mut_slice();
+    if stream.read_request(&mut unread).await? == 0 {
         return Ok(None);
     }
-    stream.read_exact(&mut prefix[first..]).await?;
+    stream.read_exact(unread).await?;
     let declared = i32::from_le_bytes(prefix);
     let len = usize::try_from(declared)
         .ok()
@@ -261,23 +261,27 @@ pub async fn read_header<T: DeserializeOwned>(stream: &mut ServiceStream) -> Res
 
 /// The course's header for `fields`: `struct.pack('i', len(header))` followed by the JSON
 /// exactly as Python's `json.dumps` writes it.
-pub fn header_bytes(fields: &impl Serialize) -> Vec<u8> {
-    let json = python_json(fields);
-    let len = i32::try_from(json.len()).expect("headers are small");
+/// An error only for a header too long for the prefix or one that does not serialize.
+pub fn header_bytes(fields: &impl Serialize) -> io::Result<Vec<u8>> {
+    let json = python_json(fields)?;
+    let len = i32::try_from(json.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "header too long for its length prefix",
+        )
+    })?;
     let mut bytes = len.to_le_bytes().to_vec();
     bytes.extend_from_slice(&json);
-    bytes
+    Ok(bytes)
 }
 
 /// JSON as Python's `json.dumps` writes it by default: `", "` and `": "` separators and every
 /// character outside printable ASCII escaped as `\uXXXX` (`ensure_ascii`).
-pub fn python_json(value: &impl Serialize) -> Vec<u8> {
+pub fn python_json(value: &impl Serialize) -> serde_json::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
-    value
-        .serialize(&mut serializer)
-        .expect("serializing into memory cannot fail");
-    out
+    value.serialize(&mut serializer)?;
+    Ok(out)
 }
 
 struct PythonFormatter;
@@ -339,11 +343,11 @@ mod tests {
         // json.dumps({'cmd': 'get', 'filename': '文件 a"b\\\n\x7f😀.txt', 'filesize': 12})
         let python =
             r#"{"cmd": "get", "filename": "\u6587\u4ef6 a\"b\\\n\u007f\ud83d\ude00.txt", "filesize": 12}"#;
-        assert_eq!(String::from_utf8(python_json(&header)).unwrap(), python);
-        let framed = header_bytes(&header);
+        assert_eq!(String::from_utf8(python_json(&header).unwrap()).unwrap(), python);
+        let framed = header_bytes(&header).unwrap();
         assert_eq!(framed[..4], (python.len() as i32).to_le_bytes());
         assert_eq!(&framed[4..], python.as_bytes());
-        assert_eq!(python_json(&[1, 2]), b"[1, 2]");
+        assert_eq!(python_json(&[1, 2]).unwrap(), b"[1, 2]");
     }
 
     #[test]
