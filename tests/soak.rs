@@ -34,6 +34,8 @@ fn soak_minute(hostile: &str) -> (String, BTreeMap<String, u64>) {
         .args([
             "--p99-bound",
             "off",
+            "--hostile-p99-bound",
+            "off",
             "--hostile",
             hostile,
             "--hostile-scale",
