@@ -317,10 +317,6 @@ impl Drop for LoggedIn {
 /// An event as queued: one allocation however many members it goes to.
 pub(super) type Event = Arc<Header>;
 
-/// Most events one flush of a feed carries: enough to turn a burst into a few large writes,
-/// few enough that one flush stays well under a megabyte of 4 KiB messages.
-const BATCH_MAX: usize = 64;
-
 /// Writes a client's queued events to its connection until the queue closes or the hub drops
 /// the client; then ends the whole session.
 async fn forward(
@@ -343,9 +339,8 @@ async fn forward(
             }
         };
         let Some(event) = event else { return };
-        let batch = with_queued(event, &mut queue);
         tokio::select! {
-            sent = send_events(&writer, &batch) => if let Err(error) = sent {
+            sent = send_event(&writer, &event) => if let Err(error) = sent {
                 tracing::debug!(%error, "chat feed ended");
                 break;
             },
@@ -356,35 +351,16 @@ async fn forward(
     close_session.cancel();
 }
 
-/// `first` and the events queued behind it, up to [`BATCH_MAX`]: whatever piled up while the
-/// connection was busy goes out together.
-fn with_queued(first: Event, queue: &mut mpsc::Receiver<Event>) -> Vec<Event> {
-    let mut batch = vec![first];
-    while batch.len() < BATCH_MAX {
-        match queue.try_recv() {
-            Ok(event) => batch.push(event),
-            Err(_) => break,
-        }
+/// Sends one event. One too large to send fails only itself: the request it answers gets an
+/// error instead, and the feed goes on.
+async fn send_event(writer: &SharedWriter, event: &Header) -> Result<(), FrameError> {
+    match writer.send_header(event).await {
+        Err(error) if error.is_unsent() => match error.to_remote() {
+            Some(remote) => writer.send_error(event.id(), &remote).await,
+            None => Err(error),
+        },
+        sent => sent,
     }
-    batch
-}
-
-/// Sends a batch of events with one flush: one write and as few encrypted records as their
-/// size allows, instead of one of each per event (a busy room's fan-out is mostly this). One
-/// too large to send fails only itself: the request it answers gets an error instead, and the
-/// feed goes on.
-async fn send_events(writer: &SharedWriter, batch: &[Event]) -> Result<(), FrameError> {
-    let mut writer = writer.lock().await;
-    for event in batch {
-        match writer.queue_header(event) {
-            Err(error) if error.is_unsent() => match error.to_remote() {
-                Some(remote) => writer.queue(remote.to_header(event.id()), b"")?,
-                None => return Err(error),
-            },
-            queued => queued?,
-        }
-    }
-    writer.flush().await
 }
 
 pub(super) type MemberId = u64;
