@@ -8,7 +8,7 @@ use std::net::UdpSocket;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, sockit_command};
+use common::{ServerProcess, next_incoming, sockit_command};
 use sockit::Client;
 use sockit::client::{ChatFeed, ChatIncoming, ChatSession};
 use sockit::services::chat::ChatEvent;
@@ -21,17 +21,8 @@ async fn login(server: &ServerProcess, name: &str) -> ChatSession {
     client.chat_login(name).await.unwrap()
 }
 
-/// The next thing the server sent, within 10 s.
-async fn next(feed: &mut ChatFeed) -> ChatIncoming {
-    timeout(Duration::from_secs(10), feed.next())
-        .await
-        .expect("an event within 10 s")
-        .unwrap()
-        .expect("the connection is open")
-}
-
 async fn next_event(feed: &mut ChatFeed) -> ChatEvent {
-    match next(feed).await {
+    match next_incoming(feed).await {
         ChatIncoming::Event { event, .. } => event,
         ChatIncoming::Refused { error, .. } => panic!("unexpected refusal: {error}"),
     }
@@ -43,7 +34,7 @@ async fn drain(session: &mut ChatSession, room: &str) -> Vec<ChatEvent> {
     let id = session.sender.who(room).await.unwrap();
     let mut before = Vec::new();
     loop {
-        match next(&mut session.feed).await {
+        match next_incoming(&mut session.feed).await {
             ChatIncoming::Event { id: Some(answer), .. } if answer == id => return before,
             ChatIncoming::Event { event, .. } => before.push(event),
             ChatIncoming::Refused { error, .. } => panic!("unexpected refusal: {error}"),
@@ -164,12 +155,12 @@ async fn three_clients_two_rooms_direct_messages_history_and_presence() {
 
     // Nobody called dave: refused, and the session goes on.
     alice.sender.direct("dave", "hi").await.unwrap();
-    match next(&mut alice.feed).await {
+    match next_incoming(&mut alice.feed).await {
         ChatIncoming::Refused { error, .. } => assert_eq!(error.code.as_str(), "not_found"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     alice.sender.say("dev", "not a member").await.unwrap();
-    match next(&mut alice.feed).await {
+    match next_incoming(&mut alice.feed).await {
         ChatIncoming::Refused { error, .. } => assert_eq!(error.code.as_str(), "not_in_room"),
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -230,7 +221,7 @@ async fn history_keeps_the_last_fifty_and_bad_input_is_refused() {
 
     for bad in ["\x1b[2Jcleared", "", &"x".repeat(5000)] {
         alice.sender.say("lobby", bad).await.unwrap();
-        match next(&mut alice.feed).await {
+        match next_incoming(&mut alice.feed).await {
             ChatIncoming::Refused { error, .. } => assert_eq!(error.code.as_str(), "bad_request"),
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -523,7 +514,7 @@ async fn a_huge_bad_name_is_refused_with_a_short_answer() {
     drain(&mut alice, "lobby").await;
     for (to, text) in [(huge.as_str(), "hi"), ("bob", "ok")] {
         alice.sender.direct(to, text).await.unwrap();
-        match next(&mut alice.feed).await {
+        match next_incoming(&mut alice.feed).await {
             ChatIncoming::Refused { error, .. } => assert!(error.message.len() < 512, "{}", error.message),
             other => panic!("expected a refusal, got {other:?}"),
         }

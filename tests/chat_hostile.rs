@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
+use common::{ServerProcess, next_incoming};
 use futures_util::StreamExt;
 use sockit::auth::{AuthMode, SessionKeys};
 use sockit::client::{ChatFeed, ChatIncoming, ChatSender, ChatSession};
@@ -107,20 +107,11 @@ async fn raw_join(conn: &mut Connection, room: &str) {
     panic!("the connection closed before the join was answered");
 }
 
-/// The next thing the server sent, within 10 s.
-async fn next(feed: &mut ChatFeed) -> ChatIncoming {
-    timeout(Duration::from_secs(10), feed.next())
-        .await
-        .expect("an event within 10 s")
-        .unwrap()
-        .expect("the connection is open")
-}
-
 /// What arrives up to the answer to request `id`, and the answer.
 async fn until_answer(feed: &mut ChatFeed, id: u64) -> (Vec<ChatEvent>, ChatIncoming) {
     let mut before = Vec::new();
     loop {
-        match next(feed).await {
+        match next_incoming(feed).await {
             ChatIncoming::Event {
                 id: Some(answer),
                 event,
@@ -166,7 +157,7 @@ async fn assert_session_chats(mut session: ChatSession, name: &str) {
         if let ChatIncoming::Event {
             event: ChatEvent::Message { from, text, .. },
             ..
-        } = next(&mut session.feed).await
+        } = next_incoming(&mut session.feed).await
             && from == name
         {
             assert_eq!(text, "still chatting");

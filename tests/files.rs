@@ -7,20 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, stderr, stdout};
+use common::{ServerProcess, file_server, stderr, stdout};
 use sockit::Client;
 use sockit::auth::{self, AuthMode, SessionKeys};
 use sockit::client::TransferOptions;
 use sockit::wire::{Connection, Header, Limits, RemoteError};
-
-/// A server whose file root is `DIR/root`.
-fn file_server(extra: &[&str]) -> (ServerProcess, PathBuf) {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let root = dir.join("root");
-    let mut args = vec!["--root", root.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    (ServerProcess::start(&args), root)
-}
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
+use common::{ServerProcess, metrics_addr};
 use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 use sockit::auth::{self, AuthMode, HandshakeError, ServerInfo, SessionKeys};
@@ -68,23 +68,6 @@ async fn echo(conn: &mut Connection, text: &str) -> String {
         .unwrap()
         .expect("a reply, not a close");
     String::from_utf8(reply.body.to_vec()).unwrap()
-}
-
-/// Where the server serves metrics, from its `metrics on http://ADDR/metrics` log line.
-fn metrics_addr(server: &ServerProcess) -> SocketAddr {
-    assert!(server.wait_for_log("metrics on http://"), "{}", server.log());
-    server
-        .log()
-        .lines()
-        .find_map(|line| {
-            line.split("metrics on http://")
-                .nth(1)?
-                .split('/')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .expect("a metrics address in the log")
 }
 
 /// `GET /metrics` from 127.0.0.1: the whole response.

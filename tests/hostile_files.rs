@@ -5,10 +5,10 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
+use common::{ServerProcess, file_server};
 use sockit::auth::{self, AuthMode, SessionKeys};
 use sockit::client::TransferOptions;
 use sockit::wire::{Connection, Header, Limits, Message, RemoteError};
@@ -16,15 +16,6 @@ use sockit::{Client, ClientError};
 use tokio::time::timeout;
 
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A server whose file root is `DIR/root`.
-fn file_server(extra: &[&str]) -> (ServerProcess, PathBuf) {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let root = dir.join("root");
-    let mut args = vec!["--root", root.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    (ServerProcess::start(&args), root)
-}
 
 /// An authenticated connection speaking frames directly.
 async fn raw(server: &ServerProcess) -> Connection {

@@ -7,21 +7,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, stderr, stdout};
+use common::{ServerProcess, metrics_addr, stderr, stdout};
 use sockit::Secret;
-
-/// Where the server serves metrics, from its `metrics on http://ADDR/metrics` log line.
-fn metrics_addr(server: &ServerProcess) -> SocketAddr {
-    assert!(server.wait_for_log("metrics on http://"), "{}", server.log());
-    server
-        .log()
-        .lines()
-        .find_map(|line| {
-            let rest = line.split("metrics on http://").nth(1)?;
-            rest.split('/').next()?.parse().ok()
-        })
-        .expect("a metrics address in the log")
-}
 
 /// Sends `request` as is and returns the whole response (the server closes after answering).
 fn http(addr: SocketAddr, request: &[u8]) -> String {

@@ -278,3 +278,34 @@ pub fn resident_mib(pid: u32) -> u64 {
         .unwrap();
     kib / 1024
 }
+
+/// Where `server` serves metrics, from its `metrics on http://ADDR/metrics` log line.
+pub fn metrics_addr(server: &ServerProcess) -> SocketAddr {
+    assert!(server.wait_for_log("metrics on http://"), "{}", server.log());
+    server
+        .log()
+        .lines()
+        .find_map(|line| {
+            let rest = line.split("metrics on http://").nth(1)?;
+            rest.split('/').next()?.parse().ok()
+        })
+        .expect("a metrics address in the log")
+}
+
+/// A server whose file root is `DIR/root`.
+pub fn file_server(extra: &[&str]) -> (ServerProcess, PathBuf) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let root = dir.join("root");
+    let mut args = vec!["--root", root.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    (ServerProcess::start(&args), root)
+}
+
+/// The next thing a chat server sent, within 10 s.
+pub async fn next_incoming(feed: &mut sockit::client::ChatFeed) -> sockit::client::ChatIncoming {
+    tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .expect("the connection is open")
+}
