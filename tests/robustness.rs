@@ -467,3 +467,24 @@ async fn a_huge_unknown_command_is_refused_and_the_session_goes_on() {
     }
     assert_eq!(client.echo("still here").await.unwrap(), "STILL HERE");
 }
+
+/// An error whose message quotes a huge bad value (serde quotes it escaped, six bytes a
+/// character) is sent shortened, with the request's id; the session goes on.
+#[tokio::test]
+async fn an_error_too_large_to_send_goes_out_shortened_and_the_session_goes_on() {
+    let server = ServerProcess::start(&[]);
+    let mut client = Client::connect(&server.addr, &server.client_config())
+        .await
+        .unwrap();
+    let bad = Header::new("ls")
+        .with("path", "")
+        .with("limit", "\u{85}".repeat(20_000));
+    match client.call(bad, b"").await {
+        Err(ClientError::Remote(error)) => {
+            assert_eq!(error.code, ErrorCode::BadRequest);
+            assert!(error.message.ends_with("[...]"), "{}", error.message);
+        }
+        other => panic!("expected a bad_request refusal, got {other:?}"),
+    }
+    assert_eq!(client.echo("still here").await.unwrap(), "STILL HERE");
+}

@@ -284,8 +284,15 @@ impl FrameWriter {
         self.flush().await
     }
 
+    /// Sends an error frame. One whose message makes it too large to send (it quotes what a
+    /// peer sent, say) goes out with the message cut short instead, so that answering a bad
+    /// request never ends the session.
     pub async fn send_error(&mut self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
-        self.send(error.to_header(id), b"").await
+        match self.queue(error.to_header(id), b"") {
+            Err(unsent) if unsent.is_unsent() => self.queue(error.shortened().to_header(id), b"")?,
+            queued => queued?,
+        }
+        self.flush().await
     }
 
     /// Sends a header as it is, with the body it declares left to [`FrameWriter::send_body`]

@@ -99,6 +99,10 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// How much of an error's message [`RemoteError::shortened`] keeps: a few escaped characters
+/// fit any header limit a server can be given.
+const SHORTENED_CHARS: usize = 64;
+
 /// An error as carried by an `error` frame: `{"cmd":"error","code":...,"message":...}`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message} ({code})")]
@@ -113,6 +117,14 @@ impl RemoteError {
             code,
             message: message.into(),
         }
+    }
+
+    /// The same error with its message cut to its first [`SHORTENED_CHARS`] characters, for
+    /// when the whole one is too large to send.
+    pub fn shortened(&self) -> RemoteError {
+        let mut message: String = self.message.chars().take(SHORTENED_CHARS).collect();
+        message.push_str(" [...]");
+        RemoteError::new(self.code.clone(), message)
     }
 
     /// The error frame answering the request with `id`.
