@@ -773,14 +773,6 @@ fn hmac_echo_closes_on_a_wrong_short_or_missing_answer() {
     // Nothing at all.
     let mut stream = classic.connect("hmac_echo");
     assert_closed(&mut stream, "no answer");
-    // The server logs a refusal as it closes: give the log reader a moment to catch up.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while classic.server.log().matches("no answer within 1s").count() < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let log = classic.server.log();
-    assert!(log.contains("wrong answer"), "{log}");
-    assert_eq!(log.matches("no answer within 1s").count(), 2, "{log}");
 
     // A client computing the course's HMAC-MD5 with the secret's text is served.
     let mut stream = classic.connect("hmac_echo");
@@ -793,6 +785,14 @@ fn hmac_echo_closes_on_a_wrong_short_or_missing_answer() {
     let mut reply = [0u8; 13];
     stream.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"AUTHENTICATED");
+
+    // The wrong answer is a warning; a stranger who connects and leaves, or says too little,
+    // is not (connecting and closing in a loop must not flood the log). The log is in order,
+    // so once the authentication is in it, every refusal before it is too.
+    assert!(classic.server.wait_for_log("client authenticated"));
+    let log = classic.server.log();
+    assert!(log.contains("authentication refused: wrong answer"), "{log}");
+    assert!(!log.contains("no answer within"), "{log}");
 }
 
 #[test]

@@ -40,6 +40,13 @@ use crate::auth::{FailureThrottle, Secret};
 use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::echo::{upper, upper_no_longer};
 
+/// Why 9999 refused a client: a checked wrong answer, or anything else (no answer, a source
+/// under back-off), which only a debug log records.
+enum Refusal {
+    WrongAnswer(String),
+    Other(String),
+}
+
 /// The course's TCP upper echo (8081).
 pub struct UpperEcho;
 
@@ -113,24 +120,29 @@ impl HmacEcho {
 
     /// Sends a challenge and checks the answer; the reason when the client fails. A source
     /// that came under back-off meanwhile is refused before its answer is checked.
-    async fn authenticate(&self, stream: &mut ServiceStream, peer: SocketAddr) -> Result<(), String> {
+    async fn authenticate(&self, stream: &mut ServiceStream, peer: SocketAddr) -> Result<(), Refusal> {
         let challenge: [u8; CHALLENGE_LEN] = rand::random();
         stream
             .write_all(&challenge)
             .await
-            .map_err(|e| format!("challenge not sent: {e}"))?;
+            .map_err(|e| Refusal::Other(format!("challenge not sent: {e}")))?;
         let mut answer = [0u8; DIGEST_LEN];
         match tokio::time::timeout(self.answer_timeout, stream.read_exact(&mut answer)).await {
-            Err(_) => return Err(format!("no answer within {:?}", self.answer_timeout)),
-            Ok(Err(error)) => return Err(format!("no complete answer: {error}")),
+            Err(_) => {
+                return Err(Refusal::Other(format!(
+                    "no answer within {:?}",
+                    self.answer_timeout
+                )));
+            }
+            Ok(Err(error)) => return Err(Refusal::Other(format!("no complete answer: {error}"))),
             Ok(Ok(_)) => {}
         }
-        self.admit(peer)?;
+        self.admit(peer).map_err(Refusal::Other)?;
         self.expected(&challenge).verify_slice(&answer).map_err(|_| {
             let backoff = self.throttle.record_failure(Some(peer.ip()));
-            format!(
+            Refusal::WrongAnswer(format!(
                 "wrong answer (another key, or not the course's HMAC-MD5); address under back-off for {backoff:?}"
-            )
+            ))
         })
     }
 
@@ -149,9 +161,18 @@ impl StreamService for HmacEcho {
             debug!(service = "classic-hmac-echo", %peer, "address under back-off ({left:?} left); closed at once");
             return Ok(());
         }
-        if let Err(reason) = self.authenticate(&mut stream, peer).await {
-            warn!(service = "classic-hmac-echo", %peer, "authentication refused: {reason}; connection closed");
-            return Ok(());
+        match self.authenticate(&mut stream, peer).await {
+            Ok(()) => {}
+            // A wrong answer is worth a warning (and the back-off keeps them rare); anything a
+            // stranger can make by connecting and leaving is not, or it could flood the log.
+            Err(Refusal::WrongAnswer(reason)) => {
+                warn!(service = "classic-hmac-echo", %peer, "authentication refused: {reason}; connection closed");
+                return Ok(());
+            }
+            Err(Refusal::Other(reason)) => {
+                debug!(service = "classic-hmac-echo", %peer, "authentication refused: {reason}; connection closed");
+                return Ok(());
+            }
         }
         info!(service = "classic-hmac-echo", %peer, "client authenticated");
         echo_upper(&mut stream).await

@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{HeaderError, READ_CHUNK, header_bytes, read_header, shown};
 use crate::server::{ServiceStream, StreamService};
@@ -91,7 +91,8 @@ impl Ftp {
                         .await?
                 }
                 other => {
-                    warn!(service = "classic-ftp", %peer, cmd = %shown(other.as_bytes()), "unknown command skipped")
+                    // Not a warning: one connection can send a hundred thousand a second.
+                    debug!(service = "classic-ftp", %peer, cmd = %shown(other.as_bytes()), "unknown command skipped")
                 }
             }
         }
