@@ -502,3 +502,27 @@ async fn idle_connections_from_many_addresses_do_not_lock_scrapers_out() {
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     drop(idle);
 }
+
+/// Sessions, not only handshakes, are bounded per address: one address past its share is
+/// refused at once with `busy`, and a client from elsewhere is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let server = ServerProcess::start(&["--max-connections-per-source", "8"]);
+    let secret = server.secret();
+    let mut sessions = Vec::new();
+    for n in 0..8 {
+        let (mut conn, outcome) = handshake_from(ATTACKER, &server, &secret).await;
+        outcome.expect("within the address's share");
+        assert_eq!(echo(&mut conn, &format!("s{n}")).await, format!("S{n}"));
+        sessions.push(conn);
+    }
+    let (_conn, outcome) = handshake_from(ATTACKER, &server, &secret).await;
+    match outcome {
+        Err(HandshakeError::Refused(error)) => assert_eq!(error.code, ErrorCode::Busy),
+        other => panic!("expected `busy` past the share, got {other:?}"),
+    }
+    let (mut conn, outcome) = handshake_from(LEGITIMATE, &server, &secret).await;
+    outcome.expect("another address is served");
+    assert_eq!(echo(&mut conn, "elsewhere").await, "ELSEWHERE");
+    drop(sessions);
+}

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Connections served at once [default: 16384]
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Connections one address (IPv6: one /64) may have open at once; more from it are
+    /// refused at once [default: 1024]
+    #[arg(long, value_name = "N")]
+    max_connections_per_source: Option<usize>,
     /// Connections in their handshake at once [default: 1024]
     #[arg(long, value_name = "N")]
     max_handshakes: Option<usize>,
@@ -182,6 +186,7 @@ impl ServeArgs {
         config.plaintext |= self.plaintext;
         let flags = FileConfig {
             max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
             max_handshakes: self.max_handshakes,
             max_handshakes_per_source: self.max_handshakes_per_source,
             handshake_timeout: self.handshake_timeout,

@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub plaintext: bool,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one source address (IPv6: /64) may have open at once, authenticated or
+    /// not; more from it are refused at once, so one source cannot take every connection.
+    pub max_connections_per_source: usize,
     /// Connections still in their handshake at once; the rest wait (within their deadline).
     pub max_handshakes: usize,
     /// Connections one source address (IPv6: /64) may have before their first request;
@@ -66,6 +69,7 @@ impl ServerConfig {
             secret,
             plaintext: false,
             max_connections: 16_384,
+            max_connections_per_source: 1024,
             max_handshakes: 1024,
             max_handshakes_per_source: 256,
             handshake_timeout: Duration::from_secs(10),
@@ -117,6 +121,7 @@ pub struct FileConfig {
     pub secret_file: Option<PathBuf>,
     pub plaintext: Option<bool>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_source: Option<usize>,
     pub max_handshakes: Option<usize>,
     pub max_handshakes_per_source: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
@@ -167,6 +172,10 @@ impl FileConfig {
         }
         set(&mut config.plaintext, self.plaintext);
         set(&mut config.max_connections, self.max_connections);
+        set(
+            &mut config.max_connections_per_source,
+            self.max_connections_per_source,
+        );
         set(&mut config.max_handshakes, self.max_handshakes);
         set(
             &mut config.max_handshakes_per_source,

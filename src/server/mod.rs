@@ -57,6 +57,8 @@ struct Shared {
     /// Limits before authentication: small, so strangers cannot make us allocate.
     handshake_limits: Limits,
     handshakes: Semaphore,
+    /// Connections each source address (IPv6: /64) has open.
+    connections_per_source: PerSource,
     /// Connections each source address (IPv6: /64) has before its first request.
     handshakes_per_source: PerSource,
     /// Shared with the classic HMAC echo (9999): one back-off per source for both.
@@ -111,6 +113,7 @@ impl Server {
                 .with_max_header_len(4096)
                 .with_default_body_limit(1024),
             handshakes: Semaphore::new(config.max_handshakes),
+            connections_per_source: PerSource::new(config.max_connections_per_source),
             handshakes_per_source: PerSource::new(config.max_handshakes_per_source),
             throttle,
             registry,

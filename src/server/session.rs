@@ -34,6 +34,20 @@ pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
         counted.socket_bytes_received.clone(),
         counted.socket_bytes_sent.clone(),
     );
+    // Held for the connection's whole life: one source cannot take every connection.
+    let _connection_slot = match peer.ip().map(|ip| shared.connections_per_source.try_acquire(ip)) {
+        Some(None) => {
+            metrics().handshake(Handshake::Busy);
+            let refusal = RemoteError::new(
+                ErrorCode::Busy,
+                "too many connections from your address; close some and try again",
+            );
+            debug!(%peer, %refusal, "connection refused before its handshake");
+            part(&mut conn.writer, &refusal).await;
+            return;
+        }
+        slot => slot,
+    };
     let Some(first) = handshake(&mut conn, peer, shared).await else {
         return;
     };
