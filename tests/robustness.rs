@@ -488,3 +488,22 @@ async fn an_error_too_large_to_send_goes_out_shortened_and_the_session_goes_on()
     }
     assert_eq!(client.echo("still here").await.unwrap(), "STILL HERE");
 }
+
+/// A request whose body stops halfway is not a way around the idle timeout: the session is
+/// closed with `timeout` once nothing more has come for that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_left_half_sent_is_closed_at_the_idle_timeout() {
+    let server = ServerProcess::start(&["--idle-timeout", "300ms"]);
+    let mut stalled = session(&server, AuthMode::Noise).await;
+    stalled
+        .send(Header::new("echo").with_id(Some(1)), b"first")
+        .await
+        .unwrap();
+    assert_eq!(stalled.read_message().await.unwrap().unwrap().body, "FIRST");
+    let half = Header::new("echo").with_id(Some(2)).with_body_len(1000);
+    stalled.writer.queue_header(&half).unwrap();
+    stalled.writer.send_body(b"only ten b").await.unwrap();
+    stalled.writer.flush().await.unwrap();
+    expect_error_then_close(&mut stalled, ErrorCode::Timeout).await;
+    server.assert_serving().await;
+}

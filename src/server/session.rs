@@ -51,6 +51,9 @@ pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
     let Some(first) = handshake(&mut conn, peer, shared).await else {
         return;
     };
+    // The idle timer runs between requests; within one, a frame left half sent for as long
+    // ends the session too.
+    conn.reader.set_stall_timeout(Some(shared.config.idle_timeout));
     let mut session = Session::new(conn, peer);
     debug!(%peer, "session open");
     match serve_requests(&mut session, first, shared).await {

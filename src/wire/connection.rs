@@ -6,6 +6,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
@@ -68,6 +69,7 @@ impl Connection {
                 read_size: MIN_READ,
                 eof: false,
                 received: None,
+                stall_timeout: None,
             },
             writer: FrameWriter {
                 io: write,
@@ -143,6 +145,8 @@ pub struct FrameReader {
     read_size: usize,
     eof: bool,
     received: Option<Counter>,
+    /// How long the peer may leave a frame half sent; `None`: as long as it likes.
+    stall_timeout: Option<Duration>,
 }
 
 impl FrameReader {
@@ -211,6 +215,18 @@ impl FrameReader {
         !self.plain.is_empty() || !self.sealed.is_empty()
     }
 
+    /// Ends the read with [`FrameError::Stalled`] when a peer that has sent part of a frame
+    /// (a header, a body, a record) sends nothing more for `limit`: an idle timeout that
+    /// cannot be dodged by stopping in the middle of a request.
+    pub fn set_stall_timeout(&mut self, limit: Option<Duration>) {
+        self.stall_timeout = limit;
+    }
+
+    /// Whether part of a frame has arrived and the rest has not.
+    fn mid_frame(&self) -> bool {
+        self.has_buffered_input() || self.codec.body_remaining() > 0
+    }
+
     /// Replaces the size limits, for instance once a peer has authenticated.
     pub fn set_limits(&mut self, limits: Limits) {
         self.codec = FrameCodec::new(limits);
@@ -228,6 +244,22 @@ impl FrameReader {
         self.opener = Some(opener);
     }
 
+    /// Reads once from the socket into the buffer that reading fills: the ciphertext once
+    /// encrypted, the plaintext before.
+    async fn read_some(&mut self) -> io::Result<usize> {
+        let buf = if self.opener.is_some() {
+            &mut self.sealed
+        } else {
+            &mut self.plain
+        };
+        if buf.is_empty() {
+            // Idle connections wait here without holding a read buffer.
+            self.io.ready().await?;
+        }
+        buf.reserve(self.read_size);
+        self.io.read_buf(buf).await
+    }
+
     /// Reads once from the socket and decrypts what arrived.
     async fn fill(&mut self) -> Result<(), FrameError> {
         if let Some(opener) = &mut self.opener {
@@ -238,18 +270,12 @@ impl FrameReader {
                 return Ok(());
             }
         }
-        let encrypted = self.opener.is_some();
-        let buf = if encrypted {
-            &mut self.sealed
-        } else {
-            &mut self.plain
+        let n = match self.stall_timeout.filter(|_| self.mid_frame()) {
+            Some(limit) => tokio::time::timeout(limit, self.read_some())
+                .await
+                .map_err(|_| FrameError::Stalled(limit))??,
+            None => self.read_some().await?,
         };
-        if buf.is_empty() {
-            // Idle connections wait here without holding a read buffer.
-            self.io.ready().await?;
-        }
-        buf.reserve(self.read_size);
-        let n = self.io.read_buf(buf).await?;
         count(&self.received, n);
         if n == 0 {
             self.eof = true;

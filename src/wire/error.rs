@@ -160,6 +160,9 @@ pub enum FrameError {
     BadHeader(String),
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    /// The peer sent part of a frame and then nothing for this long.
+    #[error("nothing more of a frame arrived for {0:?}")]
+    Stalled(std::time::Duration),
     #[error(transparent)]
     BadRecord(#[from] super::record::BadRecord),
     #[error(transparent)]
@@ -174,6 +177,7 @@ impl FrameError {
                 ErrorCode::HeaderTooLarge
             }
             FrameError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            FrameError::Stalled(_) => ErrorCode::Timeout,
             FrameError::BadHeader(_) => ErrorCode::BadFrame,
             FrameError::Truncated | FrameError::BadRecord(_) | FrameError::Io(_) => return None,
         };
