@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use common::{ServerProcess, file_server};
 use sockit::auth::{self, AuthMode, SessionKeys};
 use sockit::client::TransferOptions;
-use sockit::wire::{Connection, Header, Limits, Message, RemoteError};
+use sockit::services::files::MAX_DOWNLOADS_PER_SOURCE;
+use sockit::wire::{Connection, Frame, Header, Limits, Message, RemoteError};
 use sockit::{Client, ClientError};
 use tokio::time::timeout;
 
@@ -24,10 +25,21 @@ async fn raw(server: &ServerProcess) -> Connection {
 
 /// [`raw`] from another loopback address.
 async fn raw_from(server: &ServerProcess, local: &str) -> Connection {
+    session_from(server, local, None).await
+}
+
+/// [`raw_from`], with a receive buffer of `recv_buffer` bytes if given: a reader that never
+/// reads then backs the server up at once.
+async fn session_from(server: &ServerProcess, local: &str, recv_buffer: Option<u32>) -> Connection {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
     let stream = socket.connect(server.addr.parse().unwrap()).await.unwrap();
-    let mut conn = Connection::tcp(stream, Limits::default());
+    // Downloads arrive as one body of the file's size.
+    let limits = Limits::default().with_body_limit("get_data", u64::MAX);
+    let mut conn = Connection::tcp(stream, limits);
     auth::connect(&mut conn, &SessionKeys::new(server.secret(), AuthMode::Noise))
         .await
         .unwrap();
@@ -416,4 +428,41 @@ async fn a_huge_directory_is_listed_in_bounded_pages() {
         .map(|e| e.name)
         .collect();
     assert_eq!(listed, names);
+}
+
+/// Each download a client never reads holds a thread and its read-ahead: they are bounded per
+/// address (and in all), past which a `get` is refused with `busy` while others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_nobody_reads_are_bounded_per_address() {
+    let (server, root) = file_server(&[]);
+    std::fs::write(root.join("big"), vec![7u8; 16 << 20]).unwrap();
+    let get = |id: u64| Header::new("get").with_id(Some(id)).with("path", "big");
+    let mut stalled = Vec::new();
+    for id in 0..MAX_DOWNLOADS_PER_SOURCE as u64 {
+        let mut conn = session_from(&server, "127.0.0.2", Some(4096)).await;
+        conn.send(get(id), b"").await.unwrap();
+        let started = timeout(PATIENCE, conn.read_frame())
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(
+            matches!(&started, Some(Frame::Header(header)) if header.cmd() == "get_data"),
+            "{started:?}"
+        );
+        stalled.push(conn);
+    }
+    let mut one_more = raw_from(&server, "127.0.0.2").await;
+    one_more.send(get(99), b"").await.unwrap();
+    assert_eq!(outcome(&answer(&mut one_more).await), "busy");
+    let mut elsewhere = raw(&server).await;
+    elsewhere.send(get(100), b"").await.unwrap();
+    let started = timeout(PATIENCE, elsewhere.read_frame())
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(
+        matches!(&started, Some(Frame::Header(header)) if header.cmd() == "get_data"),
+        "{started:?}"
+    );
+    drop(stalled);
 }

@@ -32,12 +32,13 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{info, warn};
 
 use super::root::{FileRoot, NotAFile, RootPath};
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
 use crate::metrics::{Transfer, metrics};
+use crate::source::{PerSource, SourceSlot};
 use crate::wire::{ErrorCode, FrameError, Header, RemoteError};
 
 /// Files up to this size travel inline in their `put` frame.
@@ -103,6 +104,21 @@ pub struct FileStore {
     /// Held from measuring the root to recording a reservation, so that two uploads can never
     /// both be granted the same free bytes of the quota.
     quota_gate: Mutex<()>,
+    /// Downloads running now, by source and in all: each holds a blocking thread and its
+    /// read-ahead for as long as its reader takes.
+    downloads_by_source: PerSource,
+    downloads: Arc<Semaphore>,
+}
+
+/// Downloads one source (IPv4 address, IPv6 /64) may run at once.
+pub const MAX_DOWNLOADS_PER_SOURCE: usize = 16;
+/// Downloads the server runs at once.
+pub const MAX_DOWNLOADS_TOTAL: usize = 128;
+
+/// A running download's place among the bounded ones, given back when dropped.
+pub struct DownloadSlot {
+    _source: Option<SourceSlot>,
+    _total: OwnedSemaphorePermit,
 }
 
 /// The uploads running now, whoever runs them.
@@ -159,6 +175,31 @@ impl FileStore {
             config: config.clone(),
             uploads: Arc::default(),
             quota_gate: Mutex::new(()),
+            downloads_by_source: PerSource::new(MAX_DOWNLOADS_PER_SOURCE),
+            downloads: Arc::new(Semaphore::new(MAX_DOWNLOADS_TOTAL)),
+        })
+    }
+
+    /// A place for one more download from `source` (`None`: a Unix-socket peer, counted in
+    /// all only); `busy` at either bound.
+    pub fn download_slot(&self, source: Option<IpAddr>) -> Result<DownloadSlot, RemoteError> {
+        let busy = |what: String| RemoteError::new(ErrorCode::Busy, format!("{what}; try again later"));
+        let by_source = match source {
+            Some(ip) => Some(self.downloads_by_source.try_acquire(ip).ok_or_else(|| {
+                busy(format!(
+                    "your address has {MAX_DOWNLOADS_PER_SOURCE} downloads running"
+                ))
+            })?),
+            None => None,
+        };
+        let total = self
+            .downloads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy(format!("the server has {MAX_DOWNLOADS_TOTAL} downloads running")))?;
+        Ok(DownloadSlot {
+            _source: by_source,
+            _total: total,
         })
     }
 
@@ -621,6 +662,7 @@ impl Files {
     async fn get(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
         let args: PathRequest = parse(&request)?;
         let path = checked(&args.path)?;
+        let _slot = self.store.download_slot(session.peer.source())?;
         let opened = path.clone();
         let (std_file, meta) = self
             .on_root(move |root| {
