@@ -5,6 +5,7 @@
 //! whose hash both sides agree on. Every transfer ends with a BLAKE3 check of the whole file.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -15,7 +16,7 @@ use crate::services::files::{
     DiskReader, DiskWriter, INLINE_MAX, PRESERVED_MODE_BITS, apply_metadata, hash_prefix,
 };
 use crate::services::root::{Entry, PARTIAL_SUFFIX, RootPath};
-use crate::wire::{Connection, Header, RemoteError};
+use crate::wire::{Connection, ErrorCode, Header, RemoteError};
 
 /// How to transfer.
 #[derive(Clone, Copy, Debug, Default)]
@@ -248,6 +249,32 @@ impl Client {
             .collect())
     }
 
+    /// Asks for `remote` from `offset` and reads the `get_data` header, asked again for up to
+    /// 3 s while the server answers `busy` (its downloads are bounded per address and in all,
+    /// and free up as others finish).
+    async fn start_get(&mut self, remote: &str, offset: u64) -> Result<Header, ClientError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let id = self.next_id();
+            let request = Header::new("get")
+                .with_id(Some(id))
+                .with("path", remote)
+                .with("offset", offset);
+            self.conn.send(request, b"").await?;
+            let header = match self.conn.reader.read_frame().await? {
+                Some(crate::wire::Frame::Header(header)) => header,
+                _ => return Err(ClientError::Closed),
+            };
+            match RemoteError::from_header(&header) {
+                None => return Ok(header),
+                Some(error) if error.code == ErrorCode::Busy && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Some(error) => return Err(ClientError::Remote(error)),
+            }
+        }
+    }
+
     /// Downloads `remote` to `local`, resuming a partial download next to it.
     pub async fn get_file(
         &mut self,
@@ -272,20 +299,8 @@ impl Client {
             .await
             .map_err(|e| local_error(&partial, e))?;
         let have = file.metadata().await.map_err(|e| local_error(&partial, e))?.len();
-        let id = self.next_id();
-        let request = Header::new("get")
-            .with_id(Some(id))
-            .with("path", remote)
-            .with("offset", have);
-        self.conn.send(request, b"").await?;
+        let header = self.start_get(remote, have).await?;
         let reader = &mut self.conn.reader;
-        let header = match reader.read_frame().await? {
-            Some(crate::wire::Frame::Header(header)) => header,
-            _ => return Err(ClientError::Closed),
-        };
-        if let Some(error) = RemoteError::from_header(&header) {
-            return Err(ClientError::Remote(error));
-        }
         let size = header.u64("size").unwrap_or(0);
         let mut hasher = blake3::Hasher::new();
         hash_prefix(&mut file, have, &mut hasher)

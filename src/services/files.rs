@@ -111,7 +111,7 @@ pub struct FileStore {
 }
 
 /// Downloads one source (IPv4 address, IPv6 /64) may run at once.
-pub const MAX_DOWNLOADS_PER_SOURCE: usize = 16;
+pub const MAX_DOWNLOADS_PER_SOURCE: usize = 32;
 /// Downloads the server runs at once.
 pub const MAX_DOWNLOADS_TOTAL: usize = 128;
 
