@@ -60,6 +60,18 @@ async fn answer(conn: &mut Connection) -> Message {
         .expect("the connection stays open")
 }
 
+/// Sends `data` at `offset` of upload `id`, ends it with the hash of `whole` (the file as it
+/// should land), and returns how the server answered.
+async fn finish_upload(conn: &mut Connection, id: u64, offset: u64, data: &[u8], whole: &[u8]) -> String {
+    let chunk = Header::new("put_data").with_id(Some(id)).with("offset", offset);
+    conn.send(chunk, data).await.unwrap();
+    let end = Header::new("put_end")
+        .with_id(Some(id))
+        .with("blake3", blake3::hash(whole).to_hex().as_str());
+    conn.send(end, b"").await.unwrap();
+    outcome(&answer(conn).await)
+}
+
 /// The error code of an answer, or its `cmd` when it is not an error.
 fn outcome(message: &Message) -> String {
     match RemoteError::from_header(&message.header) {
@@ -208,15 +220,7 @@ async fn concurrent_uploads_cannot_jointly_exceed_the_quota() {
     assert_eq!(outcome(&answer(&mut second).await), "quota_exceeded");
     // The first upload completes within its reservation; then the space is taken for real.
     let data = vec![5u8; 600_000];
-    first
-        .send(Header::new("put_data").with_id(Some(1)).with("offset", 0), &data)
-        .await
-        .unwrap();
-    let end = Header::new("put_end")
-        .with_id(Some(1))
-        .with("blake3", blake3::hash(&data).to_hex().as_str());
-    first.send(end, b"").await.unwrap();
-    assert_eq!(outcome(&answer(&mut first).await), "put_ok");
+    assert_eq!(finish_upload(&mut first, 1, 0, &data, &data).await, "put_ok");
     assert_eq!(std::fs::read(root.join("x")).unwrap(), data);
     second.send(streamed_put(3, "y", 600_000), b"").await.unwrap();
     assert_eq!(outcome(&answer(&mut second).await), "quota_exceeded");
@@ -241,18 +245,10 @@ async fn abandoned_partial_files_expire_but_running_uploads_keep_theirs() {
     );
     let mut whole = vec![7u8; 40];
     whole.extend_from_slice(&[8u8; 60]);
-    running
-        .send(
-            Header::new("put_data").with_id(Some(1)).with("offset", 40),
-            &[8u8; 60],
-        )
-        .await
-        .unwrap();
-    let end = Header::new("put_end")
-        .with_id(Some(1))
-        .with("blake3", blake3::hash(&whole).to_hex().as_str());
-    running.send(end, b"").await.unwrap();
-    assert_eq!(outcome(&answer(&mut running).await), "put_ok");
+    assert_eq!(
+        finish_upload(&mut running, 1, 40, &[8u8; 60], &whole).await,
+        "put_ok"
+    );
     assert_eq!(std::fs::read(root.join("kept")).unwrap(), whole);
 }
 
