@@ -111,31 +111,14 @@ async fn raw_join(conn: &mut Connection, room: &str) {
 async fn until_answer(feed: &mut ChatFeed, id: u64) -> (Vec<ChatEvent>, ChatIncoming) {
     let mut before = Vec::new();
     loop {
-        match next_incoming(feed).await {
-            ChatIncoming::Event {
-                id: Some(answer),
-                event,
-            } if answer == id => {
-                return (
-                    before,
-                    ChatIncoming::Event {
-                        id: Some(answer),
-                        event,
-                    },
-                );
-            }
-            ChatIncoming::Refused {
-                id: Some(answer),
-                error,
-            } if answer == id => {
-                return (
-                    before,
-                    ChatIncoming::Refused {
-                        id: Some(answer),
-                        error,
-                    },
-                );
-            }
+        let incoming = next_incoming(feed).await;
+        let answer = match &incoming {
+            ChatIncoming::Event { id: answer, .. } | ChatIncoming::Refused { id: answer, .. } => *answer,
+        };
+        if answer == Some(id) {
+            return (before, incoming);
+        }
+        match incoming {
             ChatIncoming::Event { event, .. } => before.push(event),
             ChatIncoming::Refused { error, .. } => panic!("unexpected refusal: {error}"),
         }

@@ -436,23 +436,20 @@ async fn downloads_nobody_reads_are_bounded_per_address() {
     let mut stalled = Vec::new();
     for id in 0..MAX_DOWNLOADS_PER_SOURCE as u64 {
         let mut conn = session_from(&server, "127.0.0.2", Some(4096)).await;
-        conn.send(get(id), b"").await.unwrap();
-        let started = timeout(PATIENCE, conn.read_frame())
-            .await
-            .expect("an answer")
-            .unwrap();
-        assert!(
-            matches!(&started, Some(Frame::Header(header)) if header.cmd() == "get_data"),
-            "{started:?}"
-        );
+        assert_download_starts(&mut conn, get(id)).await;
         stalled.push(conn);
     }
     let mut one_more = raw_from(&server, "127.0.0.2").await;
     one_more.send(get(99), b"").await.unwrap();
     assert_eq!(outcome(&answer(&mut one_more).await), "busy");
-    let mut elsewhere = raw(&server).await;
-    elsewhere.send(get(100), b"").await.unwrap();
-    let started = timeout(PATIENCE, elsewhere.read_frame())
+    assert_download_starts(&mut raw(&server).await, get(100)).await;
+    drop(stalled);
+}
+
+/// Sends `get` and checks the download starts: the first thing back is its `get_data`.
+async fn assert_download_starts(conn: &mut Connection, get: Header) {
+    conn.send(get, b"").await.unwrap();
+    let started = timeout(PATIENCE, conn.read_frame())
         .await
         .expect("an answer")
         .unwrap();
@@ -460,5 +457,4 @@ async fn downloads_nobody_reads_are_bounded_per_address() {
         matches!(&started, Some(Frame::Header(header)) if header.cmd() == "get_data"),
         "{started:?}"
     );
-    drop(stalled);
 }
