@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod client;
 pub mod metrics;
+pub mod proto;
 pub mod server;
 pub mod services;
 pub mod source;

@@ -32,6 +32,13 @@ pub enum ErrorCode {
     /// The service is disabled on this server (for example exec without `--allow-exec`).
     Disabled,
     Internal,
+    // The services' own codes (docs/protocol.md section 3), one block per service.
+    // -- files --
+    // -- end files --
+    // -- chat --
+    // -- end chat --
+    // -- exec --
+    // -- end exec --
     /// A service's own code (`not_found`, `name_taken`, ...) is `Cow::Borrowed` from the
     /// program's text; a code read from a peer is `Cow::Owned`.
     Other(Cow<'static, str>),
@@ -64,13 +71,19 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Disabled => "disabled",
             ErrorCode::Internal => "internal",
+            // -- files --
+            // -- end files --
+            // -- chat --
+            // -- end chat --
+            // -- exec --
+            // -- end exec --
             ErrorCode::Other(Cow::Borrowed(name)) => name,
             ErrorCode::Other(Cow::Owned(_)) => return None,
         })
     }
 
     pub fn parse(code: &str) -> ErrorCode {
-        const KNOWN: [ErrorCode; 14] = [
+        const KNOWN: &[ErrorCode] = &[
             ErrorCode::BadFrame,
             ErrorCode::HeaderTooLarge,
             ErrorCode::BodyTooLarge,
@@ -85,10 +98,17 @@ impl ErrorCode {
             ErrorCode::Timeout,
             ErrorCode::Disabled,
             ErrorCode::Internal,
+            // -- files --
+            // -- end files --
+            // -- chat --
+            // -- end chat --
+            // -- exec --
+            // -- end exec --
         ];
         KNOWN
-            .into_iter()
+            .iter()
             .find(|known| known.as_str() == code)
+            .cloned()
             .unwrap_or_else(|| ErrorCode::Other(Cow::Owned(code.to_owned())))
     }
 }

@@ -171,7 +171,7 @@ pub async fn wrong_secrets(
 ) -> AuthAbuse {
     let begin = Instant::now();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let probe = tokio::spawn(correct_client(
+    let probe = super::on_own_thread(correct_client(
         server.to_string(),
         config,
         done.clone(),

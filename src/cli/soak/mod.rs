@@ -242,7 +242,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
 
     let target = server.addr.to_string();
     let until = Instant::now() + adversarial;
-    let probe = tokio::spawn(abuse::echo_probe(
+    let probe = on_own_thread(abuse::echo_probe(
         target.clone(),
         config.clone(),
         until,
@@ -543,6 +543,22 @@ impl Report {
         }
         failed.is_empty()
     }
+}
+
+/// Runs a normal client's probe on a thread and runtime of its own, as a separate `sockit echo`
+/// process would be: its latencies then measure the server's answer, not how long the probe
+/// waited behind the soak's own thousands of generator tasks on the shared runtime.
+pub(super) fn on_own_thread(
+    probe: impl std::future::Future<Output = Histogram<u64>> + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<Histogram<u64>> {
+    let (report, answer) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        if let Ok(runtime) = runtime {
+            let _ = report.send(runtime.block_on(probe));
+        }
+    });
+    answer
 }
 
 fn humantime(duration: Duration) -> String {

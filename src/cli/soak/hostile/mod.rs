@@ -272,14 +272,14 @@ pub struct HostileReport {
 pub async fn run(arena: Arena, attacks: &[Attack], config: ClientConfig, tally: Arc<Tally>) -> HostileReport {
     let arena = Arc::new(arena);
     let target = arena.server.to_string();
-    let probe = tokio::spawn(abuse::echo_probe(
+    let probe = super::on_own_thread(abuse::echo_probe(
         target.clone(),
         config.clone(),
         arena.until,
         tally.clone(),
     ));
     let done = Arc::new(AtomicBool::new(false));
-    let fresh = tokio::spawn(abuse::correct_client(
+    let fresh = super::on_own_thread(abuse::correct_client(
         target,
         config.clone(),
         done.clone(),

@@ -1,0 +1,1 @@
+//! The chat service's requests, replies and events.

@@ -1,0 +1,1 @@
+//! The exec service's requests, replies and events.

@@ -1,0 +1,1 @@
+//! The files service's requests, replies and events.
