@@ -300,7 +300,7 @@ pub async fn run(arena: Arena, attacks: &[Attack], config: ClientConfig, tally: 
         };
         running.spawn(attack_from(attack, arena.clone(), start));
     }
-    let mut findings = running.join_all().await;
+    let mut findings = on_attackers_cores(running.join_all()).await.unwrap_or_default();
     findings.sort_by_key(|finding| finding.attack);
     tokio::time::sleep(arena.until.saturating_duration_since(Instant::now())).await;
     done.store(true, Ordering::Release);
@@ -313,6 +313,36 @@ pub async fn run(arena: Arena, attacks: &[Attack], config: ClientConfig, tally: 
         probe: probe.await.unwrap_or_else(|_| new_histogram()),
         fresh: fresh.await.unwrap_or_else(|_| new_histogram()),
     }
+}
+
+/// How much lower than the server's the attackers' scheduling priority is (a nice value).
+const ATTACKERS_NICE: i32 = 10;
+
+/// Runs the attacks on a runtime of their own whose threads yield the CPU to the server and to
+/// the normal clients (nice [`ATTACKERS_NICE`]). Attackers bring their own machines: on the
+/// soak's one machine, their generators would otherwise take the server's cores, and the phase
+/// would measure how the server shares two cores with twelve load generators rather than how it
+/// serves normal clients while attacked. What the attacks send, and so every bound they test, is
+/// unchanged; only how fast the generators themselves run.
+fn on_attackers_cores<T: Send + 'static>(
+    attacks: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<T> {
+    let (report, answer) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .on_thread_start(|| {
+                // On Linux a thread's nice value is its own, and threads it starts inherit it.
+                let _ = rustix::process::setpriority_process(None, ATTACKERS_NICE);
+            })
+            .enable_all()
+            .build();
+        if let Ok(runtime) = runtime {
+            let _ = rustix::process::setpriority_process(None, ATTACKERS_NICE);
+            let _ = report.send(runtime.block_on(attacks));
+        }
+    });
+    answer
 }
 
 /// Runs one attack from `start` with a tally of its own; notes whether the server outlived it.
