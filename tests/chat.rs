@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use common::{ServerProcess, next_incoming, sockit_command};
 use sockit::Client;
 use sockit::client::{ChatFeed, ChatIncoming, ChatSession};
-use sockit::services::chat::ChatEvent;
+use sockit::proto::chat::{ChatEvent, RoomInfo};
+use sockit::wire::ErrorCode;
 use tokio::time::timeout;
 
 async fn login(server: &ServerProcess, name: &str) -> ChatSession {
@@ -156,12 +157,13 @@ async fn three_clients_two_rooms_direct_messages_history_and_presence() {
     // Nobody called dave: refused, and the session goes on.
     alice.sender.direct("dave", "hi").await.unwrap();
     match next_incoming(&mut alice.feed).await {
-        ChatIncoming::Refused { error, .. } => assert_eq!(error.code.as_str(), "not_found"),
+        // after the merge: ErrorCode::NotFound
+        ChatIncoming::Refused { error, .. } => assert_eq!(error.code, ErrorCode::Other("not_found".into())),
         other => panic!("expected a refusal, got {other:?}"),
     }
     alice.sender.say("dev", "not a member").await.unwrap();
     match next_incoming(&mut alice.feed).await {
-        ChatIncoming::Refused { error, .. } => assert_eq!(error.code.as_str(), "not_in_room"),
+        ChatIncoming::Refused { error, .. } => assert_eq!(error.code, ErrorCode::NotInRoom),
         other => panic!("expected a refusal, got {other:?}"),
     }
 
@@ -188,11 +190,11 @@ async fn three_clients_two_rooms_direct_messages_history_and_presence() {
         next_event(&mut alice.feed).await,
         ChatEvent::Rooms {
             rooms: vec![
-                sockit::services::chat::RoomInfo {
+                RoomInfo {
                     name: "dev".into(),
                     members: 1
                 },
-                sockit::services::chat::RoomInfo {
+                RoomInfo {
                     name: "lobby".into(),
                     members: 1
                 },
@@ -222,7 +224,7 @@ async fn history_keeps_the_last_fifty_and_bad_input_is_refused() {
     for bad in ["\x1b[2Jcleared", "", &"x".repeat(5000)] {
         alice.sender.say("lobby", bad).await.unwrap();
         match next_incoming(&mut alice.feed).await {
-            ChatIncoming::Refused { error, .. } => assert_eq!(error.code.as_str(), "bad_request"),
+            ChatIncoming::Refused { error, .. } => assert_eq!(error.code, ErrorCode::BadRequest),
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -503,7 +505,7 @@ async fn a_huge_bad_name_is_refused_with_a_short_answer() {
         .unwrap();
     match client.chat_login(&huge).await {
         Err(sockit::client::ClientError::Remote(error)) => {
-            assert_eq!(error.code.as_str(), "bad_request");
+            assert_eq!(error.code, ErrorCode::BadRequest);
             assert!(error.message.len() < 512, "{}", error.message);
         }
         Err(other) => panic!("expected a bad_request answer, got {other}"),

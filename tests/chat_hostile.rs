@@ -11,9 +11,9 @@ use common::{ServerProcess, next_incoming};
 use futures_util::StreamExt;
 use sockit::auth::{AuthMode, SessionKeys};
 use sockit::client::{ChatFeed, ChatIncoming, ChatSender, ChatSession};
+use sockit::proto::chat::{ChatEvent, MAX_NAME, MAX_ROOMS_PER_MEMBER, PAGE_LEN};
 use sockit::server::ListenAddr;
-use sockit::services::chat::{ChatEvent, MAX_NAME, MAX_ROOMS_PER_MEMBER, PAGE_LEN};
-use sockit::wire::{Connection, Header, Limits};
+use sockit::wire::{Connection, ErrorCode, Header, Limits};
 use sockit::{Client, ClientConfig, Secret, Server, ServerConfig};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -246,7 +246,8 @@ async fn lobby_is_empty(observer: &mut ChatSession) -> bool {
     while Instant::now() < deadline {
         let id = observer.sender.who("lobby").await.unwrap();
         let empty = match until_answer(&mut observer.feed, id).await.1 {
-            ChatIncoming::Refused { error, .. } => error.code.as_str() == "not_found",
+            // after the merge: ErrorCode::NotFound
+            ChatIncoming::Refused { error, .. } => error.code == ErrorCode::Other("not_found".into()),
             ChatIncoming::Event {
                 event: ChatEvent::Members { members, .. },
                 ..
@@ -373,7 +374,7 @@ async fn history_has_one_budget_and_empty_rooms_expire() {
     }
     let id = carol.sender.join("one-too-many").await.unwrap();
     match until_answer(&mut carol.feed, id).await.1 {
-        ChatIncoming::Refused { error, .. } => assert_eq!(error.code.as_str(), "busy"),
+        ChatIncoming::Refused { error, .. } => assert_eq!(error.code, ErrorCode::Busy),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -473,7 +474,7 @@ async fn an_answer_too_large_to_send_is_an_error_and_the_session_goes_on() {
     let mut asker = login(&server, "asker").await;
     let id = asker.sender.who("lobby").await.unwrap();
     match until_answer(&mut asker.feed, id).await.1 {
-        ChatIncoming::Refused { error, .. } => assert_eq!(error.code.as_str(), "header_too_large"),
+        ChatIncoming::Refused { error, .. } => assert_eq!(error.code, ErrorCode::HeaderTooLarge),
         other => panic!("expected a refusal, got {other:?}"),
     }
     let id = asker.sender.rooms().await.unwrap();

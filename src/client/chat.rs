@@ -6,7 +6,7 @@
 //! them by id), in the order the server sent it.
 
 use super::{Client, ClientError};
-use crate::services::chat::ChatEvent;
+use crate::proto::chat::{ChatEvent, Join, Leave, Login, Msg, Rooms, Say, Who};
 use crate::wire::{FrameReader, FrameWriter, Header, RemoteError};
 
 /// A logged-in chat session.
@@ -36,9 +36,7 @@ impl Client {
     /// Logs in to the chat service as `name`; fails with the server's `name_taken` error if
     /// someone online already has it.
     pub async fn chat_login(mut self, name: &str) -> Result<ChatSession, ClientError> {
-        let reply = self
-            .call(Header::new("chat_login").with("name", name), b"")
-            .await?;
+        let reply = self.call(Login { name }.to_header(), b"").await?;
         let name = match reply.header.parse::<ChatEvent>() {
             Ok(ChatEvent::Welcome { name }) => name,
             _ => {
@@ -65,23 +63,21 @@ impl Client {
 impl ChatSender {
     /// Joins `room`; the answer is the room's history, then its members.
     pub async fn join(&mut self, room: &str) -> Result<u64, ClientError> {
-        self.send(Header::new("chat_join").with("room", room)).await
+        self.send(Join { room }.to_header()).await
     }
 
     pub async fn leave(&mut self, room: &str) -> Result<u64, ClientError> {
-        self.send(Header::new("chat_leave").with("room", room)).await
+        self.send(Leave { room }.to_header()).await
     }
 
     /// Posts `text` to `room`; everyone there, the sender included, receives it in order.
     pub async fn say(&mut self, room: &str, text: &str) -> Result<u64, ClientError> {
-        self.send(Header::new("chat_say").with("room", room).with("text", text))
-            .await
+        self.send(Say { room, text }.to_header()).await
     }
 
     /// Sends `text` to `to` alone; the sender receives a copy as its receipt.
     pub async fn direct(&mut self, to: &str, text: &str) -> Result<u64, ClientError> {
-        self.send(Header::new("chat_msg").with("to", to).with("text", text))
-            .await
+        self.send(Msg { to, text }.to_header()).await
     }
 
     /// Asks for the first page of `room`'s members.
@@ -91,8 +87,7 @@ impl ChatSender {
 
     /// Asks for a page of `room`'s members: those named after `after` (a page's `next`).
     pub async fn who_after(&mut self, room: &str, after: Option<&str>) -> Result<u64, ClientError> {
-        let header = Header::new("chat_who").with("room", room);
-        self.send(with_after(header, after)).await
+        self.send(Who { room, after }.to_header()).await
     }
 
     /// Asks for the first page of the server's rooms.
@@ -102,7 +97,7 @@ impl ChatSender {
 
     /// Asks for a page of the server's rooms: those named after `after` (a page's `next`).
     pub async fn rooms_after(&mut self, after: Option<&str>) -> Result<u64, ClientError> {
-        self.send(with_after(Header::new("chat_rooms"), after)).await
+        self.send(Rooms { after }.to_header()).await
     }
 
     /// Closes our half of the connection: the server logs us out.
@@ -118,13 +113,6 @@ impl ChatSender {
     }
 }
 
-fn with_after(header: Header, after: Option<&str>) -> Header {
-    match after {
-        Some(after) => header.with("after", after),
-        None => header,
-    }
-}
-
 impl ChatFeed {
     /// The next thing the server sent; `None` once it closed the connection.
     pub async fn next(&mut self) -> Result<Option<ChatIncoming>, ClientError> {
@@ -136,7 +124,7 @@ impl ChatFeed {
         if let Some(error) = RemoteError::from_header(&header) {
             return Ok(Some(ChatIncoming::Refused { id, error }));
         }
-        if header.cmd() != "chat_event" {
+        if header.cmd() != ChatEvent::CMD {
             return Err(ClientError::Protocol(format!(
                 "unexpected `{}` in a chat session",
                 header.cmd()

@@ -16,13 +16,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::ServiceError;
-use super::chat::{ChatEvent, ChatRequest, Event, Hub, MemberId, QUEUE_LEN, valid_name, valid_text};
+use super::chat::{Event, Hub, MemberId, QUEUE_LEN};
 use super::clock::{NTP_PACKET_LEN, sntp_reply};
 use super::root::escape;
 use super::time::{
     MAX_ERROR_REPLY_LEN, MAX_REPLY_GROWTH, MAX_REPLY_LEN, datagram_reply, format_at, parse_datagram_reply,
 };
+use crate::proto::chat::{ChatEvent, ChatRequest, Join, Login, Msg, NameOf, Say, valid_name, valid_text};
 use crate::wire::{DEFAULT_MAX_HEADER_LEN, Header, RemoteError};
 
 /// Largest refusal, encoded, that any request may draw: a refusal quotes at most a short
@@ -117,13 +117,12 @@ pub fn check_chat_header(data: &[u8]) {
 fn check_chat_request(header: &Header) {
     let request = match ChatRequest::from_header(header) {
         Ok(request) => request,
-        Err(ServiceError::Reply(refusal)) => return assert_short(&refusal),
-        Err(ServiceError::Connection(error)) => panic!("a request broke the connection: {error}"),
+        Err(error) => return assert_short(&RemoteError::from(error)),
     };
     match &request {
-        ChatRequest::Login { name } => assert!(valid_name(name, "nickname").is_ok()),
-        ChatRequest::Join { room } => assert!(valid_name(room, "room").is_ok()),
-        ChatRequest::Say { text, .. } | ChatRequest::Direct { text, .. } => {
+        ChatRequest::Login(Login { name }) => assert!(valid_name(name, NameOf::Nickname).is_ok()),
+        ChatRequest::Join(Join { room }) => assert!(valid_name(room, NameOf::Room).is_ok()),
+        ChatRequest::Say(Say { text, .. }) | ChatRequest::Msg(Msg { text, .. }) => {
             assert!(valid_text(text).is_ok());
         }
         _ => {}

@@ -36,6 +36,14 @@ pub enum ErrorCode {
     // -- files --
     // -- end files --
     // -- chat --
+    /// `chat_login`: someone online already has the nickname.
+    NameTaken,
+    /// A chat request before `chat_login`.
+    NotLoggedIn,
+    /// `chat_leave` or `chat_say` for a room the client is not in.
+    NotInRoom,
+    /// A chat request that reached the server after it dropped the client as too slow.
+    Dropped,
     // -- end chat --
     // -- exec --
     // -- end exec --
@@ -74,6 +82,10 @@ impl ErrorCode {
             // -- files --
             // -- end files --
             // -- chat --
+            ErrorCode::NameTaken => "name_taken",
+            ErrorCode::NotLoggedIn => "not_logged_in",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::Dropped => "dropped",
             // -- end chat --
             // -- exec --
             // -- end exec --
@@ -101,6 +113,10 @@ impl ErrorCode {
             // -- files --
             // -- end files --
             // -- chat --
+            ErrorCode::NameTaken,
+            ErrorCode::NotLoggedIn,
+            ErrorCode::NotInRoom,
+            ErrorCode::Dropped,
             // -- end chat --
             // -- exec --
             // -- end exec --

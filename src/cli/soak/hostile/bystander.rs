@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sockit::client::{ChatIncoming, TransferOptions};
-use sockit::services::chat::ChatEvent;
+use sockit::proto::chat::ChatEvent;
 use sockit::{Client, ClientConfig, ClientError};
 use tokio::time::timeout;
 

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use sockit::ClientError;
-use sockit::services::chat::MAX_TEXT;
+use sockit::proto::chat::{Join, Leave, MAX_TEXT, Rooms, Say};
 use sockit::wire::{FrameWriter, Header};
 use tokio::time::timeout;
 
@@ -12,15 +12,15 @@ use super::link::{BURST_WITHIN, Reading, burst, call};
 use super::{Attacker, Held};
 
 fn say(room: &str, text: &str) -> Header {
-    Header::new("chat_say").with("room", room).with("text", text)
+    Say { room, text }.to_header()
 }
 
 fn join(room: &str) -> Header {
-    Header::new("chat_join").with("room", room)
+    Join { room }.to_header()
 }
 
 fn leave(room: &str) -> Header {
-    Header::new("chat_leave").with("room", room)
+    Leave { room }.to_header()
 }
 
 fn big_text() -> String {
@@ -160,7 +160,7 @@ pub async fn big_replies(me: Attacker) -> Held {
         me.add("attempts: rooms made", rooms as u64);
         burst(&me, conn, requests).await;
     }
-    let asked = ask(&me, 1, "m5-asker", Header::new("chat_rooms")).await;
+    let asked = ask(&me, 1, "m5-asker", Rooms { after: None }.to_header()).await;
     let members = long_named_lobby(&me).await;
     let joined = ask(&me, 2, "m5-newcomer", join("lobby")).await;
     drop(members);

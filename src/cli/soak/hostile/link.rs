@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use sockit::auth::{self, AuthMode, SessionKeys};
+use sockit::proto::chat::Login;
 use sockit::wire::{Connection, FrameReader, Header, Limits, Message, RemoteError};
 use sockit::{ClientError, Secret};
 use tokio::net::{TcpSocket, TcpStream};
@@ -111,7 +112,7 @@ impl Attacker {
         reading: Reading,
     ) -> Result<Connection, ClientError> {
         let mut conn = self.session(lane, reading).await?;
-        call(&mut conn, Header::new("chat_login").with("name", name)).await?;
+        call(&mut conn, Login { name }.to_header()).await?;
         Ok(conn)
     }
 
