@@ -17,7 +17,7 @@
 //! away, the whole group gets SIGTERM and, after a grace period, SIGKILL; the server is a child
 //! subreaper, so every process of the group is reaped, not left as a zombie or an orphan. A
 //! process that left its command's group (`setsid`) is stopped when it reaches the server as
-//! an orphan, and reaped (see [`super::reaper`]).
+//! an orphan, and reaped (see [`reaper`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{ExitStatus, Stdio};
@@ -34,11 +34,14 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, info};
 
-use super::reaper::{Supervised, SupervisedGroup};
-use super::spill::{SpillBudget, SpillBuffer};
+use self::reaper::{Supervised, SupervisedGroup};
+use self::spill::{SpillBudget, SpillBuffer};
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
 use crate::metrics::{ExecOutcome, Tracked, metrics};
 use crate::wire::{ErrorCode, Header, RemoteError, SharedWriter};
+
+pub mod reaper;
+pub mod spill;
 
 /// The largest stdin chunk a client may send in one frame.
 pub const MAX_STDIN_CHUNK: u64 = 64 * 1024;
@@ -104,7 +107,7 @@ impl Runner {
         if config.enabled {
             // Orphans of our commands are reparented to us, so we can stop and reap them.
             let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
-            super::reaper::start(supervised.clone());
+            reaper::start(supervised.clone());
         }
         let slots = Arc::new(Semaphore::new(config.max_total));
         Runner {
