@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{ServerProcess, run_cli, rustix_kill, stderr, stdout};
 use sockit::auth::{self, AuthMode, SessionKeys};
 use sockit::client::{ExecEvent, RemoteCommand};
-use sockit::services::exec::ExecRequest;
+use sockit::proto::exec::ExecRequest;
 use sockit::wire::{Connection, ErrorCode, Header, Limits, RemoteError};
 use sockit::{Client, ClientError};
 

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngExt;
 use sockit::client::{ChatIncoming, ExecEvent, Target, TransferOptions, ask_datagram};
+use sockit::proto::exec::ExecRequest;
 use sockit::server::udp::REPLIES_PER_SECOND;
 use sockit::services::chat::ChatEvent;
-use sockit::services::exec::ExecRequest;
 use sockit::wire::ErrorCode;
 use sockit::{Client, ClientConfig, ClientError};
 use tokio::time::timeout;
