@@ -503,7 +503,10 @@ async fn argv_runs_without_a_shell_and_spawn_failures_are_clear() {
         ..ExecRequest::default()
     };
     match client.exec(&request).await {
-        Err(ClientError::Remote(error)) => assert!(error.message.contains("/no/such/program"), "{error}"),
+        Err(ClientError::Remote(error)) => {
+            assert_eq!(error.code, ErrorCode::ExecFailed, "{error}");
+            assert!(error.message.contains("/no/such/program"), "{error}");
+        }
         Err(other) => panic!("expected a remote error, got {other}"),
         Ok(_) => panic!("a missing program cannot start"),
     }

@@ -412,6 +412,14 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_request_is_answered_as_such_and_exec_failed_is_a_known_code() {
+        let error = RemoteError::from(BadRequest::NoProgram);
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        assert_eq!(ErrorCode::parse("exec_failed"), ErrorCode::ExecFailed);
+        assert_eq!(ErrorCode::ExecFailed.static_name(), Some("exec_failed"));
+    }
+
+    #[test]
     fn replies_are_the_bytes_docs_protocol_shows_and_read_back() {
         let started = Started {
             pid: 4242,
