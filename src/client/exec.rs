@@ -156,19 +156,16 @@ impl CommandInput<'_> {
                 permits.forget();
             }
             let (chunk, rest) = data.split_at(1 + extra as usize);
-            self.writer
-                .send(StdinRequest::DATA.to_header(self.id), chunk)
-                .await?;
+            let header = StdinRequest::DATA.to_header(self.id);
+            self.writer.send(header, chunk).await?;
             data = rest;
         }
         Ok(())
     }
 
     pub async fn close_stdin(&mut self) -> Result<(), ClientError> {
-        Ok(self
-            .writer
-            .send(StdinRequest::EOF.to_header(self.id), b"")
-            .await?)
+        let header = StdinRequest::EOF.to_header(self.id);
+        Ok(self.writer.send(header, b"").await?)
     }
 
     /// Sends a signal (`INT`, `TERM`, `KILL`, ...) to the command's process group.

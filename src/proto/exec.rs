@@ -55,6 +55,7 @@ pub const STDIN_WINDOW: u64 = 256 * 1024;
 /// A request the exec service cannot act on; it is answered with `bad_request`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BadRequest {
+    /// An `exec` without the `id` its output frames are to carry.
     #[error("`exec` needs an `id`")]
     ExecWithoutId,
     /// A `stdin` or `signal` frame that does not say which command it is for.
@@ -63,8 +64,10 @@ pub enum BadRequest {
     /// A field of the wrong type; the message is the decoder's.
     #[error("{0}")]
     Fields(String),
+    /// Neither `command` nor a non-empty `argv`, or both.
     #[error("give exactly one of `command` or a non-empty `argv`")]
     NoProgram,
+    /// An `env` name the system cannot set: empty, or holding `=` or NUL.
     #[error("bad environment variable name {0:?}")]
     EnvironmentName(String),
 }
@@ -84,10 +87,13 @@ pub struct ExecRequest {
     /// A program and its arguments, run without a shell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
+    /// The directory to run in; the server user's home directory if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Variables added to the server's environment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Past this the command's group is stopped and `exit` says `timed_out`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// The client will send `stdin` frames; otherwise stdin is empty.
@@ -98,8 +104,15 @@ pub struct ExecRequest {
 /// What an [`ExecRequest`] runs: a line for `sh -c`, or a program and its arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Program<'a> {
+    /// `command`: a line for `sh -c`.
     Shell(&'a str),
-    Argv { program: &'a str, args: &'a [String] },
+    /// `argv`: a program and its arguments, no shell.
+    Argv {
+        /// Looked up on the server's `PATH` unless it holds a `/`.
+        program: &'a str,
+        /// Passed to the program as they are.
+        args: &'a [String],
+    },
 }
 
 impl ExecRequest {
@@ -109,7 +122,8 @@ impl ExecRequest {
     }
 
     /// The request's id and fields. Whether it names something to run is checked by
-    /// [`ExecRequest::program`] when it is about to run.
+    /// [`ExecRequest::program`] when it is about to run, so that a server that refuses it
+    /// anyway (`busy`) says so first.
     pub fn from_header(header: &Header) -> Result<(u64, ExecRequest), BadRequest> {
         let id = header.id().ok_or(BadRequest::ExecWithoutId)?;
         let request = header
@@ -142,6 +156,7 @@ impl ExecRequest {
 /// for the command; `eof` closes the command's stdin.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StdinRequest {
+    /// The last frame of the command's input: its stdin closes after this frame's bytes.
     pub eof: bool,
 }
 
@@ -174,16 +189,19 @@ impl StdinRequest {
 /// number (`2`); the service decides which names it knows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SignalRequest {
+    /// `INT`, `SIGINT` or `2`.
     pub signal: String,
 }
 
 impl SignalRequest {
+    /// A request for the signal called `signal`.
     pub fn new(signal: impl Into<String>) -> SignalRequest {
         SignalRequest {
             signal: signal.into(),
         }
     }
 
+    /// The frame for the command started as request `id`.
     pub fn to_header(&self, id: u64) -> Header {
         Header::new(SIGNAL)
             .with_id(Some(id))
@@ -203,11 +221,14 @@ impl SignalRequest {
 /// bytes of stdin before the first `stdin_ack`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Started {
+    /// The command's process id, which is also its process group's.
     pub pid: u32,
+    /// Stdin bytes the client may send before an acknowledgement ([`STDIN_WINDOW`]).
     pub stdin_window: u64,
 }
 
 impl Started {
+    /// The reply to the `exec` request `id`.
     pub fn to_header(&self, id: u64) -> Header {
         Header::new(STARTED)
             .with_id(Some(id))
@@ -231,11 +252,14 @@ impl Started {
 /// name and its body the bytes, never decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
+    /// The command's standard output, in `stdout` frames.
     Stdout,
+    /// The command's standard error, in `stderr` frames.
     Stderr,
 }
 
 impl Stream {
+    /// The frames' `cmd`.
     pub fn name(self) -> &'static str {
         match self {
             Stream::Stdout => STDOUT,
@@ -253,10 +277,12 @@ impl Stream {
 /// window opens by as much.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StdinAck {
+    /// How many bytes the command consumed since the last acknowledgement.
     pub bytes: u64,
 }
 
 impl StdinAck {
+    /// The acknowledgement for the command started as request `id`.
     pub fn to_header(&self, id: u64) -> Header {
         Header::new(STDIN_ACK).with_id(Some(id)).with("bytes", self.bytes)
     }
@@ -265,14 +291,19 @@ impl StdinAck {
 /// How a command ended: the fields of an `exit` frame.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct ExitReport {
+    /// The exit code, if the command exited.
     #[serde(default)]
     pub code: Option<i32>,
+    /// The signal that killed the command, if one did.
     #[serde(default)]
     pub signal: Option<i32>,
+    /// That signal's name (`TERM`), if the server knows it.
     #[serde(default)]
     pub signal_name: Option<String>,
+    /// From start to exit, in milliseconds.
     #[serde(default)]
     pub duration_ms: f64,
+    /// The command's `timeout_ms` stopped it.
     #[serde(default)]
     pub timed_out: bool,
 }
@@ -313,7 +344,9 @@ impl ExitReport {
 pub enum Reply {
     /// A chunk of output; the bytes are the frame's body.
     Output(Stream),
+    /// The command consumed some of its input.
     StdinAck(StdinAck),
+    /// The command ended: the last frame about it.
     Exit(ExitReport),
 }
 
