@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{ServerProcess, run_cli, rustix_kill, stderr, stdout};
 use sockit::auth::{self, AuthMode, SessionKeys};
 use sockit::client::{ExecEvent, RemoteCommand};
-use sockit::services::exec::ExecRequest;
+use sockit::proto::exec::ExecRequest;
 use sockit::wire::{Connection, ErrorCode, Header, Limits, RemoteError};
 use sockit::{Client, ClientError};
 
@@ -503,7 +503,10 @@ async fn argv_runs_without_a_shell_and_spawn_failures_are_clear() {
         ..ExecRequest::default()
     };
     match client.exec(&request).await {
-        Err(ClientError::Remote(error)) => assert!(error.message.contains("/no/such/program"), "{error}"),
+        Err(ClientError::Remote(error)) => {
+            assert_eq!(error.code, ErrorCode::ExecFailed, "{error}");
+            assert!(error.message.contains("/no/such/program"), "{error}");
+        }
         Err(other) => panic!("expected a remote error, got {other}"),
         Ok(_) => panic!("a missing program cannot start"),
     }

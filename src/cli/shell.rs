@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use rustyline::DefaultEditor;
-use sockit::services::exec::ExecRequest;
+use sockit::proto::exec::ExecRequest;
 use sockit::{Client, ClientConfig, ClientError};
 
 use super::exec::run_attached;

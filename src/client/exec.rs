@@ -11,8 +11,10 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use super::{Client, ClientError};
-use crate::services::exec::{ExecRequest, ExitReport, MAX_STDIN_CHUNK};
-use crate::wire::{FrameReader, FrameWriter, Header, RemoteError};
+use crate::proto::exec::{
+    ExecRequest, ExitReport, MAX_STDIN_CHUNK, Reply, SignalRequest, Started, StdinRequest, Stream,
+};
+use crate::wire::{FrameReader, FrameWriter, RemoteError};
 
 /// Something a running command did.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,20 +49,20 @@ impl Client {
     /// Starts a command; returns once the server has started it (or refused).
     pub async fn exec(&mut self, request: &ExecRequest) -> Result<RemoteCommand<'_>, ClientError> {
         let id = self.next_id();
-        self.conn
-            .send(Header::from_message("exec", request).with_id(Some(id)), b"")
-            .await?;
+        self.conn.send(request.to_header(id), b"").await?;
         let started = self.conn.read_message().await?.ok_or(ClientError::Closed)?;
         if let Some(error) = RemoteError::from_header(&started.header) {
             return Err(ClientError::Remote(error));
         }
-        if started.header.cmd() != "started" || started.header.id() != Some(id) {
-            return Err(ClientError::Protocol(format!(
-                "expected `started` for command {id}, got `{}`",
-                started.header.cmd()
-            )));
-        }
-        let window = started.header.u64("stdin_window").unwrap_or(0) as usize;
+        let window = match Started::from_header(&started.header) {
+            Some(reply) if started.header.id() == Some(id) => reply.stdin_window as usize,
+            _ => {
+                return Err(ClientError::Protocol(format!(
+                    "expected `started` for command {id}, got `{}`",
+                    started.header.cmd()
+                )));
+            }
+        };
         let credit = Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS)));
         let conn = &mut self.conn;
         Ok(RemoteCommand {
@@ -120,16 +122,19 @@ impl CommandOutput<'_> {
                     header.cmd()
                 )));
             }
-            match header.cmd() {
-                "stdout" => return Ok(ExecEvent::Stdout(message.body)),
-                "stderr" => return Ok(ExecEvent::Stderr(message.body)),
-                "exit" => return Ok(ExecEvent::Exit(header.parse()?)),
-                "stdin_ack" => {
-                    let bytes = header.u64("bytes").unwrap_or(0) as usize;
+            match Reply::from_header(header)? {
+                Some(Reply::Output(Stream::Stdout)) => return Ok(ExecEvent::Stdout(message.body)),
+                Some(Reply::Output(Stream::Stderr)) => return Ok(ExecEvent::Stderr(message.body)),
+                Some(Reply::Exit(report)) => return Ok(ExecEvent::Exit(report)),
+                Some(Reply::StdinAck(ack)) => {
+                    let bytes = ack.bytes as usize;
                     self.credit
                         .add_permits(bytes.min(Semaphore::MAX_PERMITS - self.credit.available_permits()));
                 }
-                other => return Err(ClientError::Protocol(format!("unexpected `{other}` from exec"))),
+                None => {
+                    let other = header.cmd();
+                    return Err(ClientError::Protocol(format!("unexpected `{other}` from exec")));
+                }
             }
         }
     }
@@ -151,7 +156,7 @@ impl CommandInput<'_> {
                 permits.forget();
             }
             let (chunk, rest) = data.split_at(1 + extra as usize);
-            let header = Header::new("stdin").with_id(Some(self.id));
+            let header = StdinRequest::DATA.to_header(self.id);
             self.writer.send(header, chunk).await?;
             data = rest;
         }
@@ -159,13 +164,13 @@ impl CommandInput<'_> {
     }
 
     pub async fn close_stdin(&mut self) -> Result<(), ClientError> {
-        let header = Header::new("stdin").with_id(Some(self.id)).with("eof", true);
+        let header = StdinRequest::EOF.to_header(self.id);
         Ok(self.writer.send(header, b"").await?)
     }
 
     /// Sends a signal (`INT`, `TERM`, `KILL`, ...) to the command's process group.
     pub async fn signal(&mut self, name: &str) -> Result<(), ClientError> {
-        let header = Header::new("signal").with_id(Some(self.id)).with("signal", name);
+        let header = SignalRequest::new(name).to_header(self.id);
         Ok(self.writer.send(header, b"").await?)
     }
 }

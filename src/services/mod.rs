@@ -31,9 +31,7 @@ pub mod echo;
 pub mod exec;
 pub mod files;
 pub mod fuzzing;
-pub mod reaper;
 pub mod root;
-pub mod spill;
 pub mod time;
 pub mod tree;
 

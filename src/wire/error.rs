@@ -46,6 +46,9 @@ pub enum ErrorCode {
     Dropped,
     // -- end chat --
     // -- exec --
+    /// A command could not be run: its program or directory does not exist (or, for the
+    /// classic remote shells, its supervisor ended unexpectedly).
+    ExecFailed,
     // -- end exec --
     /// A service's own code (`not_found`, `name_taken`, ...) is `Cow::Borrowed` from the
     /// program's text; a code read from a peer is `Cow::Owned`.
@@ -88,6 +91,7 @@ impl ErrorCode {
             ErrorCode::Dropped => "dropped",
             // -- end chat --
             // -- exec --
+            ErrorCode::ExecFailed => "exec_failed",
             // -- end exec --
             ErrorCode::Other(Cow::Borrowed(name)) => name,
             ErrorCode::Other(Cow::Owned(_)) => return None,
@@ -119,6 +123,7 @@ impl ErrorCode {
             ErrorCode::Dropped,
             // -- end chat --
             // -- exec --
+            ErrorCode::ExecFailed,
             // -- end exec --
         ];
         KNOWN

@@ -18,7 +18,7 @@
 //! first, so the output is gathered whole before it is sent: [`TCP_IN_MEMORY`] bytes of each
 //! stream in memory, the rest in an anonymous temporary file (gone when the reply is sent or
 //! the client leaves), so clients that never read cost disk space, not memory; and at most
-//! [`DEFAULT_SPILL_BUDGET`](crate::services::spill::DEFAULT_SPILL_BUDGET) of it, all clients
+//! [`DEFAULT_SPILL_BUDGET`](crate::services::exec::spill::DEFAULT_SPILL_BUDGET) of it, all clients
 //! together (past it a command is stopped and its output cut, with a note). A client that
 //! closes while its command runs has the command stopped. Many clients at once.
 //!
@@ -40,8 +40,8 @@ use tracing::{debug, info, warn};
 
 use super::{MAX_DATAGRAM, READ_CHUNK, header_bytes, is_loopback, shown};
 use crate::server::{DatagramService, ServiceStream, StreamService};
+use crate::services::exec::spill::SpillBuffer;
 use crate::services::exec::{CollectLimits, Collected, Runner};
-use crate::services::spill::SpillBuffer;
 
 /// How long a classic command may run before it is stopped.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
