@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use common::{ServerProcess, run_cli, stderr, stdout};
 use serde::Deserialize;
 use sockit::server::Settings;
+use sockit::{Secret, ServerConfig};
 
 const SHELLS: [&str; 5] = ["bash", "zsh", "fish", "elvish", "powershell"];
 
@@ -241,6 +242,24 @@ fn the_example_config_documents_every_key_with_a_valid_value() {
         .collect();
     let all: Settings = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}"));
     assert!(all.quota.is_some() && all.listen.is_some());
+}
+
+/// The example sets every key it sets to the built-in default, but for the two paths into the
+/// service's state directory: applied, it leaves the server's defaults as they were.
+#[test]
+fn the_example_config_sets_the_built_in_defaults() {
+    let example = Settings::load(&contrib("sockit.toml")).unwrap();
+    let defaults = ServerConfig::new(Secret::generate());
+    let mut config = defaults.clone();
+    example.apply(&mut config);
+    assert_eq!(config.services.files.root, Path::new("/var/lib/sockit/files"));
+    config
+        .services
+        .files
+        .root
+        .clone_from(&defaults.services.files.root);
+    assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
+    assert_eq!(example.log_format.as_deref(), Some("text"));
 }
 
 /// The unit's own command lines, with its specifiers pointed at temporary directories: the
