@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 
 use common::{ServerProcess, run_cli, stderr, stdout};
 use serde::Deserialize;
-use sockit::server::FileConfig;
+use sockit::server::Settings;
+use sockit::{Secret, ServerConfig};
 
 const SHELLS: [&str; 5] = ["bash", "zsh", "fish", "elvish", "powershell"];
 
@@ -173,7 +174,7 @@ fn man_dir_writes_one_page_per_subcommand() {
     }
 }
 
-/// The keys [`FileConfig`] accepts, as its `Deserialize` derive lists them: a key added to the
+/// The keys [`Settings`] accepts, as its `Deserialize` derive lists them: a key added to the
 /// struct shows up here without anyone updating this test.
 fn file_config_keys() -> &'static [&'static str] {
     use serde::de::{Error, Visitor};
@@ -205,8 +206,8 @@ fn file_config_keys() -> &'static [&'static str] {
     }
 
     let mut keys = Keys(None);
-    let _ = FileConfig::deserialize(&mut keys);
-    keys.0.expect("FileConfig deserializes as a struct")
+    let _ = Settings::deserialize(&mut keys);
+    keys.0.expect("Settings deserializes as a struct")
 }
 
 #[test]
@@ -239,8 +240,26 @@ fn the_example_config_documents_every_key_with_a_valid_value() {
         })
         .map(|line| format!("{line}\n"))
         .collect();
-    let all: FileConfig = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}"));
+    let all: Settings = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}"));
     assert!(all.quota.is_some() && all.listen.is_some());
+}
+
+/// The example sets every key it sets to the built-in default, but for the two paths into the
+/// service's state directory: applied, it leaves the server's defaults as they were.
+#[test]
+fn the_example_config_sets_the_built_in_defaults() {
+    let example = Settings::load(&contrib("sockit.toml")).unwrap();
+    let defaults = ServerConfig::new(Secret::generate());
+    let mut config = defaults.clone();
+    example.apply(&mut config);
+    assert_eq!(config.services.files.root, Path::new("/var/lib/sockit/files"));
+    config
+        .services
+        .files
+        .root
+        .clone_from(&defaults.services.files.root);
+    assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
+    assert_eq!(example.log_format.as_deref(), Some("text"));
 }
 
 /// The unit's own command lines, with its specifiers pointed at temporary directories: the

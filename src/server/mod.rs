@@ -17,6 +17,7 @@ mod config;
 mod endpoints;
 mod listener;
 mod session;
+mod settings;
 pub mod stream;
 pub mod udp;
 
@@ -31,9 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{DEFAULT_PORT, DEFAULT_TIME_PORT, FileConfig, ServerConfig, ServiceListen, parse_duration};
+pub use config::{DEFAULT_PORT, DEFAULT_TIME_PORT, ServerConfig};
 pub use endpoints::{ServiceAddr, Transport};
 pub use listener::{ListenAddr, Listener, Stream, unix_socket_path};
+pub use settings::{ServiceListen, Settings, parse_duration};
 pub use stream::{ServiceStream, StreamService};
 pub use udp::DatagramService;
 
