@@ -34,6 +34,28 @@ pub enum ErrorCode {
     Internal,
     // The services' own codes (docs/protocol.md section 3), one block per service.
     // -- files --
+    /// A path the file root refuses: absolute, climbing out with `..`, a reserved name, or leading outside through a symlink.
+    BadPath,
+    /// Nothing by that name (a file, a directory; chat's rooms too).
+    NotFound,
+    /// Something is already at the target and the request did not ask to replace it.
+    Exists,
+    /// A directory to remove holds entries and the request was not recursive.
+    NotEmpty,
+    /// A file operation named a directory.
+    IsDir,
+    /// A `get` of a FIFO, a socket or a device: only regular files are served.
+    NotFile,
+    /// The server's disk cannot take the upload.
+    NoSpace,
+    /// The upload would take the file root past its quota.
+    QuotaExceeded,
+    /// An upload's data does not match its BLAKE3 hash; nothing was written.
+    HashMismatch,
+    /// The server's file system denied the operation.
+    Permission,
+    /// Any other failure of the server's file system.
+    Io,
     // -- end files --
     // -- chat --
     // -- end chat --
@@ -72,6 +94,17 @@ impl ErrorCode {
             ErrorCode::Disabled => "disabled",
             ErrorCode::Internal => "internal",
             // -- files --
+            ErrorCode::BadPath => "bad_path",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Exists => "exists",
+            ErrorCode::NotEmpty => "not_empty",
+            ErrorCode::IsDir => "is_dir",
+            ErrorCode::NotFile => "not_file",
+            ErrorCode::NoSpace => "no_space",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::HashMismatch => "hash_mismatch",
+            ErrorCode::Permission => "permission",
+            ErrorCode::Io => "io",
             // -- end files --
             // -- chat --
             // -- end chat --
@@ -99,6 +132,17 @@ impl ErrorCode {
             ErrorCode::Disabled,
             ErrorCode::Internal,
             // -- files --
+            ErrorCode::BadPath,
+            ErrorCode::NotFound,
+            ErrorCode::Exists,
+            ErrorCode::NotEmpty,
+            ErrorCode::IsDir,
+            ErrorCode::NotFile,
+            ErrorCode::NoSpace,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::HashMismatch,
+            ErrorCode::Permission,
+            ErrorCode::Io,
             // -- end files --
             // -- chat --
             // -- end chat --
