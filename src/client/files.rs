@@ -12,10 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{Client, ClientError};
+use crate::services::files::root::{Entry, PARTIAL_SUFFIX, RootPath};
 use crate::services::files::{
     DiskReader, DiskWriter, INLINE_MAX, PRESERVED_MODE_BITS, apply_metadata, hash_prefix,
 };
-use crate::services::root::{Entry, PARTIAL_SUFFIX, RootPath};
 use crate::wire::{Connection, ErrorCode, Header, RemoteError};
 
 /// How to transfer.
@@ -355,7 +355,7 @@ pub fn safe_local_name(name: &str) -> Result<&str, ClientError> {
         Ok(path) if !path.is_root() && !path.as_str().contains('/') && path.as_str() == name => Ok(name),
         _ => Err(ClientError::Protocol(format!(
             "the server sent an unsafe name {}; refusing to write it",
-            crate::services::root::escape(name)
+            crate::services::files::root::escape(name)
         ))),
     }
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::root::escape;
+use super::files::root::escape;
 use super::{BodyMode, Busy, CommandSpec, Request, Service, ServiceError, Session};
 use crate::metrics::metrics;
 use crate::wire::{ErrorCode, FrameError, Header, RemoteError, SharedWriter};
@@ -868,7 +868,7 @@ fn not_in_room(room: &str) -> RemoteError {
 /// characters, so that a refusal stays small whatever was sent (escaping can make a control
 /// character eight bytes long, and a refusal larger than a header may be is never sent).
 fn shown(name: &str) -> String {
-    super::root::escape_at_most(name, MAX_NAME)
+    super::files::root::escape_at_most(name, MAX_NAME)
 }
 
 /// Nicknames and room names: 1 to 32 characters, no spaces or control characters, and no

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::ServiceError;
 use super::chat::{ChatEvent, ChatRequest, Event, Hub, MemberId, QUEUE_LEN, valid_name, valid_text};
 use super::clock::{NTP_PACKET_LEN, sntp_reply};
-use super::root::escape;
+use super::files::root::escape;
 use super::time::{
     MAX_ERROR_REPLY_LEN, MAX_REPLY_GROWTH, MAX_REPLY_LEN, datagram_reply, format_at, parse_datagram_reply,
 };

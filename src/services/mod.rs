@@ -32,10 +32,8 @@ pub mod exec;
 pub mod files;
 pub mod fuzzing;
 pub mod reaper;
-pub mod root;
 pub mod spill;
 pub mod time;
-pub mod tree;
 
 /// How a command's body reaches its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

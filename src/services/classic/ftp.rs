@@ -34,8 +34,8 @@ use tracing::{debug, info, warn};
 
 use super::{HeaderError, READ_CHUNK, header_bytes, read_header, shown};
 use crate::server::{ServiceStream, StreamService};
+use crate::services::files::root::RootPath;
 use crate::services::files::{FileStore, io_error};
-use crate::services::root::RootPath;
 use crate::source::source_key;
 
 /// A request header, as loose as the course's: only `cmd` is always needed.

@@ -35,11 +35,14 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{info, warn};
 
-use super::root::{FileRoot, NotAFile, RootPath};
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
 use crate::metrics::{Transfer, metrics};
 use crate::source::{PerSource, SourceSlot};
 use crate::wire::{ErrorCode, FrameError, Header, RemoteError};
+use root::{FileRoot, NotAFile, RootPath};
+
+pub mod root;
+pub mod tree;
 
 /// Files up to this size travel inline in their `put` frame.
 pub const INLINE_MAX: u64 = 1024 * 1024;
@@ -566,7 +569,7 @@ fn commit_all(root: &FileRoot, group: &[PendingPut]) -> Vec<io::Result<()>> {
         *outcome = match &synced {
             Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
             Ok(()) => root.rename_partial(&put.path, put.force).map(|()| {
-                dirs.insert(super::root::parent_of(&put.path).to_owned());
+                dirs.insert(root::parent_of(&put.path).to_owned());
             }),
         };
     }
