@@ -17,7 +17,7 @@ use clap::{Args, ValueEnum};
 use rustyline::DefaultEditor;
 use sockit::client::{ChatFeed, ChatIncoming, ChatSender, ChatSession};
 use sockit::services::chat::{ChatEvent, DEFAULT_ROOM};
-use sockit::services::files::root::escape;
+use sockit::text::escape;
 use sockit::{Client, ClientConfig};
 
 use super::{ClientArgs, EXIT_FAILURE, client_runtime, prompt_line};

@@ -259,7 +259,7 @@ fn report<'a>(
 ) -> ExitCode {
     let mut failed = 0;
     for (job, outcome) in outcomes {
-        let shown = sockit::services::files::root::escape(&job.to);
+        let shown = sockit::text::escape(&job.to);
         match (&outcome, json) {
             (Ok(done), true) => print_line(format_args!(
                 "{}",
@@ -278,10 +278,7 @@ fn report<'a>(
             (Ok(_), false) => {}
             (Err(error), false) => {
                 let error = sockit::text::escape(&error.to_string());
-                eprintln!(
-                    "sockit: {}: {error}",
-                    sockit::services::files::root::escape(&job.from)
-                )
+                eprintln!("sockit: {}: {error}", sockit::text::escape(&job.from))
             }
         }
         failed += usize::from(outcome.is_err());

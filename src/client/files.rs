@@ -355,7 +355,7 @@ pub fn safe_local_name(name: &str) -> Result<&str, ClientError> {
         Ok(path) if !path.is_root() && !path.as_str().contains('/') && path.as_str() == name => Ok(name),
         _ => Err(ClientError::Protocol(format!(
             "the server sent an unsafe name {}; refusing to write it",
-            crate::services::files::root::escape(name)
+            crate::text::escape(name)
         ))),
     }
 }

@@ -30,9 +30,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::files::root::escape;
 use super::{BodyMode, Busy, CommandSpec, Request, Service, ServiceError, Session};
 use crate::metrics::metrics;
+use crate::text::escape;
 use crate::wire::{ErrorCode, FrameError, Header, RemoteError, SharedWriter};
 
 /// Messages kept per room and replayed to whoever joins.
@@ -868,7 +868,7 @@ fn not_in_room(room: &str) -> RemoteError {
 /// characters, so that a refusal stays small whatever was sent (escaping can make a control
 /// character eight bytes long, and a refusal larger than a header may be is never sent).
 fn shown(name: &str) -> String {
-    super::files::root::escape_at_most(name, MAX_NAME)
+    crate::text::escape_at_most(name, MAX_NAME)
 }
 
 /// Nicknames and room names: 1 to 32 characters, no spaces or control characters, and no

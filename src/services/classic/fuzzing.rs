@@ -37,8 +37,9 @@ use crate::auth::{FailureThrottle, Secret};
 use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::echo::upper_no_longer;
 use crate::services::exec::{ExecConfig, Runner};
-use crate::services::files::root::{PARTIAL_SUFFIX, escape};
+use crate::services::files::root::PARTIAL_SUFFIX;
 use crate::services::files::{FileStore, FilesConfig};
+use crate::text::escape;
 
 /// How long a service may take to answer one input before the check calls it hung.
 const HANG_LIMIT: Duration = Duration::from_secs(10);

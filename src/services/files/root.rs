@@ -22,6 +22,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Stat};
 use serde::{Deserialize, Serialize};
 
 use super::tree;
+use crate::text::escape;
 
 /// Suffix of partial uploads; names ending in it are reserved.
 pub const PARTIAL_SUFFIX: &str = ".sockit-part";
@@ -101,9 +102,6 @@ impl std::fmt::Display for RootPath {
         write!(f, "/{}", escape(&self.0))
     }
 }
-
-/// Escaping of others' text lives in [`crate::text`]; kept here for the paths that quote it.
-pub use crate::text::{escape, escape_at_most};
 
 /// One directory entry, as `ls` and `stat` report it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
