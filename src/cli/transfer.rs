@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use sockit::client::{TransferOptions, Transferred, safe_local_name};
-use sockit::services::files::INLINE_MAX;
+use sockit::proto::files::INLINE_MAX;
 use sockit::{Client, ClientError};
 
 use super::{ClientArgs, EXIT_FAILURE, client_runtime, print_line};

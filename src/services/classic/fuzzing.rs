@@ -34,10 +34,10 @@ use super::exec::{TcpExec, UdpExec};
 use super::ftp::Ftp;
 use super::greeting::{Greeting, WELCOME, greet};
 use crate::auth::{FailureThrottle, Secret};
+use crate::proto::path::PARTIAL_SUFFIX;
 use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::echo::upper_no_longer;
 use crate::services::exec::{ExecConfig, Runner};
-use crate::services::files::root::PARTIAL_SUFFIX;
 use crate::services::files::{FileStore, FilesConfig};
 use crate::text::escape;
 
