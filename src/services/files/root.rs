@@ -144,7 +144,7 @@ impl FileRoot {
     }
 
     /// Removes a file or an empty directory; with `recursive`, a directory and everything in
-    /// it, partial uploads included, however deep (see [`tree::walk`]).
+    /// it, partial uploads included, however deep (see `tree.rs`).
     pub fn remove(&self, path: &RootPath, recursive: bool) -> io::Result<()> {
         let (dir, name) = self.parent(path)?;
         let stat = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
