@@ -391,40 +391,35 @@ mod tests {
         String::from_utf8(out.to_vec()).unwrap()
     }
 
+    /// The bytes every message had before these types existed, one per line.
     #[test]
-    fn requests_are_written_as_they_always_were() {
-        let put = Put {
-            path: "a.txt".into(),
-            size: 3,
-            blake3: Some("H".into()),
-            ..Put::default()
-        };
-        assert_eq!(
-            json(&put.to_header().with_id(Some(1))),
-            r#"{"cmd":"put","id":1,"blake3":"H","force":false,"path":"a.txt","size":3}"#
-        );
-        let streamed = Put {
-            path: "big".into(),
-            size: 9,
-            resume: true,
-            mode: Some(0o644),
-            mtime: Some(-1),
-            ..Put::default()
-        };
-        assert_eq!(
-            json(&streamed.to_header()),
-            r#"{"cmd":"put","force":false,"mode":420,"mtime":-1,"path":"big","resume":true,"size":9}"#
-        );
-        let list = List {
-            path: "d".into(),
-            ..List::default()
-        };
-        assert_eq!(json(&list.to_header()), r#"{"cmd":"ls","after":"","path":"d"}"#);
-        let get = Get {
-            path: "f".into(),
-            offset: 5,
-        };
-        assert_eq!(json(&get.to_header()), r#"{"cmd":"get","offset":5,"path":"f"}"#);
+    #[rustfmt::skip]
+    fn every_message_is_written_as_it_always_was() {
+        let (f, h) = (String::from("f"), String::from("H"));
+        let inline = Put { path: f.clone(), size: 3, blake3: Some(h.clone()), ..Put::default() };
+        let streamed = Put { resume: true, mode: Some(0o644), mtime: Some(-1), blake3: None, ..inline.clone() };
+        let cases = [
+            (List { path: f.clone(), ..List::default() }.to_header(), r#"{"cmd":"ls","after":"","path":"f"}"#),
+            (Stat { path: f.clone() }.to_header(), r#"{"cmd":"stat","path":"f"}"#),
+            (Mkdir { path: f.clone(), parents: true }.to_header(), r#"{"cmd":"mkdir","parents":true,"path":"f"}"#),
+            (Remove { path: f.clone(), recursive: false }.to_header(), r#"{"cmd":"rm","path":"f","recursive":false}"#),
+            (Move { from: f.clone(), to: "g".into(), force: false }.to_header(),
+                r#"{"cmd":"mv","force":false,"from":"f","to":"g"}"#),
+            (Get { path: f.clone(), offset: 5 }.to_header().with_id(Some(1)), r#"{"cmd":"get","id":1,"offset":5,"path":"f"}"#),
+            (inline.to_header(), r#"{"cmd":"put","blake3":"H","force":false,"path":"f","size":3}"#),
+            (streamed.to_header(), r#"{"cmd":"put","force":false,"mode":420,"mtime":-1,"path":"f","resume":true,"size":3}"#),
+            (PutData { offset: 2 }.to_header().with_body_len(1), r#"{"cmd":"put_data","offset":2,"body_len":1}"#),
+            (PutEnd { blake3: h.clone() }.to_header(), r#"{"cmd":"put_end","blake3":"H"}"#),
+            (PutReady { offset: 2, prefix_blake3: h.clone() }.to_header(),
+                r#"{"cmd":"put_ready","offset":2,"prefix_blake3":"H"}"#),
+            (PutOk { size: 3, blake3: h.clone() }.to_header(), r#"{"cmd":"put_ok","blake3":"H","size":3}"#),
+            (GetData { size: 3, offset: 1, mtime: Some(7), mode: Some(0o755) }.to_header(),
+                r#"{"cmd":"get_data","mode":493,"mtime":7,"offset":1,"size":3}"#),
+            (GetEnd { blake3: h }.to_header(), r#"{"cmd":"get_end","blake3":"H"}"#),
+        ];
+        for (header, expected) in cases {
+            assert_eq!(json(&header), expected);
+        }
     }
 
     #[test]
