@@ -157,8 +157,7 @@ async fn three_clients_two_rooms_direct_messages_history_and_presence() {
     // Nobody called dave: refused, and the session goes on.
     alice.sender.direct("dave", "hi").await.unwrap();
     match next_incoming(&mut alice.feed).await {
-        // after the merge: ErrorCode::NotFound
-        ChatIncoming::Refused { error, .. } => assert_eq!(error.code, ErrorCode::Other("not_found".into())),
+        ChatIncoming::Refused { error, .. } => assert_eq!(error.code, ErrorCode::NotFound),
         other => panic!("expected a refusal, got {other:?}"),
     }
     alice.sender.say("dev", "not a member").await.unwrap();

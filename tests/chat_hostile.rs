@@ -246,8 +246,7 @@ async fn lobby_is_empty(observer: &mut ChatSession) -> bool {
     while Instant::now() < deadline {
         let id = observer.sender.who("lobby").await.unwrap();
         let empty = match until_answer(&mut observer.feed, id).await.1 {
-            // after the merge: ErrorCode::NotFound
-            ChatIncoming::Refused { error, .. } => error.code == ErrorCode::Other("not_found".into()),
+            ChatIncoming::Refused { error, .. } => error.code == ErrorCode::NotFound,
             ChatIncoming::Event {
                 event: ChatEvent::Members { members, .. },
                 ..

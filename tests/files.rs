@@ -11,7 +11,7 @@ use common::{ServerProcess, file_server, stderr, stdout};
 use sockit::Client;
 use sockit::auth::{self, AuthMode, SessionKeys};
 use sockit::client::TransferOptions;
-use sockit::wire::{Connection, Header, Limits, RemoteError};
+use sockit::wire::{Connection, ErrorCode, Header, Limits, RemoteError};
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
@@ -378,7 +378,7 @@ async fn a_disk_filling_up_mid_transfer_is_reported_and_cleaned_up() {
         .unwrap();
     let answer = conn.read_message().await.unwrap().unwrap();
     let error = RemoteError::from_header(&answer.header).expect("an error");
-    assert_eq!(error.code.as_str(), "no_space", "{error}");
+    assert_eq!(error.code, ErrorCode::NoSpace, "{error}");
     conn.send(Header::new("put_end").with_id(Some(1)).with("blake3", "x"), b"")
         .await
         .unwrap();
@@ -527,7 +527,11 @@ async fn pipelined_small_puts_are_committed_together_and_answered_in_order() {
         (Some(1), "put_ok".to_owned(), None),
         (Some(2), "put_ok".to_owned(), None),
         (Some(3), "put_ok".to_owned(), None),
-        (Some(4), "error".to_owned(), Some("hash_mismatch".to_owned())),
+        (
+            Some(4),
+            "error".to_owned(),
+            Some(ErrorCode::HashMismatch.as_str().to_owned()),
+        ),
         (Some(5), "echo".to_owned(), None),
         (Some(6), "stat".to_owned(), None),
     ];

@@ -12,7 +12,7 @@ use common::{ServerProcess, file_server};
 use sockit::auth::{self, AuthMode, SessionKeys};
 use sockit::client::TransferOptions;
 use sockit::services::files::MAX_DOWNLOADS_PER_SOURCE;
-use sockit::wire::{Connection, Frame, Header, Limits, Message, RemoteError};
+use sockit::wire::{Connection, ErrorCode, Frame, Header, Limits, Message, RemoteError};
 use sockit::{Client, ClientError};
 use tokio::time::timeout;
 
@@ -193,7 +193,10 @@ async fn abandoned_uploads_count_toward_the_quota() {
     );
     let mut next = raw(&server).await;
     next.send(streamed_put(1, "b", 600_000), b"").await.unwrap();
-    assert_eq!(outcome(&answer(&mut next).await), "quota_exceeded");
+    assert_eq!(
+        outcome(&answer(&mut next).await),
+        ErrorCode::QuotaExceeded.as_str()
+    );
     // Within what is left, uploads still go through.
     let mut client = client(&server).await;
     let local = server.dir.path().join("small");
@@ -212,18 +215,27 @@ async fn concurrent_uploads_cannot_jointly_exceed_the_quota() {
     assert_eq!(outcome(&answer(&mut first).await), "put_ready");
     let mut second = raw(&server).await;
     second.send(streamed_put(1, "y", 600_000), b"").await.unwrap();
-    assert_eq!(outcome(&answer(&mut second).await), "quota_exceeded");
+    assert_eq!(
+        outcome(&answer(&mut second).await),
+        ErrorCode::QuotaExceeded.as_str()
+    );
     let data = vec![3u8; 500_000];
     let inline =
         streamed_put(2, "z", data.len() as u64).with("blake3", blake3::hash(&data).to_hex().as_str());
     second.send(inline, &data).await.unwrap();
-    assert_eq!(outcome(&answer(&mut second).await), "quota_exceeded");
+    assert_eq!(
+        outcome(&answer(&mut second).await),
+        ErrorCode::QuotaExceeded.as_str()
+    );
     // The first upload completes within its reservation; then the space is taken for real.
     let data = vec![5u8; 600_000];
     assert_eq!(finish_upload(&mut first, 1, 0, &data, &data).await, "put_ok");
     assert_eq!(std::fs::read(root.join("x")).unwrap(), data);
     second.send(streamed_put(3, "y", 600_000), b"").await.unwrap();
-    assert_eq!(outcome(&answer(&mut second).await), "quota_exceeded");
+    assert_eq!(
+        outcome(&answer(&mut second).await),
+        ErrorCode::QuotaExceeded.as_str()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,7 +384,7 @@ async fn a_fifo_in_the_root_is_refused_and_freezes_nobody() {
     assert_eq!(echoed.expect("echo served").unwrap().as_ref(), b"MEANWHILE");
     while let Some(got) = getters.join_next().await {
         match got.unwrap() {
-            Err(ClientError::Remote(error)) => assert_eq!(error.code.as_str(), "not_file", "{error}"),
+            Err(ClientError::Remote(error)) => assert_eq!(error.code, ErrorCode::NotFile, "{error}"),
             other => panic!("a FIFO was served: {other:?}"),
         }
     }

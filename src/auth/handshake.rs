@@ -368,7 +368,7 @@ async fn expect_from_client(conn: &mut Connection, cmd: &str) -> Result<Message,
     if message.header.cmd() != cmd {
         return Err(HandshakeError::Protocol(format!(
             "expected `{cmd}`, got `{}`",
-            crate::services::root::escape_at_most(message.header.cmd(), 32)
+            crate::text::escape_at_most(message.header.cmd(), 32)
         )));
     }
     Ok(message)

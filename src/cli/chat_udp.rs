@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
-use sockit::services::root::escape;
+use sockit::text::escape;
 
 use super::chat::Lang;
 use super::print_line;

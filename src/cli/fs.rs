@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use sockit::Client;
-use sockit::services::root::escape;
+use sockit::text::escape;
 
 use super::{ClientArgs, client_runtime, print_line};
 

@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use sockit::client::{TransferOptions, Transferred, safe_local_name};
-use sockit::services::files::INLINE_MAX;
+use sockit::proto::files::INLINE_MAX;
 use sockit::{Client, ClientError};
 
 use super::{ClientArgs, EXIT_FAILURE, client_runtime, print_line};
@@ -259,7 +259,7 @@ fn report<'a>(
 ) -> ExitCode {
     let mut failed = 0;
     for (job, outcome) in outcomes {
-        let shown = sockit::services::root::escape(&job.to);
+        let shown = sockit::text::escape(&job.to);
         match (&outcome, json) {
             (Ok(done), true) => print_line(format_args!(
                 "{}",
@@ -278,7 +278,7 @@ fn report<'a>(
             (Ok(_), false) => {}
             (Err(error), false) => {
                 let error = sockit::text::escape(&error.to_string());
-                eprintln!("sockit: {}: {error}", sockit::services::root::escape(&job.from))
+                eprintln!("sockit: {}: {error}", sockit::text::escape(&job.from))
             }
         }
         failed += usize::from(outcome.is_err());

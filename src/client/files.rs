@@ -1,4 +1,5 @@
-//! File transfer, client side: the counterpart of `services/files.rs`.
+//! File transfer, client side: the counterpart of `services/files/`, speaking the messages of
+//! [`crate::proto::files`].
 //!
 //! Uploads and downloads resume by default: an interrupted transfer leaves a partial file
 //! (`.NAME.sockit-part`) on the receiving side, and the next attempt continues after the part
@@ -12,10 +13,12 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{Client, ClientError};
-use crate::services::files::{
-    DiskReader, DiskWriter, INLINE_MAX, PRESERVED_MODE_BITS, apply_metadata, hash_prefix,
+use crate::disk::{DiskReader, DiskWriter, apply_metadata, hash_prefix};
+use crate::proto::files::{
+    BadRequest, Entry, FileMessage, Get, GetData, GetEnd, INLINE_MAX, List, ListPage, Mkdir, Move,
+    PRESERVED_MODE_BITS, Put, PutData, PutEnd, PutOk, PutReady, Remove, Stat,
 };
-use crate::services::root::{Entry, PARTIAL_SUFFIX, RootPath};
+use crate::proto::path::{RootPath, partial_name};
 use crate::wire::{Connection, ErrorCode, Header, RemoteError};
 
 /// How to transfer.
@@ -40,54 +43,54 @@ impl Client {
     /// Every entry of a directory, sorted by name, asked for a page at a time.
     pub async fn list(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
         let mut entries = Vec::new();
-        let mut after = String::new();
+        let mut request = List {
+            path: path.to_owned(),
+            ..List::default()
+        };
         loop {
-            let request = Header::new("ls").with("path", path).with("after", after.as_str());
-            let reply = self.call(request, b"").await?;
-            let page: Vec<Entry> = serde_json::from_slice(&reply.body)
-                .map_err(|e| ClientError::Protocol(format!("listing: {e}")))?;
-            entries.extend(page);
-            match reply.header.str("next") {
-                Some(next) if next > after.as_str() => {
-                    after = next.to_owned();
-                }
+            let reply = self.call(request.to_header(), b"").await?;
+            let page = ListPage::from_message(&reply.header, &reply.body)?;
+            entries.extend(page.entries);
+            match page.next {
+                Some(next) if next > request.after => request.after = next,
                 _ => return Ok(entries),
             }
         }
     }
 
     pub async fn stat(&mut self, path: &str) -> Result<Entry, ClientError> {
-        Ok(self
-            .call(Header::new("stat").with("path", path), b"")
-            .await?
-            .header
-            .parse()?)
+        let request = Stat {
+            path: path.to_owned(),
+        };
+        let reply = self.call(request.to_header(), b"").await?;
+        Ok(Entry::from_header(&reply.header)?)
     }
 
     pub async fn mkdir(&mut self, path: &str, parents: bool) -> Result<(), ClientError> {
-        self.call(
-            Header::new("mkdir").with("path", path).with("parents", parents),
-            b"",
-        )
-        .await?;
+        let request = Mkdir {
+            path: path.to_owned(),
+            parents,
+        };
+        self.call(request.to_header(), b"").await?;
         Ok(())
     }
 
     pub async fn remove(&mut self, path: &str, recursive: bool) -> Result<(), ClientError> {
-        self.call(
-            Header::new("rm").with("path", path).with("recursive", recursive),
-            b"",
-        )
-        .await?;
+        let request = Remove {
+            path: path.to_owned(),
+            recursive,
+        };
+        self.call(request.to_header(), b"").await?;
         Ok(())
     }
 
     pub async fn rename(&mut self, from: &str, to: &str, force: bool) -> Result<(), ClientError> {
-        let header = Header::new("mv")
-            .with("from", from)
-            .with("to", to)
-            .with("force", force);
-        self.call(header, b"").await?;
+        let request = Move {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            force,
+        };
+        self.call(request.to_header(), b"").await?;
         Ok(())
     }
 
@@ -103,28 +106,32 @@ impl Client {
         let mut file = File::open(local).await.map_err(|e| local_error(local, e))?;
         let meta = file.metadata().await.map_err(|e| local_error(local, e))?;
         let size = meta.len();
-        let header = put_header(remote, size, options, &meta);
+        let put = put_request(remote, size, options, &meta);
         if size <= INLINE_MAX {
             let mut data = Vec::with_capacity(size as usize);
             file.read_to_end(&mut data)
                 .await
                 .map_err(|e| local_error(local, e))?;
-            let hash = blake3::hash(&data).to_hex().to_string();
-            let reply = self.call(header.with("blake3", hash.as_str()), &data).await?;
+            let inline = Put {
+                blake3: Some(blake3::hash(&data).to_hex().to_string()),
+                ..put
+            };
+            let reply = self.call(inline.to_header(), &data).await?;
             progress(size);
             return transferred(&reply.header, size, 0);
         }
-        let ready = self.call_when_free(header.with("resume", true), b"").await?;
+        let streamed = Put { resume: true, ..put };
+        let ready = self.call_when_free(streamed.to_header(), b"").await?;
         let id = ready.header.id().unwrap_or(0);
-        let offered = ready.header.u64("offset").unwrap_or(0);
+        let offered = PutReady::from_header(&ready.header)?;
         let mut hasher = blake3::Hasher::new();
         let mut offset = 0;
-        if offered > 0 && offered <= size {
-            hash_prefix(&mut file, offered, &mut hasher)
+        if offered.offset > 0 && offered.offset <= size {
+            hash_prefix(&mut file, offered.offset, &mut hasher)
                 .await
                 .map_err(|e| local_error(local, e))?;
-            if Some(hasher.finalize().to_hex().as_str()) == ready.header.str("prefix_blake3") {
-                offset = offered;
+            if hasher.finalize().to_hex().as_str() == offered.prefix_blake3 {
+                offset = offered.offset;
             } else {
                 hasher = blake3::Hasher::new();
             }
@@ -133,9 +140,9 @@ impl Client {
             .await
             .map_err(|e| local_error(local, e))?;
         progress(offset);
-        let data = Header::new("put_data")
+        let data = PutData { offset }
+            .to_header()
             .with_id(Some(id))
-            .with("offset", offset)
             .with_body_len(size - offset);
         let writer = &mut self.conn.writer;
         writer.queue_header(&data)?;
@@ -151,10 +158,10 @@ impl Client {
             progress(chunk.len() as u64);
         }
         let hasher = disk.finish().await.map_err(|e| local_error(local, e))?;
-        let end = Header::new("put_end")
-            .with_id(Some(id))
-            .with("blake3", hasher.finalize().to_hex().as_str());
-        writer.queue(end, b"")?;
+        let end = PutEnd {
+            blake3: hasher.finalize().to_hex().to_string(),
+        };
+        writer.queue(end.to_header().with_id(Some(id)), b"")?;
         writer.flush().await?;
         let reply = self.conn.read_message().await?.ok_or(ClientError::Closed)?;
         if let Some(error) = RemoteError::from_header(&reply.header) {
@@ -256,11 +263,11 @@ impl Client {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         loop {
             let id = self.next_id();
-            let request = Header::new("get")
-                .with_id(Some(id))
-                .with("path", remote)
-                .with("offset", offset);
-            self.conn.send(request, b"").await?;
+            let request = Get {
+                path: remote.to_owned(),
+                offset,
+            };
+            self.conn.send(request.to_header().with_id(Some(id)), b"").await?;
             let header = match self.conn.reader.read_frame().await? {
                 Some(crate::wire::Frame::Header(header)) => header,
                 _ => return Err(ClientError::Closed),
@@ -299,9 +306,8 @@ impl Client {
             .await
             .map_err(|e| local_error(&partial, e))?;
         let have = file.metadata().await.map_err(|e| local_error(&partial, e))?.len();
-        let header = self.start_get(remote, have).await?;
+        let start = GetData::from_header(&self.start_get(remote, have).await?)?;
         let reader = &mut self.conn.reader;
-        let size = header.u64("size").unwrap_or(0);
         let mut hasher = blake3::Hasher::new();
         hash_prefix(&mut file, have, &mut hasher)
             .await
@@ -317,8 +323,9 @@ impl Client {
         }
         let (file, hasher) = disk.finish().await.map_err(|e| local_error(&partial, e))?;
         let end = reader.read_message().await?.ok_or(ClientError::Closed)?;
+        let end = GetEnd::from_header(&end.header)?;
         let actual = hasher.finalize().to_hex();
-        if end.header.str("blake3") != Some(actual.as_str()) {
+        if end.blake3 != actual.as_str() {
             drop(file);
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(ClientError::Protocol(format!(
@@ -327,13 +334,11 @@ impl Client {
         }
         file.sync_all().map_err(|e| local_error(&partial, e))?;
         if options.preserve {
-            let mode = header.u64("mode").map(|m| m as u32);
-            let mtime = header.fields().get("mtime").and_then(|v| v.as_i64());
-            apply_metadata(&file, mode, mtime).map_err(|e| local_error(local, e))?;
+            apply_metadata(&file, start.mode, start.mtime).map_err(|e| local_error(local, e))?;
         }
         std::fs::rename(&partial, local).map_err(|e| local_error(local, e))?;
         Ok(Transferred {
-            size,
+            size: start.size,
             resumed_from: have,
             blake3: actual.to_string(),
         })
@@ -346,7 +351,7 @@ pub fn partial_path(local: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    local.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
+    local.with_file_name(partial_name(&name))
 }
 
 /// A name from the server, for a local path: one plain component, or refused.
@@ -355,7 +360,7 @@ pub fn safe_local_name(name: &str) -> Result<&str, ClientError> {
         Ok(path) if !path.is_root() && !path.as_str().contains('/') && path.as_str() == name => Ok(name),
         _ => Err(ClientError::Protocol(format!(
             "the server sent an unsafe name {}; refusing to write it",
-            crate::services::root::escape(name)
+            crate::text::escape(name)
         ))),
     }
 }
@@ -391,31 +396,41 @@ fn inline_put(
             local.display()
         )));
     }
-    let header = put_header(remote, data.len() as u64, options, &meta)
-        .with("blake3", blake3::hash(&data).to_hex().as_str());
-    Ok((data, header))
+    let put = Put {
+        blake3: Some(blake3::hash(&data).to_hex().to_string()),
+        ..put_request(remote, data.len() as u64, options, &meta)
+    };
+    Ok((data, put.to_header()))
 }
 
-fn put_header(remote: &str, size: u64, options: TransferOptions, meta: &std::fs::Metadata) -> Header {
-    let header = Header::new("put")
-        .with("path", remote)
-        .with("size", size)
-        .with("force", options.force);
-    if !options.preserve {
-        return header;
-    }
+/// The `put` of `size` bytes to `remote`, with the local file's mode and time when they are
+/// to be preserved; the caller makes it inline or streamed.
+fn put_request(remote: &str, size: u64, options: TransferOptions, meta: &std::fs::Metadata) -> Put {
     use std::os::unix::fs::MetadataExt;
-    header
-        .with("mode", meta.mode() & PRESERVED_MODE_BITS)
-        .with("mtime", meta.mtime())
+    let preserved = options.preserve;
+    Put {
+        path: remote.to_owned(),
+        size,
+        force: options.force,
+        mode: preserved.then(|| meta.mode() & PRESERVED_MODE_BITS),
+        mtime: preserved.then(|| meta.mtime()),
+        ..Put::default()
+    }
 }
 
 fn transferred(header: &Header, size: u64, resumed_from: u64) -> Result<Transferred, ClientError> {
     Ok(Transferred {
         size,
         resumed_from,
-        blake3: header.str("blake3").unwrap_or_default().to_owned(),
+        blake3: PutOk::from_header(header)?.blake3,
     })
+}
+
+/// A reply the server sent that cannot be read as the message it should be.
+impl From<BadRequest> for ClientError {
+    fn from(error: BadRequest) -> ClientError {
+        ClientError::Protocol(error.0)
+    }
 }
 
 fn local_error(path: &Path, error: std::io::Error) -> ClientError {

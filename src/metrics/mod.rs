@@ -430,7 +430,11 @@ mod tests {
     fn error_labels_are_a_fixed_set_whatever_a_peer_sends() {
         assert_eq!(error_label(&ErrorCode::AuthFailed), "auth_failed");
         assert_eq!(error_label(&ErrorCode::parse("busy")), "busy");
-        assert_eq!(error_label(&ErrorCode::Other("name_taken".into())), "name_taken");
+        assert_eq!(error_label(&ErrorCode::NameTaken), "name_taken");
+        assert_eq!(
+            error_label(&ErrorCode::Other("an_extension".into())),
+            "an_extension"
+        );
         let unique = format!("peer-made-{}", "x".repeat(4096));
         assert_eq!(error_label(&ErrorCode::parse(&unique)), "other");
         metrics().error_sent(&ErrorCode::parse(&unique));

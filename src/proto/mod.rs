@@ -8,3 +8,4 @@
 pub mod chat;
 pub mod exec;
 pub mod files;
+pub mod path;

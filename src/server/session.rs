@@ -255,7 +255,7 @@ async fn dispatch(
             ErrorCode::UnknownCmd,
             format!(
                 "unknown command `{}` (this server offers: {offered})",
-                crate::services::root::escape_at_most(header.cmd(), 64)
+                crate::text::escape_at_most(header.cmd(), 64)
             ),
         );
         return send_error(&session.writer, id, &error).await;

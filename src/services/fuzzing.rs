@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::chat::{Event, Hub, MemberId, QUEUE_LEN};
 use super::clock::{NTP_PACKET_LEN, sntp_reply};
-use super::root::escape;
 use super::time::{
     MAX_ERROR_REPLY_LEN, MAX_REPLY_GROWTH, MAX_REPLY_LEN, datagram_reply, format_at, parse_datagram_reply,
 };
 use crate::proto::chat::{ChatEvent, ChatRequest, Join, Login, Msg, NameOf, Say, valid_name, valid_text};
+use crate::text::escape;
 use crate::wire::{DEFAULT_MAX_HEADER_LEN, Header, RemoteError};
 
 /// Largest refusal, encoded, that any request may draw: a refusal quotes at most a short

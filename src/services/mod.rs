@@ -31,9 +31,7 @@ pub mod echo;
 pub mod exec;
 pub mod files;
 pub mod fuzzing;
-pub mod root;
 pub mod time;
-pub mod tree;
 
 /// How a command's body reaches its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

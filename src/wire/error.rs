@@ -6,9 +6,10 @@ use std::io;
 
 use super::header::Header;
 
-/// The `code` of an error frame. Codes are stable snake_case strings; a code this build does not
-/// define is kept in [`ErrorCode::Other`]: a service's own code (text compiled into the server)
-/// or one read from a peer (a newer one, or a stranger's invention), which is owned text.
+/// The `code` of an error frame: every code of docs/protocol.md, the services' included, is a
+/// variant, so programs match on variants rather than compare strings. A code this build does
+/// not define is kept in [`ErrorCode::Other`]: one read from a peer (a newer one, or a
+/// stranger's invention), which is owned text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     /// The bytes did not form a frame: bad length, bad JSON, missing `cmd`.
@@ -33,9 +34,30 @@ pub enum ErrorCode {
     Disabled,
     Internal,
     // The services' own codes (docs/protocol.md section 3), one block per service.
-    // -- files --
-    // -- end files --
-    // -- chat --
+    // The files service's codes.
+    /// A path the file root refuses: absolute, climbing out with `..`, a reserved name, or leading outside through a symlink.
+    BadPath,
+    /// Nothing by that name (a file, a directory; chat's rooms too).
+    NotFound,
+    /// Something is already at the target and the request did not ask to replace it.
+    Exists,
+    /// A directory to remove holds entries and the request was not recursive.
+    NotEmpty,
+    /// A file operation named a directory.
+    IsDir,
+    /// A `get` of a FIFO, a socket or a device: only regular files are served.
+    NotFile,
+    /// The server's disk cannot take the upload.
+    NoSpace,
+    /// The upload would take the file root past its quota.
+    QuotaExceeded,
+    /// An upload's data does not match its BLAKE3 hash; nothing was written.
+    HashMismatch,
+    /// The server's file system denied the operation.
+    Permission,
+    /// Any other failure of the server's file system.
+    Io,
+    // The chat service's codes.
     /// `chat_login`: someone online already has the nickname.
     NameTaken,
     /// A chat request before `chat_login`.
@@ -44,14 +66,12 @@ pub enum ErrorCode {
     NotInRoom,
     /// A chat request that reached the server after it dropped the client as too slow.
     Dropped,
-    // -- end chat --
-    // -- exec --
+    // The exec service's codes.
     /// A command could not be run: its program or directory does not exist (or, for the
     /// classic remote shells, its supervisor ended unexpectedly).
     ExecFailed,
-    // -- end exec --
-    /// A service's own code (`not_found`, `name_taken`, ...) is `Cow::Borrowed` from the
-    /// program's text; a code read from a peer is `Cow::Owned`.
+    /// A code read from a peer is `Cow::Owned`; `Cow::Borrowed` is for a code compiled into
+    /// this program that has no variant yet (an extension's), which metrics may count.
     Other(Cow<'static, str>),
 }
 
@@ -82,17 +102,25 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Disabled => "disabled",
             ErrorCode::Internal => "internal",
-            // -- files --
-            // -- end files --
-            // -- chat --
+            // The files service's codes.
+            ErrorCode::BadPath => "bad_path",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Exists => "exists",
+            ErrorCode::NotEmpty => "not_empty",
+            ErrorCode::IsDir => "is_dir",
+            ErrorCode::NotFile => "not_file",
+            ErrorCode::NoSpace => "no_space",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::HashMismatch => "hash_mismatch",
+            ErrorCode::Permission => "permission",
+            ErrorCode::Io => "io",
+            // The chat service's codes.
             ErrorCode::NameTaken => "name_taken",
             ErrorCode::NotLoggedIn => "not_logged_in",
             ErrorCode::NotInRoom => "not_in_room",
             ErrorCode::Dropped => "dropped",
-            // -- end chat --
-            // -- exec --
+            // The exec service's codes.
             ErrorCode::ExecFailed => "exec_failed",
-            // -- end exec --
             ErrorCode::Other(Cow::Borrowed(name)) => name,
             ErrorCode::Other(Cow::Owned(_)) => return None,
         })
@@ -114,17 +142,25 @@ impl ErrorCode {
             ErrorCode::Timeout,
             ErrorCode::Disabled,
             ErrorCode::Internal,
-            // -- files --
-            // -- end files --
-            // -- chat --
+            // The files service's codes.
+            ErrorCode::BadPath,
+            ErrorCode::NotFound,
+            ErrorCode::Exists,
+            ErrorCode::NotEmpty,
+            ErrorCode::IsDir,
+            ErrorCode::NotFile,
+            ErrorCode::NoSpace,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::HashMismatch,
+            ErrorCode::Permission,
+            ErrorCode::Io,
+            // The chat service's codes.
             ErrorCode::NameTaken,
             ErrorCode::NotLoggedIn,
             ErrorCode::NotInRoom,
             ErrorCode::Dropped,
-            // -- end chat --
-            // -- exec --
+            // The exec service's codes.
             ErrorCode::ExecFailed,
-            // -- end exec --
         ];
         KNOWN
             .iter()
@@ -241,11 +277,18 @@ mod tests {
         for code in ["bad_frame", "auth_failed", "busy", "something_new"] {
             assert_eq!(ErrorCode::parse(code).as_str(), code);
         }
+        for code in ["not_found", "name_taken", "exec_failed"] {
+            assert_ne!(
+                ErrorCode::parse(code),
+                ErrorCode::Other(code.into()),
+                "{code} has a variant"
+            );
+        }
         assert_eq!(ErrorCode::parse("x"), ErrorCode::Other("x".into()));
         assert_eq!(ErrorCode::parse("x").static_name(), None);
         assert_eq!(
-            ErrorCode::Other("not_found".into()).static_name(),
-            Some("not_found")
+            ErrorCode::Other("a_service_code".into()).static_name(),
+            Some("a_service_code")
         );
         assert_eq!(ErrorCode::AuthThrottled.static_name(), Some("auth_throttled"));
     }

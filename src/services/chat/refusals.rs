@@ -63,6 +63,5 @@ pub(super) fn too_many_rooms() -> RemoteError {
 }
 
 fn not_found() -> ErrorCode {
-    // after the merge: ErrorCode::NotFound
-    ErrorCode::Other("not_found".into())
+    ErrorCode::NotFound
 }

@@ -33,9 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use super::{HeaderError, READ_CHUNK, header_bytes, read_header, shown};
+use crate::proto::path::RootPath;
 use crate::server::{ServiceStream, StreamService};
 use crate::services::files::{FileStore, io_error};
-use crate::services::root::RootPath;
 use crate::source::source_key;
 
 /// A request header, as loose as the course's: only `cmd` is always needed.
@@ -178,7 +178,7 @@ impl Ftp {
                 })
                 .await
                 .map_err(|e| e.message),
-            Err(error) => Err(error),
+            Err(error) => Err(error.to_string()),
         };
         let (path, file, size) = match opened {
             Ok(opened) => opened,
@@ -234,7 +234,7 @@ impl StreamService for Ftp {
 /// path in the file root is.
 pub fn base_name(filename: &str) -> Result<RootPath, String> {
     let base = filename.rsplit('/').next().unwrap_or(filename);
-    let path = RootPath::parse(base)?;
+    let path = RootPath::parse(base).map_err(|refused| refused.to_string())?;
     if path.is_root() || base == "." {
         return Err(format!(
             "filename {} has no base name",

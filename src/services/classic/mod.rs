@@ -320,7 +320,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
 /// Bytes as they may appear in a log line: lossy UTF-8, control characters escaped, at most
 /// 200 characters.
 pub fn shown(bytes: &[u8]) -> String {
-    crate::services::root::escape_at_most(&String::from_utf8_lossy(bytes), 200)
+    crate::text::escape_at_most(&String::from_utf8_lossy(bytes), 200)
 }
 
 #[cfg(test)]
