@@ -1,10 +1,11 @@
 //! `sockit serve`: run the server until SIGINT or SIGTERM.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use sockit::auth::{SecretSource, check_server_secret, resolve_secret};
 use sockit::metrics::MetricsListen;
@@ -132,6 +133,11 @@ pub struct ServeArgs {
     /// `off`. Unauthenticated: keep it on loopback or a private network [default: off]
     #[arg(long, value_name = "ADDR")]
     metrics: Option<MetricsListen>,
+    /// Once every listener is bound, write their addresses to FILE as one JSON object
+    /// (`listen`, `services`, `metrics`), atomically; removed at shutdown. For scripts and tests
+    /// that listen on port 0
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -172,7 +178,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         let server = Server::bind(config).await?;
+        if let Some(path) = &args.ready_file {
+            write_ready_file(path, &server)?;
+        }
         server.run(shutdown).await;
+        if let Some(path) = &args.ready_file {
+            // A stale file would announce addresses nobody listens on any more.
+            let _ = std::fs::remove_file(path);
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -221,6 +234,34 @@ impl ServeArgs {
         };
         flags.apply(config);
     }
+}
+
+/// Announces where `server` listens, for scripts and tests that asked for port 0: the log says
+/// it too, but a log is text for people, and its lines come one bind at a time. The file is
+/// written whole to a temporary name and renamed, so whoever sees it sees every address.
+fn write_ready_file(path: &Path, server: &Server) -> anyhow::Result<()> {
+    let services: Vec<_> = server
+        .service_addrs()
+        .iter()
+        .map(|bound| {
+            serde_json::json!({
+                "service": bound.service,
+                "transport": bound.transport.to_string(),
+                "addr": bound.addr.to_string(),
+            })
+        })
+        .collect();
+    let listen: Vec<_> = server.local_addrs().iter().map(ToString::to_string).collect();
+    let ready = serde_json::json!({
+        "listen": listen,
+        "services": services,
+        "metrics": server.metrics_addr().map(|addr| addr.to_string()),
+    });
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    std::fs::write(&temporary, format!("{ready}\n"))
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("cannot write the ready file {}", path.display()))
 }
 
 fn init_logging(format: LogFormat) {
