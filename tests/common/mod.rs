@@ -175,6 +175,8 @@ pub struct ServerProcess {
     child: Child,
     access: ServerAccess,
     log: Arc<Mutex<String>>,
+    /// Reads its stderr into `log` until the process ends.
+    reader: Option<JoinHandle<()>>,
 }
 
 impl ServerProcess {
@@ -230,17 +232,18 @@ impl ServerProcess {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
-        let reader = std::thread::spawn(move || {
+        let mut reader = Some(std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
-        });
-        let bound = wait_until_ready(&mut child, reader, &ready_file, &log);
+        }));
+        let bound = wait_until_ready(&mut child, &mut reader, &ready_file, &log);
         ServerProcess {
             child,
             access: ServerAccess::new(dir, secret_file, args.contains(&"--plaintext"), bound),
             log,
+            reader,
         }
     }
 
@@ -271,6 +274,19 @@ impl ServerProcess {
         rustix_kill(self.child.id(), "TERM");
         wait_with_timeout(&mut self.child, PATIENCE)
     }
+
+    /// Stops the server gracefully (SIGTERM, asserting it exits cleanly) and returns its whole
+    /// log: what a server never logged can only be checked once it has stopped logging.
+    pub fn terminate_for_log(mut self) -> String {
+        rustix_kill(self.child.id(), "TERM");
+        let status = wait_with_timeout(&mut self.child, PATIENCE);
+        assert!(status.success(), "{status:?}; log:\n{}", self.log());
+        // Its stderr is closed now: the log is whole once the reader is done.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.log()
+    }
 }
 
 impl Deref for ServerProcess {
@@ -292,7 +308,7 @@ impl Drop for ServerProcess {
 /// exits or takes longer.
 fn wait_until_ready(
     child: &mut Child,
-    reader: JoinHandle<()>,
+    reader: &mut Option<JoinHandle<()>>,
     ready_file: &Path,
     log: &Mutex<String>,
 ) -> Bound {
@@ -308,8 +324,10 @@ fn wait_until_ready(
         }
         if exited.is_some() || Instant::now() >= deadline {
             let status = child.wait().unwrap();
-            // Its stderr is closed now: the log is complete once the reader is done.
-            let _ = reader.join();
+            // Its stderr is closed now: the log is whole once the reader is done.
+            if let Some(reader) = reader.take() {
+                let _ = reader.join();
+            }
             panic!(
                 "the server was not ready ({status}); log:\n{}",
                 log.lock().unwrap()
