@@ -318,11 +318,12 @@ fn wait_until_ready(
         if let Ok(text) = std::fs::read_to_string(ready_file) {
             return Bound::from_ready_file(&text);
         }
-        let exited = child.try_wait().unwrap();
-        if exited.is_none() && Instant::now() >= deadline {
+        let exited = child.try_wait().unwrap().is_some();
+        let late = Instant::now() >= deadline;
+        if late && !exited {
             let _ = child.kill();
         }
-        if exited.is_some() || Instant::now() >= deadline {
+        if exited || late {
             let status = child.wait().unwrap();
             // Its stderr is closed now: the log is whole once the reader is done.
             if let Some(reader) = reader.take() {
