@@ -8,14 +8,14 @@ use std::net::UdpSocket;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, next_incoming, sockit_command};
+use common::{InProcessServer, next_incoming, sockit_command};
 use sockit::Client;
 use sockit::client::{ChatFeed, ChatIncoming, ChatSession};
 use sockit::proto::chat::{ChatEvent, RoomInfo};
 use sockit::wire::ErrorCode;
 use tokio::time::timeout;
 
-async fn login(server: &ServerProcess, name: &str) -> ChatSession {
+async fn login(server: &InProcessServer, name: &str) -> ChatSession {
     let client = Client::connect(&server.addr, &server.client_config())
         .await
         .unwrap();
@@ -56,7 +56,7 @@ fn texts(events: &[ChatEvent]) -> Vec<String> {
 
 #[tokio::test]
 async fn three_clients_two_rooms_direct_messages_history_and_presence() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcessServer::start("");
     let mut alice = login(&server, "alice").await;
     alice.sender.join("lobby").await.unwrap();
     assert_eq!(
@@ -206,7 +206,7 @@ async fn three_clients_two_rooms_direct_messages_history_and_presence() {
 
 #[tokio::test]
 async fn history_keeps_the_last_fifty_and_bad_input_is_refused() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcessServer::start("");
     let mut alice = login(&server, "alice").await;
     alice.sender.join("lobby").await.unwrap();
     for n in 0..60 {
@@ -238,7 +238,7 @@ async fn history_keeps_the_last_fifty_and_bad_input_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_dropped_and_slows_nobody() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcessServer::start("");
     let mut alice = login(&server, "alice").await;
     let mut carol = login(&server, "carol").await;
     let mut stuck = login(&server, "stuck").await;
@@ -336,7 +336,7 @@ async fn a_client_that_never_reads_is_dropped_and_slows_nobody() {
 
 #[test]
 fn send_posts_one_message_and_a_taken_name_fails_clearly() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcessServer::start("");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut watcher = runtime.block_on(async {
         let mut watcher = login(&server, "watcher").await;
@@ -389,7 +389,7 @@ fn send_posts_one_message_and_a_taken_name_fails_clearly() {
 /// half-typed line, which is then redrawn and can be finished.
 #[test]
 fn interactive_client_in_a_terminal() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcessServer::start("");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut bob = runtime.block_on(async {
         let mut bob = login(&server, "bob").await;
@@ -497,7 +497,7 @@ fn udp_console_shows_messages_and_sends_replies() {
 /// any header may be, so the server closed the connection instead of answering.
 #[tokio::test]
 async fn a_huge_bad_name_is_refused_with_a_short_answer() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcessServer::start("");
     let huge = "\u{7f}".repeat(10_000);
     let client = Client::connect(&server.addr, &server.client_config())
         .await

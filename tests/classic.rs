@@ -170,7 +170,7 @@ fn assert_closed(stream: &mut TcpStream, what: &str) {
 
 /// Waits up to 10 s for `check`.
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::PATIENCE;
     while !check() {
         assert!(Instant::now() < deadline, "never happened: {what}");
         std::thread::sleep(Duration::from_millis(20));
@@ -789,9 +789,13 @@ fn hmac_echo_closes_on_a_wrong_short_or_missing_answer() {
     // The wrong answer is a warning; a stranger who connects and leaves, or says too little,
     // is not (connecting and closing in a loop must not flood the log). The log is in order,
     // so once the authentication is in it, every refusal before it is too.
+    assert!(
+        classic
+            .server
+            .wait_for_log("authentication refused: wrong answer")
+    );
     assert!(classic.server.wait_for_log("client authenticated"));
     let log = classic.server.log();
-    assert!(log.contains("authentication refused: wrong answer"), "{log}");
     assert!(!log.contains("no answer within"), "{log}");
 }
 
@@ -910,6 +914,15 @@ fn a_config_file_moves_each_service_or_turns_it_off() {
     let greeting = server.service_addr("classic-greeting", "tcp");
     assert!(greeting.is_ipv6());
     let echo = server.service_addr("classic-echo", "tcp");
+    assert_eq!(
+        server.services().len(),
+        2,
+        "only echo and greeting: {:?}",
+        server.services()
+    );
+    for (name, addr) in [("classic-greeting", greeting), ("classic-echo", echo)] {
+        assert!(server.wait_for_log(&format!("{name} service on tcp {addr}")));
+    }
     let log = server.log();
     assert_eq!(
         log.matches(" service on ").count(),

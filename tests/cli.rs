@@ -22,12 +22,13 @@ fn serves_ipv6_and_unix_sockets_side_by_side() {
     let socket = dir.path().join("sockit.sock");
     let server = ServerProcess::start(&["--listen", "[::1]:0", "--listen", socket.to_str().unwrap()]);
     assert!(server.wait_for_log(&format!("listening on unix:{}", socket.display())));
-    let log = server.log();
-    let v6 = log
-        .lines()
-        .filter_map(common::listen_addr)
+    let v6 = server
+        .listen_addrs()
+        .iter()
         .find(|addr| addr.starts_with('['))
-        .expect("an IPv6 listener was logged");
+        .expect("an IPv6 listener")
+        .clone();
+    assert!(server.wait_for_log(&format!("listening on {v6}")));
     for target in [v6.as_str(), socket.to_str().unwrap()] {
         let output = server.cli(&["echo", target, "over", "here"]);
         assert_eq!(stdout(&output), "OVER HERE\n", "{target}: {}", stderr(&output));
@@ -207,6 +208,38 @@ fn sigterm_shuts_down_gracefully() {
 }
 
 #[test]
+fn the_ready_file_names_every_address_bound_and_goes_at_shutdown() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let ready = elsewhere.path().join("sockit.json");
+    let server = ServerProcess::start(&[
+        "--daytime-listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--ready-file",
+        ready.to_str().unwrap(),
+    ]);
+    // The harness has read it: every address it names is served.
+    assert!(ready.exists());
+    let output = server.cli(&["echo", &server.addr, "ready"]);
+    assert_eq!(stdout(&output), "READY\n", "{}", stderr(&output));
+    let daytime = server.service_addr("daytime", "tcp");
+    assert_eq!(daytime.port(), server.service_addr("daytime", "udp").port());
+    let mut line = String::new();
+    std::io::Read::read_to_string(&mut TcpStream::connect(daytime).unwrap(), &mut line).unwrap();
+    assert!(line.ends_with("\r\n"), "{line:?}");
+    let metrics = server.metrics_addr().expect("metrics");
+    let mut scrape = TcpStream::connect(metrics).unwrap();
+    std::io::Write::write_all(&mut scrape, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut scrape, &mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(!ready.exists(), "a server that stopped announces nothing");
+}
+
+#[test]
 fn restart_on_the_same_port_never_fails_with_address_in_use() {
     let server = ServerProcess::start(&[]);
     let addr = server.addr.clone();
@@ -245,7 +278,7 @@ fn config_file_sets_options_and_flags_win() {
     .unwrap();
     let server = ServerProcess::spawn(dir, secret, &["serve", "--config", config.to_str().unwrap()]);
     assert!(
-        server.log().contains("\"level\":\"INFO\""),
+        server.wait_for_log("\"level\":\"INFO\""),
         "json logs: {}",
         server.log()
     );

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, file_server, stderr, stdout};
+use common::{InProcessServer, file_server, stderr, stdout};
 use sockit::Client;
 use sockit::auth::{self, AuthMode, SessionKeys};
 use sockit::client::TransferOptions;
@@ -27,7 +27,7 @@ fn hash(path: &Path) -> String {
 
 #[test]
 fn files_of_every_size_round_trip_byte_exact() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let local = server.dir.path().join("local");
     std::fs::create_dir(&local).unwrap();
     let mut names = Vec::new();
@@ -90,7 +90,7 @@ fn files_of_every_size_round_trip_byte_exact() {
 
 #[test]
 fn trees_go_both_ways_with_modes_and_times() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let tree = server.dir.path().join("tree");
     for i in 0..200 {
         let dir = tree.join(format!("d{}", i % 7)).join(format!("e{}", i % 3));
@@ -161,7 +161,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_path_escapes_the_root() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let outside = root.parent().unwrap().join("outside.txt");
     std::fs::write(&outside, "secret outside").unwrap();
     std::os::unix::fs::symlink(root.parent().unwrap(), root.join("out")).unwrap();
@@ -233,7 +233,7 @@ async fn no_path_escapes_the_root() {
 
 #[test]
 fn an_interrupted_upload_resumes_and_the_old_version_survives_until_done() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let local = server.dir.path().join("data.bin");
     std::fs::write(&local, b"version one").unwrap();
     assert!(
@@ -281,7 +281,7 @@ fn an_interrupted_upload_resumes_and_the_old_version_survives_until_done() {
 
 #[test]
 fn corrupted_partial_data_is_detected_on_resume() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let local = server.dir.path().join("data.bin");
     let data = pattern(3 << 20, 3);
     std::fs::write(&local, &data).unwrap();
@@ -312,7 +312,7 @@ fn corrupted_partial_data_is_detected_on_resume() {
 
 #[test]
 fn quota_and_free_space_are_checked_before_any_byte() {
-    let (server, root) = file_server(&["--quota", "1000000"]);
+    let (server, root) = file_server("quota = 1000000");
     let local = server.dir.path().join("big");
     std::fs::write(&local, pattern(2_000_000, 4)).unwrap();
     let output = server.cli(&["put", &server.addr, local.to_str().unwrap()]);
@@ -352,7 +352,7 @@ async fn a_disk_filling_up_mid_transfer_is_reported_and_cleaned_up() {
     }
     let _unmount = Unmount(mount.path().to_owned());
     let root = mount.path().join("root");
-    let server = ServerProcess::start(&["--root", root.to_str().unwrap()]);
+    let server = InProcessServer::start(&format!("root = {:?}", root.to_str().unwrap()));
     let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
     let mut conn = Connection::tcp(stream, Limits::default());
     auth::connect(&mut conn, &SessionKeys::new(server.secret(), AuthMode::Noise))
@@ -391,7 +391,7 @@ async fn a_disk_filling_up_mid_transfer_is_reported_and_cleaned_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_clients_upload_different_files_at_once() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..20u32 {
         let local = server.dir.path().join(format!("c{n}"));
@@ -418,7 +418,7 @@ async fn twenty_clients_upload_different_files_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_of_a_file_being_replaced_yields_one_whole_version() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     std::fs::create_dir_all(&root).unwrap();
     let (v1, v2) = (pattern(32 << 20, 1), pattern(32 << 20, 2));
     std::fs::write(root.join("doc"), &v1).unwrap();
@@ -448,7 +448,7 @@ async fn a_download_of_a_file_being_replaced_yields_one_whole_version() {
 
 #[test]
 fn directory_operations_and_overwrite_protection() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let run = |args: &[&str]| server.cli(args);
     assert!(run(&["mkdir", "-p", &server.addr, "a/b/c"]).status.success());
     let local = server.dir.path().join("f.txt");
@@ -485,7 +485,7 @@ fn directory_operations_and_overwrite_protection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_small_puts_are_committed_together_and_answered_in_order() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
     let mut conn = Connection::tcp(stream, Limits::default());
     auth::connect(&mut conn, &SessionKeys::new(server.secret(), AuthMode::Noise))

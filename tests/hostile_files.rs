@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, file_server};
+use common::{InProcessServer, file_server};
 use sockit::auth::{self, AuthMode, SessionKeys};
 use sockit::client::TransferOptions;
 use sockit::services::files::MAX_DOWNLOADS_PER_SOURCE;
@@ -19,18 +19,18 @@ use tokio::time::timeout;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// An authenticated connection speaking frames directly.
-async fn raw(server: &ServerProcess) -> Connection {
+async fn raw(server: &InProcessServer) -> Connection {
     raw_from(server, "127.0.0.1").await
 }
 
 /// [`raw`] from another loopback address.
-async fn raw_from(server: &ServerProcess, local: &str) -> Connection {
+async fn raw_from(server: &InProcessServer, local: &str) -> Connection {
     session_from(server, local, None).await
 }
 
 /// [`raw_from`], with a receive buffer of `recv_buffer` bytes if given: a reader that never
 /// reads then backs the server up at once.
-async fn session_from(server: &ServerProcess, local: &str, recv_buffer: Option<u32>) -> Connection {
+async fn session_from(server: &InProcessServer, local: &str, recv_buffer: Option<u32>) -> Connection {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
     if let Some(size) = recv_buffer {
@@ -46,7 +46,7 @@ async fn session_from(server: &ServerProcess, local: &str, recv_buffer: Option<u
     conn
 }
 
-async fn client(server: &ServerProcess) -> Client {
+async fn client(server: &InProcessServer) -> Client {
     Client::connect(&server.addr, &server.client_config())
         .await
         .unwrap()
@@ -124,14 +124,8 @@ async fn ask_uploads(conn: &mut Connection, prefix: &str, count: u64) -> Vec<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_uploads_are_bounded_per_connection_per_source_and_per_server() {
-    let (server, _root) = file_server(&[
-        "--uploads-max-per-connection",
-        "4",
-        "--uploads-max-per-source",
-        "6",
-        "--uploads-max-total",
-        "8",
-    ]);
+    let (server, _root) =
+        file_server("uploads_max_per_connection = 4\nuploads_max_per_source = 6\nuploads_max_total = 8");
     let mut hog = raw(&server).await;
     for id in 1..=50u64 {
         hog.writer
@@ -183,7 +177,7 @@ async fn open_uploads_are_bounded_per_connection_per_source_and_per_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_uploads_count_toward_the_quota() {
-    let (server, root) = file_server(&["--quota", "1000000"]);
+    let (server, root) = file_server("quota = 1000000");
     let mut quitter = raw(&server).await;
     partial_upload(&mut quitter, 1, "a", 600_000, 600_000).await;
     drop(quitter);
@@ -209,7 +203,7 @@ async fn abandoned_uploads_count_toward_the_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_uploads_cannot_jointly_exceed_the_quota() {
-    let (server, root) = file_server(&["--quota", "1000000"]);
+    let (server, root) = file_server("quota = 1000000");
     let mut first = raw(&server).await;
     first.send(streamed_put(1, "x", 600_000), b"").await.unwrap();
     assert_eq!(outcome(&answer(&mut first).await), "put_ready");
@@ -240,7 +234,7 @@ async fn concurrent_uploads_cannot_jointly_exceed_the_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_partial_files_expire_but_running_uploads_keep_theirs() {
-    let (server, root) = file_server(&["--partial-max-age", "1s"]);
+    let (server, root) = file_server("partial_max_age = \"1s\"");
     let mut running = raw(&server).await;
     partial_upload(&mut running, 1, "kept", 100, 40).await;
     let mut quitter = raw(&server).await;
@@ -266,7 +260,7 @@ async fn abandoned_partial_files_expire_but_running_uploads_keep_theirs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_at_the_top_of_the_root_does_not_break_uploads_under_a_quota() {
-    let (server, root) = file_server(&["--quota", "10000000"]);
+    let (server, root) = file_server("quota = 10000000");
     let mut client = client(&server).await;
     client.mkdir("top", false).await.unwrap();
     let local = server.dir.path().join("f");
@@ -288,7 +282,7 @@ fn mode_of(path: &Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preserved_modes_never_carry_setuid_setgid_or_sticky() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let mut client = client(&server).await;
     let preserve = TransferOptions {
         force: false,
@@ -320,7 +314,7 @@ async fn preserved_modes_never_carry_setuid_setgid_or_sticky() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_holding_an_interrupted_upload_is_removed() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let mut client = client(&server).await;
     client.mkdir("d/e", true).await.unwrap();
     let mut quitter = raw(&server).await;
@@ -334,7 +328,7 @@ async fn a_directory_holding_an_interrupted_upload_is_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_deeper_than_any_path_is_removed() {
     use rustix::fs::{Mode, OFlags};
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let mut client = client(&server).await;
     client.mkdir("deep", false).await.unwrap();
     // 1,500 levels of `abc/`: 6,000 bytes of path, more than the kernel takes in one call.
@@ -362,7 +356,7 @@ async fn a_tree_deeper_than_any_path_is_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_in_the_root_is_refused_and_freezes_nobody() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     std::fs::create_dir_all(&root).unwrap();
     let status = std::process::Command::new("mkfifo")
         .arg(root.join("pipe"))
@@ -392,7 +386,7 @@ async fn a_fifo_in_the_root_is_refused_and_freezes_nobody() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_directory_is_listed_in_bounded_pages() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     let big = root.join("big");
     std::fs::create_dir_all(&big).unwrap();
     let count = 20_000;
@@ -442,7 +436,7 @@ async fn a_huge_directory_is_listed_in_bounded_pages() {
 /// address (and in all), past which a `get` is refused with `busy` while others are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_nobody_reads_are_bounded_per_address() {
-    let (server, root) = file_server(&[]);
+    let (server, root) = file_server("");
     std::fs::write(root.join("big"), vec![7u8; 16 << 20]).unwrap();
     let get = |id: u64| Header::new("get").with_id(Some(id)).with("path", "big");
     let mut stalled = Vec::new();

@@ -188,6 +188,7 @@ fn bad_requests_to_the_metrics_port_get_4xx_and_the_server_keeps_serving() {
 #[test]
 fn metrics_are_off_unless_asked_for_and_bad_addresses_are_refused() {
     let server = ServerProcess::start(&[]);
+    assert_eq!(server.metrics_addr(), None);
     assert!(!server.log().contains("metrics on"), "{}", server.log());
     let output = server.cli(&["serve", "--metrics", "nowhere:x"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));

@@ -1,8 +1,10 @@
 //! `sockit serve`: run the server until SIGINT or SIGTERM.
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
 use sockit::auth::{SecretSource, check_server_secret, resolve_secret};
 use sockit::server::Settings;
@@ -21,6 +23,11 @@ pub struct ServeArgs {
     // Every flag is a setting, declared once beside its config file key.
     #[command(flatten)]
     settings: Settings,
+    /// Once every listener is bound, write their addresses to FILE as one JSON object
+    /// (`listen`, `services`, `metrics`), atomically; removed at shutdown. For scripts and tests
+    /// that listen on port 0
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 enum LogFormat {
@@ -55,7 +62,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         let server = Server::bind(config).await?;
+        if let Some(path) = &args.ready_file {
+            write_ready_file(path, &server)?;
+        }
         server.run(shutdown).await;
+        if let Some(path) = &args.ready_file {
+            // A stale file would announce addresses nobody listens on any more.
+            let _ = std::fs::remove_file(path);
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -68,6 +82,34 @@ fn log_format(flags: &Settings, file: &Settings) -> anyhow::Result<LogFormat> {
         Some("json") => Ok(LogFormat::Json),
         Some(other) => anyhow::bail!("log_format `{other}` in the config file: use text or json"),
     }
+}
+
+/// Announces where `server` listens, for scripts and tests that asked for port 0: the log says
+/// it too, but a log is text for people, and its lines come one bind at a time. The file is
+/// written whole to a temporary name and renamed, so whoever sees it sees every address.
+fn write_ready_file(path: &Path, server: &Server) -> anyhow::Result<()> {
+    let services: Vec<_> = server
+        .service_addrs()
+        .iter()
+        .map(|bound| {
+            serde_json::json!({
+                "service": bound.service,
+                "transport": bound.transport.to_string(),
+                "addr": bound.addr.to_string(),
+            })
+        })
+        .collect();
+    let listen: Vec<_> = server.local_addrs().iter().map(ToString::to_string).collect();
+    let ready = serde_json::json!({
+        "listen": listen,
+        "services": services,
+        "metrics": server.metrics_addr().map(|addr| addr.to_string()),
+    });
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    std::fs::write(&temporary, format!("{ready}\n"))
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("cannot write the ready file {}", path.display()))
 }
 
 fn init_logging(format: LogFormat) {
