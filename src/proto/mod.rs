@@ -8,3 +8,5 @@
 pub mod chat;
 pub mod exec;
 pub mod files;
+
+pub mod ports;

@@ -11,14 +11,10 @@ use serde::{Deserialize, Deserializer};
 use super::listener::ListenAddr;
 use crate::auth::Secret;
 use crate::metrics::MetricsListen;
+use crate::proto::ports::{DEFAULT_PORT, DEFAULT_TIME_PORT};
 use crate::services::ServicesConfig;
 use crate::services::classic::{ClassicConfig, ClassicService};
 use crate::wire::DEFAULT_MAX_HEADER_LEN;
-
-/// The port sockit serves and clients dial when none is given.
-pub const DEFAULT_PORT: u16 = 8080;
-/// The course's time server port (UDP), where `sockit time` asks when given none.
-pub const DEFAULT_TIME_PORT: u16 = 9000;
 
 /// Everything a [`super::Server`] needs. [`ServerConfig::new`] gives the documented defaults.
 #[derive(Clone, Debug)]

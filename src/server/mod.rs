@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{DEFAULT_PORT, DEFAULT_TIME_PORT, FileConfig, ServerConfig, ServiceListen, parse_duration};
+pub use config::{FileConfig, ServerConfig, ServiceListen, parse_duration};
 pub use endpoints::{ServiceAddr, Transport};
-pub use listener::{ListenAddr, Listener, Stream, unix_socket_path};
+pub use listener::{ListenAddr, Listener, Stream};
 pub use stream::{ServiceStream, StreamService};
 pub use udp::DatagramService;
 
