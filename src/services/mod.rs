@@ -301,3 +301,24 @@ impl Registry {
         &self.names
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply too large to send fails only its request (a handler's `?` makes it an error
+    /// frame); every other frame error ends the session.
+    #[test]
+    fn only_unsent_replies_fail_just_their_request() {
+        let unsent = FrameError::TooLargeToSend { len: 300, max: 256 };
+        let ServiceError::Reply(refusal) = ServiceError::from(unsent) else {
+            panic!("an unsent answer must not end the session");
+        };
+        assert_eq!(refusal.code, ErrorCode::HeaderTooLarge);
+        let broken = FrameError::HeaderTooLarge {
+            len: 1 << 20,
+            max: 65536,
+        };
+        assert!(matches!(ServiceError::from(broken), ServiceError::Connection(_)));
+    }
+}
