@@ -306,6 +306,15 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_off_unless_the_file_says_where() {
+        let file: FileConfig = toml::from_str("metrics = \"0.0.0.0:9100\"").unwrap();
+        let mut config = ServerConfig::new(Secret::generate());
+        assert_eq!(config.metrics_listen, None);
+        file.apply(&mut config);
+        assert_eq!(config.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
+    }
+
+    #[test]
     fn classic_services_are_moved_or_turned_off_one_by_one() {
         let file: FileConfig =
             toml::from_str("classic = true\n[classic_listen]\necho = \"127.0.0.1:0\"\nudp_exec = \"off\"")
