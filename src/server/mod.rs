@@ -32,10 +32,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::{FileConfig, ServerConfig, ServiceListen, parse_duration};
-pub use endpoints::{ServiceAddr, Transport};
+pub use endpoints::ServiceAddr;
 pub use listener::{ListenAddr, Listener, Stream};
-pub use stream::{ServiceStream, StreamService};
-pub use udp::DatagramService;
 
 use self::endpoints::Endpoint;
 use crate::auth::{AuthMode, FailureThrottle, SessionKeys};

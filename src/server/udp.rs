@@ -16,7 +16,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
@@ -24,6 +23,7 @@ use tracing::{debug, warn};
 
 use super::stream::ServiceShutdown;
 use crate::metrics::{Datagram, metrics};
+use crate::services::unframed::DatagramService;
 use crate::source::source_key;
 
 /// Replies per second each source may receive, once its burst is spent.
@@ -35,27 +35,6 @@ pub const MAX_TRACKED_SOURCES: usize = 8192;
 
 /// Largest datagram read whole; anything longer is truncated by the kernel.
 const RECEIVE_BUFFER: usize = 65_536;
-
-/// A service that answers datagrams.
-#[async_trait]
-pub trait DatagramService: Send + Sync {
-    /// The reply datagrams for one request: none, one or several.
-    async fn answer(&self, request: &[u8], from: SocketAddr) -> Vec<Bytes>;
-
-    /// Whether datagrams from this source port deserve an answer. By default only ports from
-    /// 1024 up, where clients' ephemeral ports are: a request "from" port 7, 13, 19 or 37 is
-    /// most likely forged to start a loop with the classic service there.
-    fn answers_port(&self, port: u16) -> bool {
-        port >= 1024
-    }
-
-    /// Whether answering may take long (running a command): such answers run in tasks of
-    /// their own, at most [`MAX_LONG_ANSWERS`] at once, so one slow request never holds up the
-    /// others. Quick answers are given in the receive loop.
-    fn runs_long(&self) -> bool {
-        false
-    }
-}
 
 /// Long answers in progress at once per service; datagrams beyond are dropped.
 pub const MAX_LONG_ANSWERS: usize = 256;

@@ -37,8 +37,8 @@ use tracing::{debug, info, warn};
 
 use super::READ_CHUNK;
 use crate::auth::{FailureThrottle, Secret};
-use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::echo::{upper, upper_no_longer};
+use crate::services::unframed::{DatagramService, ServiceStream, StreamService};
 
 /// Why 9999 refused a client: a checked wrong answer, or anything else (no answer, a source
 /// under back-off), which only a debug log records.

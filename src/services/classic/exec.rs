@@ -39,9 +39,9 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
 use super::{MAX_DATAGRAM, READ_CHUNK, header_bytes, is_loopback, shown};
-use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::exec::{CollectLimits, Collected, Runner};
 use crate::services::spill::SpillBuffer;
+use crate::services::unframed::{DatagramService, ServiceStream, StreamService};
 
 /// How long a classic command may run before it is stopped.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);

@@ -33,9 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use super::{HeaderError, READ_CHUNK, header_bytes, read_header, shown};
-use crate::server::{ServiceStream, StreamService};
 use crate::services::files::{FileStore, io_error};
 use crate::services::root::RootPath;
+use crate::services::unframed::{ServiceStream, StreamService};
 use crate::source::source_key;
 
 /// A request header, as loose as the course's: only `cmd` is always needed.

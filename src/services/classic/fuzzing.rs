@@ -34,11 +34,11 @@ use super::exec::{TcpExec, UdpExec};
 use super::ftp::Ftp;
 use super::greeting::{Greeting, WELCOME, greet};
 use crate::auth::{FailureThrottle, Secret};
-use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::echo::upper_no_longer;
 use crate::services::exec::{ExecConfig, Runner};
 use crate::services::files::{FileStore, FilesConfig};
 use crate::services::root::{PARTIAL_SUFFIX, escape};
+use crate::services::unframed::{DatagramService, ServiceStream, StreamService};
 
 /// How long a service may take to answer one input before the check calls it hung.
 const HANG_LIMIT: Duration = Duration::from_secs(10);
