@@ -7,13 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UdpSocket};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::ServerConfig;
+use super::accept::Shutdown;
 use super::listener::{bind_tcp, bind_udp};
-use super::stream::{ServiceShutdown, serve_streams};
+use super::stream::serve_streams;
 use super::udp::{OwnPorts, RateLimit, serve_datagrams};
 use crate::auth::FailureThrottle;
 use crate::services::Backends;
@@ -142,30 +141,24 @@ impl Endpoint {
         })
     }
 
-    /// Serves on `tasks` until `stopping`; connections still open past the shutdown deadline
-    /// end with `abort`. Datagrams from `own_ports` go unanswered.
-    pub(super) fn spawn(
-        self,
-        tasks: &TaskTracker,
-        stopping: &CancellationToken,
-        abort: &CancellationToken,
-        own_ports: &OwnPorts,
-    ) {
-        let shutdown = ServiceShutdown {
-            stopping: stopping.clone(),
-            abort: abort.clone(),
-            tasks: tasks.clone(),
-        };
+    /// Serves until shutdown begins. Datagrams from `own_ports` go unanswered.
+    pub(super) fn spawn(self, shutdown: &Shutdown, own_ports: &OwnPorts) {
+        let tasks = &shutdown.tasks;
         match self.socket {
             Socket::Udp(socket, service) => {
-                let limit = RateLimit::default();
+                let (limit, own_ports) = (RateLimit::default(), own_ports.clone());
                 let serve =
-                    serve_datagrams(self.service, socket, service, limit, own_ports.clone(), shutdown);
+                    serve_datagrams(self.service, socket, service, limit, own_ports, shutdown.clone());
                 tasks.spawn(serve);
             }
             Socket::Tcp(listener, service, limits) => {
-                let serve = serve_streams(self.service, listener, service, limits, shutdown);
-                tasks.spawn(serve);
+                tasks.spawn(serve_streams(
+                    self.service,
+                    listener,
+                    service,
+                    limits,
+                    shutdown.clone(),
+                ));
             }
         }
     }

@@ -1,5 +1,6 @@
-//! Serving unframed TCP services (RFC 867 daytime, RFC 868 time, the course's classic
-//! services): their own accept loop, connection cap, time limits and shutdown.
+//! Serving the stream services (RFC 867 daytime, RFC 868 time, the course's classic TCP
+//! services): the accept loop with each service's connection cap, its time limits, and the
+//! one log line that says how each connection ended.
 
 use std::future::Future;
 use std::io;
@@ -8,70 +9,40 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
+use super::accept::{AcceptLoop, Shutdown, Slots};
 use crate::metrics::metrics;
 use crate::services::unframed::{ServiceStream, StreamLimits, StreamService};
 
-/// What ends a service: `stopping` stops accepting (and ends connections waiting for their
-/// next request); `abort` ends whatever outlives the shutdown deadline. Connection tasks run
-/// on `tasks`, so shutdown waits for them.
-#[derive(Clone)]
-pub struct ServiceShutdown {
-    pub stopping: CancellationToken,
-    pub abort: CancellationToken,
-    pub tasks: TaskTracker,
-}
-
 /// Accepts connections on `listener` for `service` until shutdown begins.
-pub async fn serve_streams(
+pub(super) async fn serve_streams(
     name: &'static str,
     listener: TcpListener,
     service: Arc<dyn StreamService>,
     limits: StreamLimits,
-    shutdown: ServiceShutdown,
+    shutdown: Shutdown,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        // `slots` is never closed; were it closed, no slot could be had again: stop as at shutdown.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_closed) => return,
-            },
-            () = shutdown.stopping.cancelled() => return,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shutdown.stopping.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Usually out of file descriptors: back off instead of spinning.
-                warn!(service = name, %error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    let stopping = shutdown.stopping.clone();
+    let accept = AcceptLoop {
+        listener,
+        service: Some(name),
+        slots: Slots::new(Arc::new(Semaphore::new(limits.max_connections))),
+        shutdown,
+    };
+    accept
+        .run(|stream, peer| {
+            metrics().stream_connection(name);
+            let service = service.clone();
+            let stream = ServiceStream::new(stream, limits.idle_timeout, stopping.clone());
+            async move {
+                match within(limits.max_duration, service.serve(stream, peer)).await {
+                    Ok(()) => debug!(service = name, %peer, "connection ended"),
+                    Err(error) => debug!(service = name, %peer, %error, "connection ended"),
+                }
             }
-        };
-        metrics().stream_connection(name);
-        let service = service.clone();
-        let abort = shutdown.abort.clone();
-        let stream = ServiceStream::new(stream, limits.idle_timeout, shutdown.stopping.clone());
-        shutdown.tasks.spawn(async move {
-            let served = tokio::select! {
-                served = within(limits.max_duration, service.serve(stream, peer)) => served,
-                () = abort.cancelled() => Err(io::Error::other("the server stopped")),
-            };
-            drop(slot);
-            match served {
-                Ok(()) => debug!(service = name, %peer, "connection ended"),
-                Err(error) => debug!(service = name, %peer, %error, "connection ended"),
-            }
-        });
-    }
+        })
+        .await;
 }
 
 /// Runs `work`, for at most `limit` when there is one.

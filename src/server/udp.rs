@@ -21,7 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::stream::ServiceShutdown;
+use super::accept::Shutdown;
 use crate::metrics::{Datagram, metrics};
 use crate::services::unframed::DatagramService;
 use crate::source::source_key;
@@ -161,13 +161,13 @@ impl Bucket {
 /// Answers datagrams on `socket` until shutdown begins. Errors are logged and the loop goes
 /// on; nothing a peer sends can end it. Long answers run on the shutdown's task tracker, so
 /// shutdown waits for them (and ends them at its deadline).
-pub async fn serve_datagrams(
+pub(super) async fn serve_datagrams(
     name: &'static str,
     socket: UdpSocket,
     service: Arc<dyn DatagramService>,
     limit: RateLimit,
     own_ports: OwnPorts,
-    shutdown: ServiceShutdown,
+    shutdown: Shutdown,
 ) {
     let replier = Arc::new(Replier {
         name,
