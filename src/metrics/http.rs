@@ -59,7 +59,7 @@ impl Scrapers {
                 return;
             };
             if let Err(error) = tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream)).await {
-                debug!(%peer, %error, "metrics: scrape timed out");
+                debug!(%error, "metrics: scrape timed out");
             }
             drop(slots);
         }
@@ -68,11 +68,11 @@ impl Scrapers {
     /// A slot of `peer`'s source and one of the endpoint's, if both have one free.
     fn admit(&self, peer: SocketAddr) -> Option<(SourceSlot, OwnedSemaphorePermit)> {
         let Some(source_slot) = self.per_source.try_acquire(peer.ip()) else {
-            debug!(%peer, "metrics: too many scrapers from this address; closed");
+            debug!("metrics: too many scrapers from this address; closed");
             return None;
         };
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            debug!(%peer, "metrics: too many scrapers; closed");
+            debug!("metrics: too many scrapers; closed");
             return None;
         };
         Some((source_slot, slot))

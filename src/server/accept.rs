@@ -1,6 +1,6 @@
 //! The accept loop, once for every listener the server runs (the native protocol, the stream
 //! services, `/metrics`): take a connection slot, accept, back off when accepting fails, and
-//! serve each connection in a task of its own.
+//! serve each connection in a task of its own, in a span naming its peer (and its service).
 
 use std::fmt::Display;
 use std::future::Future;
@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{Instrument, error_span, warn};
 
 use super::listener::{Listener, Stream};
 use crate::services::Peer;
@@ -105,18 +105,18 @@ impl Accept for TcpListener {
 /// One listener and how its connections are served.
 pub(crate) struct AcceptLoop<L> {
     pub listener: L,
-    /// Named on accept errors; `None` for the native protocol, whose sessions reach every
-    /// native service.
+    /// Named on each connection's span and on accept errors; `None` for the native protocol,
+    /// whose sessions reach every native service.
     pub service: Option<&'static str>,
     pub slots: Slots,
     pub shutdown: Shutdown,
 }
 
 impl<L: Accept> AcceptLoop<L> {
-    /// Accepts until shutdown begins. `serve` is called as soon as a connection is accepted
-    /// (what it does at once, such as counting, happens in order) and the work it returns runs
-    /// on the shutdown's tasks, holding the connection's slot, until it ends or the shutdown
-    /// deadline passes.
+    /// Accepts until shutdown begins. `serve` is called in the connection's span as soon as a
+    /// connection is accepted (what it does at once, such as counting, happens in order) and
+    /// the work it returns runs on the shutdown's tasks, in that span, holding the
+    /// connection's slot, until it ends or the shutdown deadline passes.
     pub async fn run<F, Work>(self, mut serve: F)
     where
         F: FnMut(L::Connection, L::Peer) -> Work,
@@ -139,15 +139,19 @@ impl<L: Accept> AcceptLoop<L> {
                     continue;
                 }
             };
-            let work = serve(connection, peer);
+            // At error level so that it is on whenever any event is: a warning logged with
+            // the log filtered to warnings still names its peer.
+            let span = error_span!("connection", service = self.service, %peer);
+            let work = span.in_scope(|| serve(connection, peer));
             let abort = self.shutdown.abort.clone();
-            self.shutdown.tasks.spawn(async move {
+            let connection = async move {
                 tokio::select! {
                     () = work => {}
                     () = abort.cancelled() => {}
                 }
                 drop(slot);
-            });
+            };
+            self.shutdown.tasks.spawn(connection.instrument(span));
         }
     }
 }

@@ -37,8 +37,8 @@ pub(super) async fn serve_streams(
             let stream = ServiceStream::new(stream, limits.idle_timeout, stopping.clone());
             async move {
                 match within(limits.max_duration, service.serve(stream, peer)).await {
-                    Ok(()) => debug!(service = name, %peer, "connection ended"),
-                    Err(error) => debug!(service = name, %peer, %error, "connection ended"),
+                    Ok(()) => debug!("connection ended"),
+                    Err(error) => debug!(%error, "connection ended"),
                 }
             }
         })

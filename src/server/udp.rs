@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, error_span, warn};
 
 use super::accept::Shutdown;
 use crate::metrics::{Datagram, metrics};
@@ -160,8 +160,24 @@ impl Bucket {
 
 /// Answers datagrams on `socket` until shutdown begins. Errors are logged and the loop goes
 /// on; nothing a peer sends can end it. Long answers run on the shutdown's task tracker, so
-/// shutdown waits for them (and ends them at its deadline).
+/// shutdown waits for them (and ends them at its deadline). The loop runs in a span naming
+/// the service; each long answer in one naming its peer as well.
 pub(super) async fn serve_datagrams(
+    name: &'static str,
+    socket: UdpSocket,
+    service: Arc<dyn DatagramService>,
+    limit: RateLimit,
+    own_ports: OwnPorts,
+    shutdown: Shutdown,
+) {
+    // At error level, as connections' spans (see `accept`): on whenever any event is.
+    let span = error_span!("datagrams", service = name);
+    receive(name, socket, service, limit, own_ports, shutdown)
+        .instrument(span)
+        .await;
+}
+
+async fn receive(
     name: &'static str,
     socket: UdpSocket,
     service: Arc<dyn DatagramService>,
@@ -185,7 +201,7 @@ pub(super) async fn serve_datagrams(
         let (len, from) = match received {
             Ok(received) => received,
             Err(error) => {
-                receive_failed(name, &error).await;
+                receive_failed(&error).await;
                 continue;
             }
         };
@@ -195,12 +211,12 @@ pub(super) async fn serve_datagrams(
         )]
         let datagram = &buffer[..len];
         if from.port() == 0 || !replier.service.answers_port(from.port()) || own_ports.sent(from) {
-            debug!(service = name, %from, "ignored a datagram from a server port");
+            debug!(%from, "ignored a datagram from a server port");
             metrics().datagram(name, Datagram::Ignored);
             continue;
         }
         if !replier.allow(from) {
-            debug!(service = name, %from, "rate limited");
+            debug!(%from, "rate limited");
             metrics().datagram(name, Datagram::RateLimited);
             continue;
         }
@@ -209,18 +225,21 @@ pub(super) async fn serve_datagrams(
             continue;
         }
         let Ok(permit) = long_answers.clone().try_acquire_owned() else {
-            warn!(service = name, %from, "{MAX_LONG_ANSWERS} requests in progress; dropped one");
+            warn!(%from, "{MAX_LONG_ANSWERS} requests in progress; dropped one");
             continue;
         };
         let request = Bytes::copy_from_slice(datagram);
         let (replier, abort) = (replier.clone(), shutdown.abort.clone());
-        shutdown.tasks.spawn(async move {
+        let answer = async move {
             tokio::select! {
                 () = replier.answer(&request, from) => {}
                 () = abort.cancelled() => {}
             }
             drop(permit);
-        });
+        };
+        shutdown
+            .tasks
+            .spawn(answer.instrument(error_span!("request", peer = %from)));
     }
 }
 
@@ -252,7 +271,7 @@ impl Replier {
                 break;
             }
             if let Err(error) = self.socket.send_to(reply, from).await {
-                debug!(service = self.name, %from, %error, "reply not sent");
+                debug!(%from, %error, "reply not sent");
             }
         }
     }
@@ -260,13 +279,13 @@ impl Replier {
 
 /// Logs a failed receive. ICMP errors reported for earlier replies are routine; anything else
 /// (out of memory, say) is warned about, with a pause so that a persistent failure cannot spin.
-async fn receive_failed(name: &'static str, error: &io::Error) {
+async fn receive_failed(error: &io::Error) {
     match error.kind() {
         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => {
-            debug!(service = name, %error, "receive failed");
+            debug!(%error, "receive failed");
         }
         _ => {
-            warn!(service = name, %error, "receive failed");
+            warn!(%error, "receive failed");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -38,7 +38,8 @@ impl fmt::Display for Transport {
 #[async_trait]
 pub trait StreamService: Send + Sync {
     /// Serves one connection; dropping `stream` closes it. The error, if the connection
-    /// failed, is logged once by the accept loop with the service's name and the peer.
+    /// failed, is logged once by the runtime. It runs in the connection's span, which names
+    /// the service and the peer, so its own log lines need not.
     async fn serve(&self, stream: ServiceStream, peer: SocketAddr) -> io::Result<()>;
 }
 
