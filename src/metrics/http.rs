@@ -35,7 +35,7 @@ const MAX_SCRAPERS_PER_SOURCE: usize = 4;
 /// The bounds every scrape shares: how many connections are answered at once, in all and per
 /// source. The server accepts the endpoint's connections (with its own accept loop) and hands
 /// each to [`Scrapers::serve`].
-pub struct Scrapers {
+pub(crate) struct Scrapers {
     slots: Arc<Semaphore>,
     per_source: PerSource,
 }
@@ -52,7 +52,11 @@ impl Default for Scrapers {
 impl Scrapers {
     /// The scrape of one accepted connection, to run in a task of its own; it closes the
     /// connection at once if its source, or the endpoint, already has as many as allowed.
-    pub fn serve(&self, stream: TcpStream, peer: SocketAddr) -> impl Future<Output = ()> + Send + 'static {
+    pub(crate) fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let admitted = self.admit(peer);
         async move {
             let Some(slots) = admitted else {

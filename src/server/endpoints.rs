@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UdpSocket};
-use tracing::{info, warn};
+use tracing::{Instrument, error_span, info, warn};
 
 use super::ServerConfig;
 use super::accept::Shutdown;
@@ -149,7 +149,8 @@ impl Endpoint {
                 let (limit, own_ports) = (RateLimit::default(), own_ports.clone());
                 let serve =
                     serve_datagrams(self.service, socket, service, limit, own_ports, shutdown.clone());
-                tasks.spawn(serve);
+                // In a span naming the service, as a connection's (see `accept`).
+                tasks.spawn(serve.instrument(error_span!("datagrams", service = self.service)));
             }
             Socket::Tcp(listener, service, limits) => {
                 tasks.spawn(serve_streams(

@@ -160,24 +160,8 @@ impl Bucket {
 
 /// Answers datagrams on `socket` until shutdown begins. Errors are logged and the loop goes
 /// on; nothing a peer sends can end it. Long answers run on the shutdown's task tracker, so
-/// shutdown waits for them (and ends them at its deadline). The loop runs in a span naming
-/// the service; each long answer in one naming its peer as well.
+/// shutdown waits for them (and ends them at its deadline), each in a span naming its peer.
 pub(super) async fn serve_datagrams(
-    name: &'static str,
-    socket: UdpSocket,
-    service: Arc<dyn DatagramService>,
-    limit: RateLimit,
-    own_ports: OwnPorts,
-    shutdown: Shutdown,
-) {
-    // At error level, as connections' spans (see `accept`): on whenever any event is.
-    let span = error_span!("datagrams", service = name);
-    receive(name, socket, service, limit, own_ports, shutdown)
-        .instrument(span)
-        .await;
-}
-
-async fn receive(
     name: &'static str,
     socket: UdpSocket,
     service: Arc<dyn DatagramService>,
