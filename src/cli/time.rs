@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Args;
 use sockit::client::{Target, ask_datagram};
-use sockit::server::{DEFAULT_PORT, DEFAULT_TIME_PORT, parse_duration};
+use sockit::proto::ports::{DEFAULT_PORT, DEFAULT_TIME_PORT};
+use sockit::server::parse_duration;
 use sockit::services::time::{is_answered, parse_datagram_reply};
 use sockit::{Client, ClientError};
 

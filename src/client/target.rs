@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::server::{DEFAULT_PORT, unix_socket_path};
+use crate::proto::ports::{DEFAULT_PORT, unix_socket_path};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {

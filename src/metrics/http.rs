@@ -5,18 +5,19 @@
 //! and nothing a peer sends can do more than get a 4xx: idle connections cannot lock scrapers
 //! out, and the endpoint cannot slow the server, which runs on other tasks.
 
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::debug;
 
 use super::metrics;
-use crate::source::PerSource;
+use crate::source::{PerSource, SourceSlot};
 
 /// Largest request head read; anything longer is answered 431.
 const MAX_HEAD: usize = 8 * 1024;
@@ -31,37 +32,54 @@ const MAX_SCRAPERS: usize = 1024;
 /// Connections answered at once from one source address (IPv6: /64); more are closed at once.
 const MAX_SCRAPERS_PER_SOURCE: usize = 4;
 
-/// Serves `/metrics` on `listener` until `stopping` is cancelled.
-pub async fn serve(listener: TcpListener, stopping: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_SCRAPERS));
-    let per_source = PerSource::new(MAX_SCRAPERS_PER_SOURCE);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stopping.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!(%error, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Some(source_slot) = per_source.try_acquire(peer.ip()) else {
-            debug!(%peer, "metrics: too many scrapers from this address; closed");
-            continue;
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "metrics: too many scrapers; closed");
-            continue;
-        };
-        tokio::spawn(async move {
+/// The bounds every scrape shares: how many connections are answered at once, in all and per
+/// source. The server accepts the endpoint's connections (with its own accept loop) and hands
+/// each to [`Scrapers::serve`].
+pub(crate) struct Scrapers {
+    slots: Arc<Semaphore>,
+    per_source: PerSource,
+}
+
+impl Default for Scrapers {
+    fn default() -> Scrapers {
+        Scrapers {
+            slots: Arc::new(Semaphore::new(MAX_SCRAPERS)),
+            per_source: PerSource::new(MAX_SCRAPERS_PER_SOURCE),
+        }
+    }
+}
+
+impl Scrapers {
+    /// The scrape of one accepted connection, to run in a task of its own; it closes the
+    /// connection at once if its source, or the endpoint, already has as many as allowed.
+    pub(crate) fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let admitted = self.admit(peer);
+        async move {
+            let Some(slots) = admitted else {
+                return;
+            };
             if let Err(error) = tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream)).await {
-                debug!(%peer, %error, "metrics: scrape timed out");
+                debug!(%error, "metrics: scrape timed out");
             }
-            drop((slot, source_slot));
-        });
+            drop(slots);
+        }
+    }
+
+    /// A slot of `peer`'s source and one of the endpoint's, if both have one free.
+    fn admit(&self, peer: SocketAddr) -> Option<(SourceSlot, OwnedSemaphorePermit)> {
+        let Some(source_slot) = self.per_source.try_acquire(peer.ip()) else {
+            debug!("metrics: too many scrapers from this address; closed");
+            return None;
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            debug!("metrics: too many scrapers; closed");
+            return None;
+        };
+        Some((source_slot, slot))
     }
 }
 

@@ -408,8 +408,6 @@ impl<'de> Deserialize<'de> for MetricsListen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Secret;
-    use crate::server::{ServerConfig, Settings};
 
     #[test]
     fn a_bare_port_means_loopback_and_off_turns_metrics_off() {
@@ -419,11 +417,6 @@ mod tests {
         assert_eq!(parse("off"), Ok(None));
         assert!(parse("localhost:9100").is_err());
         assert!(parse("70000").is_err());
-        let file: Settings = toml::from_str("metrics = \"0.0.0.0:9100\"").unwrap();
-        let mut config = ServerConfig::new(Secret::generate());
-        assert_eq!(config.metrics_listen, None);
-        file.apply(&mut config);
-        assert_eq!(config.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
     }
 
     #[test]

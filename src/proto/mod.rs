@@ -9,3 +9,4 @@ pub mod chat;
 pub mod exec;
 pub mod files;
 pub mod path;
+pub mod ports;

@@ -6,14 +6,10 @@ use std::time::Duration;
 
 use super::listener::ListenAddr;
 use crate::auth::Secret;
+use crate::proto::ports::{DEFAULT_PORT, DEFAULT_TIME_PORT};
 use crate::services::ServicesConfig;
 use crate::services::classic::ClassicConfig;
 use crate::wire::DEFAULT_MAX_HEADER_LEN;
-
-/// The port sockit serves and clients dial when none is given.
-pub const DEFAULT_PORT: u16 = 8080;
-/// The course's time server port (UDP), where `sockit time` asks when given none.
-pub const DEFAULT_TIME_PORT: u16 = 9000;
 
 /// Everything a [`super::Server`] needs: the [`Settings`] resolved, each field the setting of
 /// the same (or the nearest) name. [`ServerConfig::new`] gives the documented defaults.

@@ -1,45 +1,24 @@
-//! The unframed services beside the native protocol: the course's UDP time service, the
-//! standard time protocols and the classic services, each on the address its setting names
-//! (or off).
+//! The unframed services beside the native protocol (the course's UDP time service, the
+//! standard time protocols and the classic services), as the services' catalog lists them:
+//! bound each on the address its setting names, announced, and served until shutdown.
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UdpSocket};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument, error_span, info, warn};
 
 use super::ServerConfig;
+use super::accept::Shutdown;
 use super::listener::{bind_tcp, bind_udp};
-use super::stream::{ServiceShutdown, StreamLimits, StreamService, serve_streams};
-use super::udp::{DatagramService, OwnPorts, RateLimit, serve_datagrams};
+use super::stream::serve_streams;
+use super::udp::{OwnPorts, RateLimit, serve_datagrams};
 use crate::auth::FailureThrottle;
 use crate::services::Backends;
-use crate::services::classic::echo::{HmacEcho, UdpUpperEcho, UpperEcho};
-use crate::services::classic::exec::{TcpExec, UdpExec};
-use crate::services::classic::ftp::Ftp;
-use crate::services::classic::greeting::Greeting;
-use crate::services::classic::{ClassicService, is_loopback};
-use crate::services::clock::{Daytime, Rfc868Time, Sntp};
-use crate::services::time::TimeDatagrams;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    Tcp,
-    Udp,
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::Tcp => "tcp",
-            Transport::Udp => "udp",
-        })
-    }
-}
+use crate::services::catalog::{self, Unframed, UnframedSettings};
+use crate::services::classic::is_loopback;
+use crate::services::unframed::{DatagramService, StreamLimits, StreamService, Transport};
 
 /// Where one of the unframed services was bound (with the port chosen for port 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,19 +40,6 @@ enum Socket {
     Tcp(TcpListener, Arc<dyn StreamService>, StreamLimits),
 }
 
-/// One optional service: its name, how to move it, and what it speaks.
-struct Spec {
-    service: &'static str,
-    /// The flags that move it or turn it off, for the error when it cannot listen.
-    how_to_move: String,
-    addr: Option<SocketAddr>,
-    stream: Option<Arc<dyn StreamService>>,
-    limits: StreamLimits,
-    datagram: Option<Arc<dyn DatagramService>>,
-    /// What anyone who reaches it can do, if it lets anyone in: logged as a warning.
-    exposure: Option<&'static str>,
-}
-
 /// The UDP ports `endpoints` are bound to, which none of them answers.
 pub(super) fn own_ports(endpoints: &[Endpoint]) -> OwnPorts {
     let udp = endpoints.iter().filter_map(|endpoint| match &endpoint.socket {
@@ -83,158 +49,83 @@ pub(super) fn own_ports(endpoints: &[Endpoint]) -> OwnPorts {
     OwnPorts::new(udp)
 }
 
-/// Binds every unframed service `config` turns on.
+/// Binds every unframed service of the catalog that `config` turns on.
 pub(super) fn bind_all(
     config: &ServerConfig,
     backends: &Backends,
     throttle: &Arc<FailureThrottle>,
 ) -> io::Result<Vec<Endpoint>> {
-    let mut time = Spec::new("time", "time-listen", config.time_listen).udp(TimeDatagrams);
-    if config.classic.enabled {
-        // In classic mode the time service is one of the course's open services.
-        time.exposure = Some("answers anyone");
-    }
-    let mut specs = vec![
-        time,
-        Spec::new("daytime", "daytime-listen", config.daytime_listen)
-            .tcp(Daytime)
-            .udp(Daytime),
-        Spec::new("rfc868", "rfc868-listen", config.rfc868_listen)
-            .tcp(Rfc868Time)
-            .udp(Rfc868Time),
-        Spec::new("sntp", "sntp-listen", config.sntp_listen).udp(Sntp),
-    ];
-    specs.extend(
-        ClassicService::ALL
-            .into_iter()
-            .filter_map(|service| classic_spec(service, config, backends, throttle)),
-    );
+    let settings = UnframedSettings {
+        time: config.time_listen,
+        daytime: config.daytime_listen,
+        rfc868: config.rfc868_listen,
+        sntp: config.sntp_listen,
+        classic: &config.classic,
+        idle_timeout: config.idle_timeout,
+        secret: &config.secret,
+        handshake_timeout: config.handshake_timeout,
+        throttle,
+    };
     let mut endpoints = Vec::new();
-    for spec in specs {
-        spec.bind(&mut endpoints)?;
+    for service in catalog::unframed(&settings, backends) {
+        bind(&service, &mut endpoints)?;
     }
     Ok(endpoints)
 }
 
-/// A classic service `config` turns on, unless it runs commands and exec is not allowed.
-fn classic_spec(
-    service: ClassicService,
-    config: &ServerConfig,
-    backends: &Backends,
-    throttle: &Arc<FailureThrottle>,
-) -> Option<Spec> {
-    let addr = config.classic.addr(service)?;
-    if service.runs_commands() && !backends.exec.enabled() {
-        warn!(
-            "{service} (on {} {addr}) not started: it runs commands, so it needs --allow-exec as well",
-            service.transport()
-        );
-        return None;
+/// Binds `service`'s TCP side, then its UDP side on the same port.
+fn bind(service: &Unframed, endpoints: &mut Vec<Endpoint>) -> io::Result<()> {
+    let mut addr = service.addr;
+    if let Some(stream) = &service.stream {
+        let listener = bind_tcp(addr).map_err(|e| bind_error(service, Transport::Tcp, addr, e))?;
+        // For port 0, UDP takes the port TCP was given: one service, one port.
+        addr = listener.local_addr()?;
+        let socket = Socket::Tcp(listener, stream.clone(), service.limits);
+        endpoints.push(endpoint(service, socket)?);
     }
-    let key = service.key();
-    let spec = Spec {
-        service: service.log_name(),
-        how_to_move: format!(
-            "use --classic-listen {key}=ADDR or {key}=off, or `{key}` under [classic_listen] in the config file"
-        ),
-        addr: Some(addr),
-        stream: None,
-        limits: StreamLimits::interactive(config.idle_timeout),
-        datagram: None,
-        exposure: service.exposure(),
-    };
-    let exec = &backends.exec;
-    Some(match service {
-        ClassicService::Echo => spec.tcp(UpperEcho),
-        ClassicService::Exec => spec.tcp(TcpExec::new(exec.clone())),
-        ClassicService::Ftp => spec.tcp(Ftp::new(backends.files.clone())),
-        ClassicService::HmacEcho => spec.tcp(HmacEcho::new(
-            config.secret.clone(),
-            config.handshake_timeout,
-            throttle.clone(),
-        )),
-        ClassicService::Greeting => spec.tcp(Greeting),
-        ClassicService::UdpEcho => spec.udp(UdpUpperEcho),
-        ClassicService::UdpExec => spec.udp(UdpExec::new(exec.clone(), config.classic.exec_any_source)),
-    })
+    if let Some(datagram) = &service.datagram {
+        let socket = bind_udp(addr).map_err(|e| bind_error(service, Transport::Udp, addr, e))?;
+        endpoints.push(endpoint(service, Socket::Udp(socket, datagram.clone()))?);
+    }
+    Ok(())
 }
 
-impl Spec {
-    fn new(service: &'static str, flag: &'static str, addr: Option<SocketAddr>) -> Spec {
-        Spec {
-            service,
-            how_to_move: format!("use --{flag} ADDR or --{flag} off"),
-            addr,
-            stream: None,
-            limits: StreamLimits::default(),
-            datagram: None,
-            exposure: None,
-        }
-    }
-
-    fn tcp(mut self, service: impl StreamService + 'static) -> Spec {
-        self.stream = Some(Arc::new(service));
-        self
-    }
-
-    fn udp(mut self, service: impl DatagramService + 'static) -> Spec {
-        self.datagram = Some(Arc::new(service));
-        self
-    }
-
-    fn bind(self, endpoints: &mut Vec<Endpoint>) -> io::Result<()> {
-        let Some(mut addr) = self.addr else {
-            return Ok(());
+/// The endpoint of a bound socket, announced in the log (with a warning if anyone may use it).
+fn endpoint(service: &Unframed, socket: Socket) -> io::Result<Endpoint> {
+    let endpoint = Endpoint {
+        service: service.name,
+        socket,
+    };
+    let bound = endpoint.addr()?;
+    // Never "listening on": scripts and tests read that for the native address.
+    info!("{} service on {} {}", bound.service, bound.transport, bound.addr);
+    if let Some(exposure) = service.exposure {
+        let reach = match is_loopback(bound.addr.ip()) {
+            true => "anyone on this machine",
+            false => "anyone who can reach this address",
         };
-        if let Some(service) = &self.stream {
-            let listener = bind_tcp(addr).map_err(|e| self.bind_error(Transport::Tcp, addr, e))?;
-            // For port 0, UDP takes the port TCP was given: one service, one port.
-            addr = listener.local_addr()?;
-            endpoints.push(self.endpoint(Socket::Tcp(listener, service.clone(), self.limits))?);
-        }
-        if let Some(service) = &self.datagram {
-            let socket = bind_udp(addr).map_err(|e| self.bind_error(Transport::Udp, addr, e))?;
-            endpoints.push(self.endpoint(Socket::Udp(socket, service.clone()))?);
-        }
-        Ok(())
+        warn!(
+            "{} on {} {} has no authentication and no encryption; {reach} can use it: it {exposure}",
+            bound.service, bound.transport, bound.addr
+        );
     }
+    Ok(endpoint)
+}
 
-    fn endpoint(&self, socket: Socket) -> io::Result<Endpoint> {
-        let endpoint = Endpoint {
-            service: self.service,
-            socket,
-        };
-        let bound = endpoint.addr()?;
-        // Never "listening on": scripts and tests read that for the native address.
-        info!("{} service on {} {}", bound.service, bound.transport, bound.addr);
-        if let Some(exposure) = self.exposure {
-            let reach = match is_loopback(bound.addr.ip()) {
-                true => "anyone on this machine",
-                false => "anyone who can reach this address",
-            };
-            warn!(
-                "{} on {} {} has no authentication and no encryption; {reach} can use it: it {exposure}",
-                bound.service, bound.transport, bound.addr
-            );
+fn bind_error(service: &Unframed, transport: Transport, addr: SocketAddr, error: io::Error) -> io::Error {
+    let reason = match error.kind() {
+        io::ErrorKind::AddrInUse => "address in use".to_owned(),
+        io::ErrorKind::AddrNotAvailable => "no such address on this machine".to_owned(),
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_owned()
         }
-        Ok(endpoint)
-    }
-
-    fn bind_error(&self, transport: Transport, addr: SocketAddr, error: io::Error) -> io::Error {
-        let reason = match error.kind() {
-            io::ErrorKind::AddrInUse => "address in use".to_owned(),
-            io::ErrorKind::AddrNotAvailable => "no such address on this machine".to_owned(),
-            io::ErrorKind::PermissionDenied => {
-                "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_owned()
-            }
-            _ => error.to_string(),
-        };
-        let (service, how_to_move) = (self.service, &self.how_to_move);
-        io::Error::new(
-            error.kind(),
-            format!("{service} service: cannot listen on {transport} {addr}: {reason} ({how_to_move})"),
-        )
-    }
+        _ => error.to_string(),
+    };
+    let (name, how_to_move) = (service.name, &service.how_to_move);
+    io::Error::new(
+        error.kind(),
+        format!("{name} service: cannot listen on {transport} {addr}: {reason} ({how_to_move})"),
+    )
 }
 
 impl Endpoint {
@@ -250,30 +141,25 @@ impl Endpoint {
         })
     }
 
-    /// Serves on `tasks` until `stopping`; connections still open past the shutdown deadline
-    /// end with `abort`. Datagrams from `own_ports` go unanswered.
-    pub(super) fn spawn(
-        self,
-        tasks: &TaskTracker,
-        stopping: &CancellationToken,
-        abort: &CancellationToken,
-        own_ports: &OwnPorts,
-    ) {
-        let shutdown = ServiceShutdown {
-            stopping: stopping.clone(),
-            abort: abort.clone(),
-            tasks: tasks.clone(),
-        };
+    /// Serves until shutdown begins. Datagrams from `own_ports` go unanswered.
+    pub(super) fn spawn(self, shutdown: &Shutdown, own_ports: &OwnPorts) {
+        let tasks = &shutdown.tasks;
         match self.socket {
             Socket::Udp(socket, service) => {
-                let limit = RateLimit::default();
+                let (limit, own_ports) = (RateLimit::default(), own_ports.clone());
                 let serve =
-                    serve_datagrams(self.service, socket, service, limit, own_ports.clone(), shutdown);
-                tasks.spawn(serve);
+                    serve_datagrams(self.service, socket, service, limit, own_ports, shutdown.clone());
+                // In a span naming the service, as a connection's (see `accept`).
+                tasks.spawn(serve.instrument(error_span!("datagrams", service = self.service)));
             }
             Socket::Tcp(listener, service, limits) => {
-                let serve = serve_streams(self.service, listener, service, limits, shutdown);
-                tasks.spawn(serve);
+                tasks.spawn(serve_streams(
+                    self.service,
+                    listener,
+                    service,
+                    limits,
+                    shutdown.clone(),
+                ));
             }
         }
     }

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 
+use crate::proto::ports::unix_socket_path;
 use crate::services::Peer;
 
 /// Where to listen: `IP:PORT` (port 0 picks a free one) or a Unix socket path.
@@ -28,14 +29,6 @@ impl FromStr for ListenAddr {
         text.parse().map(ListenAddr::Tcp).map_err(|_| {
             format!("`{text}` is not IP:PORT (127.0.0.1:8080, [::1]:8080) nor a Unix socket path")
         })
-    }
-}
-
-/// `unix:PATH`, or anything with a slash, names a Unix socket (for servers and clients alike).
-pub fn unix_socket_path(text: &str) -> Option<PathBuf> {
-    match text.strip_prefix("unix:") {
-        Some(path) => Some(path.into()),
-        None => text.contains('/').then(|| text.into()),
     }
 }
 

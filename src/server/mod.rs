@@ -1,24 +1,27 @@
 //! The server runtime: listeners, the accept loop, connection limits and graceful shutdown.
 //!
-//! Each connection runs in its own task ([`session`]). A semaphore caps how many are served at
-//! once; beyond it the server stops accepting and clients wait in the kernel's backlog, which
-//! costs the server nothing. Shutdown is two-stage: first stop accepting and let every
-//! connection finish the request it is serving, then, past the deadline, drop the rest.
+//! Each connection runs in its own task ([`session`]), accepted by the one accept loop
+//! ([`accept`]) every listener uses. A semaphore caps how many are served at once; beyond it
+//! the server stops accepting and clients wait in the kernel's backlog, which costs the server
+//! nothing. Shutdown is two-stage: first stop accepting and let every connection finish the
+//! request it is serving, then, past the deadline, drop the rest.
 //!
-//! Beside the native protocol the server runs unframed services (the course's UDP time
-//! service, the standard time protocols, the classic services) on their own sockets ([`udp`], [`stream`]), with the
-//! same shutdown.
+//! Beside the native protocol the server runs the unframed services the services' catalog
+//! lists (the course's UDP time service, the standard time protocols, the classic services) on
+//! their own sockets ([`endpoints`], [`udp`], [`stream`]), with the same shutdown; the
+//! `/metrics` endpoint too. The runtime names no service itself: it runs what the catalog lists.
 
 // The server runs every client's session: a panic on a path a client drives must not exist.
 // So no unwrap, expect or indexing here; a true exception is allowed where it stands, with why.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod accept;
 mod config;
 mod endpoints;
 mod listener;
 mod session;
 mod settings;
-pub mod stream;
+mod stream;
 pub mod udp;
 
 use std::future::Future;
@@ -32,15 +35,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{DEFAULT_PORT, DEFAULT_TIME_PORT, ServerConfig};
-pub use endpoints::{ServiceAddr, Transport};
-pub use listener::{ListenAddr, Listener, Stream, unix_socket_path};
+pub use config::ServerConfig;
+pub use endpoints::ServiceAddr;
+pub use listener::{ListenAddr, Listener, Stream};
 pub use settings::{ServiceListen, Settings, parse_duration};
-pub use stream::{ServiceStream, StreamService};
-pub use udp::DatagramService;
 
+use self::accept::{AcceptLoop, Shutdown, Slots};
 use self::endpoints::Endpoint;
 use crate::auth::{AuthMode, FailureThrottle, SessionKeys};
+use crate::metrics::http::Scrapers;
 use crate::metrics::{Tracked, metrics};
 use crate::services::{Backends, Registry};
 use crate::source::PerSource;
@@ -155,98 +158,82 @@ impl Server {
     /// Serves until `shutdown` completes, then shuts down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let max_connections = self.shared.config.max_connections;
-        let connections = Arc::new(Semaphore::new(max_connections));
         metrics()
             .connections_limit
             .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
-        let tasks = TaskTracker::new();
+        let stop = Shutdown {
+            stopping: self.shared.stopping.clone(),
+            abort: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        let tasks = &stop.tasks;
         if let Some(listener) = self.metrics {
-            tasks.spawn(crate::metrics::http::serve(
-                listener,
-                self.shared.stopping.clone(),
-            ));
+            tasks.spawn(serve_metrics(listener, stop.clone()));
         }
-        let abort = CancellationToken::new();
+        // One cap for every native listener.
+        let connections = Arc::new(Semaphore::new(max_connections));
         for listener in self.listeners {
-            let accept = accept_loop(
-                listener,
-                self.shared.clone(),
-                connections.clone(),
-                tasks.clone(),
-                abort.clone(),
-            );
-            tasks.spawn(accept);
+            let native = serve_native(listener, self.shared.clone(), connections.clone(), stop.clone());
+            tasks.spawn(native);
         }
         let own_ports = endpoints::own_ports(&self.endpoints);
         for endpoint in self.endpoints {
-            endpoint.spawn(&tasks, &self.shared.stopping, &abort, &own_ports);
+            endpoint.spawn(&stop, &own_ports);
         }
         shutdown.await;
         let deadline = self.shared.config.shutdown_timeout;
         info!("shutting down: no new connections, {deadline:?} for requests in flight");
-        self.shared.stopping.cancel();
+        stop.stopping.cancel();
         tasks.close();
         if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
             warn!(
                 "{} connections still busy after {deadline:?}; closing them",
                 tasks.len()
             );
-            abort.cancel();
+            stop.abort.cancel();
             tasks.wait().await;
         }
         info!("shut down");
     }
 }
 
-async fn accept_loop(
-    listener: Listener,
-    shared: Arc<Shared>,
-    connections: Arc<Semaphore>,
-    tasks: TaskTracker,
-    abort: CancellationToken,
-) {
-    loop {
-        let permit = match connections.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                metrics().connections_limit_reached.inc();
-                // The semaphore is never closed; were it closed, no connection could be
-                // served again, so the listener stops as it does at shutdown.
-                tokio::select! {
-                    permit = connections.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_closed) => return,
-                    },
-                    () = shared.stopping.cancelled() => return,
-                }
+/// Serves the native protocol on `listener`, a session per connection, at most as many at
+/// once as `connections` has slots.
+async fn serve_native(listener: Listener, shared: Arc<Shared>, connections: Arc<Semaphore>, stop: Shutdown) {
+    let full = metrics().connections_limit_reached.clone();
+    let accept = AcceptLoop {
+        listener,
+        service: None,
+        slots: Slots::new(connections).counting_full(full),
+        shutdown: stop,
+    };
+    accept
+        .run(|stream, peer| {
+            metrics().connections_accepted.inc();
+            let open = Tracked::new(&metrics().connections_open);
+            let shared = shared.clone();
+            async move {
+                let _open = open;
+                session::serve(stream, peer, &shared).await;
             }
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shared.stopping.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Usually out of file descriptors: back off instead of spinning.
-                warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        metrics().connections_accepted.inc();
-        let open = Tracked::new(&metrics().connections_open);
-        let shared = shared.clone();
-        let abort = abort.clone();
-        tasks.spawn(async move {
-            let _open = open;
-            tokio::select! {
-                () = session::serve(stream, peer, &shared) => {}
-                () = abort.cancelled() => {}
-            }
-            drop(permit);
-        });
-    }
+        })
+        .await;
+}
+
+/// Serves `/metrics` on `listener`, each scrape bounded by the endpoint itself. A scrape has
+/// nothing worth finishing once shutdown begins, so it ends then.
+async fn serve_metrics(listener: TcpListener, stop: Shutdown) {
+    let scrapers = Scrapers::default();
+    let accept = AcceptLoop {
+        listener,
+        service: Some("metrics"),
+        slots: Slots::unbounded(),
+        shutdown: Shutdown {
+            abort: stop.stopping.clone(),
+            ..stop
+        },
+    };
+    accept.run(|stream, peer| scrapers.serve(stream, peer)).await;
 }
 
 /// Binds the `/metrics` endpoint, if `--metrics` asked for one.

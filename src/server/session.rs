@@ -1,5 +1,6 @@
 //! One connection's life: handshake, then requests one after another until the client leaves,
-//! goes idle, breaks the protocol, or the server shuts down.
+//! goes idle, breaks the protocol, or the server shuts down. It runs in the connection's span
+//! (see `accept`), so its log lines name the peer without saying so each time.
 
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,7 @@ pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
                 ErrorCode::Busy,
                 "too many connections from your address; close some and try again",
             );
-            debug!(%peer, %refusal, "connection refused before its handshake");
+            debug!(%refusal, "connection refused before its handshake");
             part(&mut conn.writer, &refusal).await;
             return;
         }
@@ -55,11 +56,11 @@ pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
     // ends the session too.
     conn.reader.set_stall_timeout(Some(shared.config.idle_timeout));
     let mut session = Session::new(conn, peer);
-    debug!(%peer, "session open");
+    debug!("session open");
     match serve_requests(&mut session, first, shared).await {
-        Ok(()) => debug!(%peer, "session closed"),
+        Ok(()) => debug!("session closed"),
         Err(error) => {
-            info!(%peer, %error, "closing connection");
+            info!(%error, "closing connection");
             if let Some(remote) = error.to_remote() {
                 part_shared(&session.writer, &remote).await;
             }
@@ -68,14 +69,14 @@ pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
 }
 
 /// Runs everything before a session counts as authenticated under the handshake deadline,
-/// and returns the client's first request. Failures are logged with the peer's address (never
-/// the secret) and answered at once.
+/// and returns the client's first request. Failures are logged (in the connection's span,
+/// which names the peer's address; never the secret) and answered at once.
 async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> Option<Header> {
     let _source_slot = match admit(peer, shared) {
         Ok(slot) => slot,
         Err((outcome, refusal)) => {
             metrics().handshake(outcome);
-            debug!(%peer, %refusal, "connection refused before its handshake");
+            debug!(%refusal, "connection refused before its handshake");
             part(&mut conn.writer, &refusal).await;
             return None;
         }
@@ -93,7 +94,7 @@ async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> Option
         Ok(Err(error)) => error,
         Err(_) => {
             metrics().handshake(Handshake::Timeout);
-            debug!(%peer, "handshake not completed within {deadline:?}");
+            debug!("handshake not completed within {deadline:?}");
             let remote = RemoteError::new(
                 ErrorCode::Timeout,
                 format!("handshake (and first request) not completed within {deadline:?}"),
@@ -102,7 +103,7 @@ async fn handshake(conn: &mut Connection, peer: Peer, shared: &Shared) -> Option
             return None;
         }
     };
-    refuse(conn, peer, &error).await;
+    refuse(conn, &error).await;
     None
 }
 
@@ -154,7 +155,7 @@ async fn authenticate(
 }
 
 /// Counts and answers a failed handshake.
-async fn refuse(conn: &mut Connection, peer: Peer, error: &auth::HandshakeError) {
+async fn refuse(conn: &mut Connection, error: &auth::HandshakeError) {
     metrics().handshake(match error {
         auth::HandshakeError::AuthFailed(_) => Handshake::AuthFailed,
         auth::HandshakeError::Throttled(_) => Handshake::Throttled,
@@ -162,9 +163,9 @@ async fn refuse(conn: &mut Connection, peer: Peer, error: &auth::HandshakeError)
         _ => Handshake::Refused,
     });
     if error.is_auth_failure() {
-        warn!(%peer, "authentication failed");
+        warn!("authentication failed");
     } else {
-        debug!(%peer, %error, "handshake refused");
+        debug!(%error, "handshake refused");
     }
     if let Some(remote) = error.to_remote() {
         part(&mut conn.writer, &remote).await;
@@ -173,7 +174,6 @@ async fn refuse(conn: &mut Connection, peer: Peer, error: &auth::HandshakeError)
 
 /// Serves `first` (read during the handshake), then every request after it.
 async fn serve_requests(session: &mut Session, first: Header, shared: &Shared) -> Result<(), FrameError> {
-    let peer = session.peer;
     let idle = shared.config.idle_timeout;
     // One timer for the session, re-armed only when it fires early: a busy session pays no
     // timer bookkeeping per request.
@@ -203,7 +203,7 @@ async fn serve_requests(session: &mut Session, first: Header, shared: &Shared) -
                     idle_timer.as_mut().reset((last_request + idle).into());
                     continue;
                 }
-                debug!(%peer, "idle for {idle:?}");
+                debug!("idle for {idle:?}");
                 let remote = RemoteError::new(ErrorCode::Timeout, format!("idle for {idle:?}"));
                 part_shared(&session.writer, &remote).await;
                 return Ok(());

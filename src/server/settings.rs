@@ -341,6 +341,15 @@ mod tests {
     use crate::auth::Secret;
 
     #[test]
+    fn metrics_are_off_unless_the_file_says_where() {
+        let file: Settings = toml::from_str("metrics = \"0.0.0.0:9100\"").unwrap();
+        let mut config = ServerConfig::new(Secret::generate());
+        assert_eq!(config.metrics_listen, None);
+        file.apply(&mut config);
+        assert_eq!(config.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));

@@ -16,14 +16,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, error_span, warn};
 
-use super::stream::ServiceShutdown;
+use super::accept::Shutdown;
 use crate::metrics::{Datagram, metrics};
+use crate::services::unframed::DatagramService;
 use crate::source::source_key;
 
 /// Replies per second each source may receive, once its burst is spent.
@@ -35,27 +35,6 @@ pub const MAX_TRACKED_SOURCES: usize = 8192;
 
 /// Largest datagram read whole; anything longer is truncated by the kernel.
 const RECEIVE_BUFFER: usize = 65_536;
-
-/// A service that answers datagrams.
-#[async_trait]
-pub trait DatagramService: Send + Sync {
-    /// The reply datagrams for one request: none, one or several.
-    async fn answer(&self, request: &[u8], from: SocketAddr) -> Vec<Bytes>;
-
-    /// Whether datagrams from this source port deserve an answer. By default only ports from
-    /// 1024 up, where clients' ephemeral ports are: a request "from" port 7, 13, 19 or 37 is
-    /// most likely forged to start a loop with the classic service there.
-    fn answers_port(&self, port: u16) -> bool {
-        port >= 1024
-    }
-
-    /// Whether answering may take long (running a command): such answers run in tasks of
-    /// their own, at most [`MAX_LONG_ANSWERS`] at once, so one slow request never holds up the
-    /// others. Quick answers are given in the receive loop.
-    fn runs_long(&self) -> bool {
-        false
-    }
-}
 
 /// Long answers in progress at once per service; datagrams beyond are dropped.
 pub const MAX_LONG_ANSWERS: usize = 256;
@@ -181,14 +160,14 @@ impl Bucket {
 
 /// Answers datagrams on `socket` until shutdown begins. Errors are logged and the loop goes
 /// on; nothing a peer sends can end it. Long answers run on the shutdown's task tracker, so
-/// shutdown waits for them (and ends them at its deadline).
-pub async fn serve_datagrams(
+/// shutdown waits for them (and ends them at its deadline), each in a span naming its peer.
+pub(super) async fn serve_datagrams(
     name: &'static str,
     socket: UdpSocket,
     service: Arc<dyn DatagramService>,
     limit: RateLimit,
     own_ports: OwnPorts,
-    shutdown: ServiceShutdown,
+    shutdown: Shutdown,
 ) {
     let replier = Arc::new(Replier {
         name,
@@ -206,7 +185,7 @@ pub async fn serve_datagrams(
         let (len, from) = match received {
             Ok(received) => received,
             Err(error) => {
-                receive_failed(name, &error).await;
+                receive_failed(&error).await;
                 continue;
             }
         };
@@ -216,12 +195,12 @@ pub async fn serve_datagrams(
         )]
         let datagram = &buffer[..len];
         if from.port() == 0 || !replier.service.answers_port(from.port()) || own_ports.sent(from) {
-            debug!(service = name, %from, "ignored a datagram from a server port");
+            debug!(%from, "ignored a datagram from a server port");
             metrics().datagram(name, Datagram::Ignored);
             continue;
         }
         if !replier.allow(from) {
-            debug!(service = name, %from, "rate limited");
+            debug!(%from, "rate limited");
             metrics().datagram(name, Datagram::RateLimited);
             continue;
         }
@@ -230,18 +209,21 @@ pub async fn serve_datagrams(
             continue;
         }
         let Ok(permit) = long_answers.clone().try_acquire_owned() else {
-            warn!(service = name, %from, "{MAX_LONG_ANSWERS} requests in progress; dropped one");
+            warn!(%from, "{MAX_LONG_ANSWERS} requests in progress; dropped one");
             continue;
         };
         let request = Bytes::copy_from_slice(datagram);
         let (replier, abort) = (replier.clone(), shutdown.abort.clone());
-        shutdown.tasks.spawn(async move {
+        let answer = async move {
             tokio::select! {
                 () = replier.answer(&request, from) => {}
                 () = abort.cancelled() => {}
             }
             drop(permit);
-        });
+        };
+        shutdown
+            .tasks
+            .spawn(answer.instrument(error_span!("request", peer = %from)));
     }
 }
 
@@ -273,7 +255,7 @@ impl Replier {
                 break;
             }
             if let Err(error) = self.socket.send_to(reply, from).await {
-                debug!(service = self.name, %from, %error, "reply not sent");
+                debug!(%from, %error, "reply not sent");
             }
         }
     }
@@ -281,13 +263,13 @@ impl Replier {
 
 /// Logs a failed receive. ICMP errors reported for earlier replies are routine; anything else
 /// (out of memory, say) is warned about, with a pause so that a persistent failure cannot spin.
-async fn receive_failed(name: &'static str, error: &io::Error) {
+async fn receive_failed(error: &io::Error) {
     match error.kind() {
         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => {
-            debug!(service = name, %error, "receive failed");
+            debug!(%error, "receive failed");
         }
         _ => {
-            warn!(service = name, %error, "receive failed");
+            warn!(%error, "receive failed");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

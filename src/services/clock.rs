@@ -11,8 +11,7 @@ use chrono::{DateTime, Local, TimeZone};
 use tokio::io::AsyncWriteExt;
 
 use super::time::format_at;
-use crate::server::stream::ServiceStream;
-use crate::server::{DatagramService, StreamService};
+use super::unframed::{DatagramService, ServiceStream, StreamService};
 
 /// Seconds from 1900-01-01 (the epoch of RFC 868 and NTP) to 1970-01-01.
 pub const SECONDS_1900_TO_1970: u64 = 2_208_988_800;

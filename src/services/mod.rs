@@ -1,8 +1,10 @@
 //! Services and the registry that routes each `cmd` to one of them.
 //!
-//! A service is one file: it declares the commands it answers (with the largest body each may
-//! carry) and handles a request on the connection it arrived on. Adding a service means writing
-//! that file and adding one line to [`Registry::native`].
+//! A native service is one file: it declares the commands it answers (with the largest body
+//! each may carry) and handles a request on the connection it arrived on. The unframed services
+//! (the time protocols, the classic services) implement the contract in [`unframed`] instead.
+//! Adding a service means writing that file and adding one line to the catalog
+//! ([`Registry::native`] and its neighbours), which lists every service the server runs.
 
 // Services answer whatever a client sends: a panic here would drop the client's session or,
 // under a held lock, break the service for everyone. So no unwrap, expect or indexing.
@@ -24,6 +26,7 @@ use crate::wire::{
     Connection, ErrorCode, FrameError, FrameReader, Header, Limits, RemoteError, SharedWriter,
 };
 
+pub(crate) mod catalog;
 pub mod chat;
 pub mod classic;
 pub mod clock;
@@ -32,6 +35,7 @@ pub mod exec;
 pub mod files;
 pub mod fuzzing;
 pub mod time;
+pub mod unframed;
 
 /// How a command's body reaches its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,17 +264,6 @@ impl Backends {
 pub const PING: &str = "ping";
 
 impl Registry {
-    /// The native services this build offers.
-    pub fn native(backends: &Backends) -> Registry {
-        let mut registry = Registry::default();
-        registry.register(echo::Echo);
-        registry.register(chat::Chat::new(backends.chat));
-        registry.register(time::Time);
-        registry.register(exec::Exec::new(backends.exec.clone()));
-        registry.register(files::Files::new(backends.files.clone()));
-        registry
-    }
-
     /// Adds a service. Two services claiming one command is a programming error.
     pub fn register(&mut self, service: impl Service + 'static) -> &mut Registry {
         let service: Arc<dyn Service> = Arc::new(service);
@@ -295,5 +288,26 @@ impl Registry {
 
     pub fn features(&self) -> &[&'static str] {
         &self.names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply too large to send fails only its request (a handler's `?` makes it an error
+    /// frame); every other frame error ends the session.
+    #[test]
+    fn only_unsent_replies_fail_just_their_request() {
+        let unsent = FrameError::TooLargeToSend { len: 300, max: 256 };
+        let ServiceError::Reply(refusal) = ServiceError::from(unsent) else {
+            panic!("an unsent answer must not end the session");
+        };
+        assert_eq!(refusal.code, ErrorCode::HeaderTooLarge);
+        let broken = FrameError::HeaderTooLarge {
+            len: 1 << 20,
+            max: 65536,
+        };
+        assert!(matches!(ServiceError::from(broken), ServiceError::Connection(_)));
     }
 }

@@ -28,8 +28,8 @@ use chrono::format::{DelayedFormat, Item, StrftimeItems};
 use chrono::{DateTime, Local, TimeZone};
 use serde::Deserialize;
 
+use super::unframed::DatagramService;
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
-use crate::server::DatagramService;
 use crate::wire::Header;
 
 /// The course's format, used when a request names none.

@@ -461,11 +461,10 @@ impl AsyncRead for ReadIo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::ServiceError;
     use crate::wire::ErrorCode;
 
     /// A header over the limit fails that one message, leaves nothing half-written, and the
-    /// connection carries the next message intact; a handler's `?` makes it a request error.
+    /// connection carries the next message intact; the peer can be told why.
     #[tokio::test]
     async fn a_header_too_large_to_send_fails_only_itself() {
         let (near, far) = tokio::io::duplex(1 << 20);
@@ -475,9 +474,9 @@ mod tests {
         let oversized = Header::new("chat_event").with("members", "x".repeat(300));
         let error = sender.send(oversized, b"").await.unwrap_err();
         assert!(error.is_unsent(), "{error}");
-        let ServiceError::Reply(refusal) = ServiceError::from(error) else {
-            panic!("an unsent answer must not end the session");
-        };
+        let refusal = error
+            .to_remote()
+            .expect("an unsent message has an answer for the peer");
         assert_eq!(refusal.code, ErrorCode::HeaderTooLarge);
         sender
             .send(Header::new("echo").with_id(Some(2)), b"ok")
@@ -489,12 +488,11 @@ mod tests {
     }
 
     #[test]
-    fn other_frame_errors_still_end_the_session() {
+    fn other_frame_errors_are_not_unsent() {
         let error = FrameError::HeaderTooLarge {
             len: 1 << 20,
             max: 65536,
         };
         assert!(!error.is_unsent());
-        assert!(matches!(ServiceError::from(error), ServiceError::Connection(_)));
     }
 }

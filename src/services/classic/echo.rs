@@ -37,8 +37,8 @@ use tracing::{debug, info, warn};
 
 use super::READ_CHUNK;
 use crate::auth::{FailureThrottle, Secret};
-use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::echo::{upper, upper_no_longer};
+use crate::services::unframed::{DatagramService, ServiceStream, StreamService};
 
 /// Why 9999 refused a client: a checked wrong answer, or anything else (no answer, a source
 /// under back-off), which only a debug log records.
@@ -158,7 +158,7 @@ impl StreamService for HmacEcho {
     async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) -> std::io::Result<()> {
         if let Err(left) = self.throttle.admit(Some(peer.ip())) {
             // Quietly: a guesser hammering away must not flood the log.
-            debug!(service = "classic-hmac-echo", %peer, "address under back-off ({left:?} left); closed at once");
+            debug!("address under back-off ({left:?} left); closed at once");
             return Ok(());
         }
         match self.authenticate(&mut stream, peer).await {
@@ -166,15 +166,15 @@ impl StreamService for HmacEcho {
             // A wrong answer is worth a warning (and the back-off keeps them rare); anything a
             // stranger can make by connecting and leaving is not, or it could flood the log.
             Err(Refusal::WrongAnswer(reason)) => {
-                warn!(service = "classic-hmac-echo", %peer, "authentication refused: {reason}; connection closed");
+                warn!("authentication refused: {reason}; connection closed");
                 return Ok(());
             }
             Err(Refusal::Other(reason)) => {
-                debug!(service = "classic-hmac-echo", %peer, "authentication refused: {reason}; connection closed");
+                debug!("authentication refused: {reason}; connection closed");
                 return Ok(());
             }
         }
-        info!(service = "classic-hmac-echo", %peer, "client authenticated");
+        info!("client authenticated");
         echo_upper(&mut stream).await
     }
 }

@@ -39,9 +39,9 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
 use super::{MAX_DATAGRAM, READ_CHUNK, header_bytes, is_loopback, shown};
-use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::exec::spill::SpillBuffer;
 use crate::services::exec::{CollectLimits, Collected, Runner};
+use crate::services::unframed::{DatagramService, ServiceStream, StreamService};
 
 /// How long a classic command may run before it is stopped.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -68,7 +68,7 @@ impl TcpExec {
         TcpExec { runner }
     }
 
-    async fn serve_commands(&self, stream: &mut ServiceStream, peer: SocketAddr) -> std::io::Result<()> {
+    async fn serve_commands(&self, stream: &mut ServiceStream) -> std::io::Result<()> {
         let mut buffer = BytesMut::with_capacity(READ_CHUNK);
         loop {
             buffer.clear();
@@ -80,11 +80,11 @@ impl TcpExec {
                 in_memory: TCP_IN_MEMORY,
                 timeout: COMMAND_TIMEOUT,
             };
-            let run = run(&self.runner, &buffer, limits, "classic-exec", peer);
+            let run = run(&self.runner, &buffer, limits);
             let collected = tokio::select! {
                 collected = run => collected,
                 () = stream.closed() => {
-                    info!(service = "classic-exec", %peer, "client left; its command was stopped");
+                    info!("client left; its command was stopped");
                     return Ok(());
                 }
             };
@@ -109,8 +109,8 @@ async fn send_reply(stream: &mut ServiceStream, collected: Collected) -> std::io
 
 #[async_trait]
 impl StreamService for TcpExec {
-    async fn serve(&self, mut stream: ServiceStream, peer: SocketAddr) -> std::io::Result<()> {
-        self.serve_commands(&mut stream, peer).await
+    async fn serve(&self, mut stream: ServiceStream, _peer: SocketAddr) -> std::io::Result<()> {
+        self.serve_commands(&mut stream).await
     }
 }
 
@@ -130,11 +130,7 @@ impl UdpExec {
 impl DatagramService for UdpExec {
     async fn answer(&self, request: &[u8], from: SocketAddr) -> Vec<Bytes> {
         if !self.any_source && !is_loopback(from.ip()) {
-            warn!(
-                service = "classic-udp-exec",
-                %from,
-                "refused a command from beyond this machine (allow with --classic-exec-any-source)"
-            );
+            warn!("refused a command from beyond this machine (allow with --classic-exec-any-source)");
             return Vec::new();
         }
         let limits = CollectLimits {
@@ -143,7 +139,7 @@ impl DatagramService for UdpExec {
             in_memory: 2 * MAX_DATAGRAM,
             timeout: COMMAND_TIMEOUT,
         };
-        let collected = run(&self.runner, request, limits, "classic-udp-exec", from).await;
+        let collected = run(&self.runner, request, limits).await;
         let (stderr, stdout) = tokio::join!(
             collected.stderr.first(MAX_DATAGRAM),
             collected.stdout.first(MAX_DATAGRAM)
@@ -161,30 +157,25 @@ impl DatagramService for UdpExec {
 
 /// Runs one command line for a classic client. Whatever goes wrong (exec disabled, the
 /// server busy, a command that is not UTF-8) becomes a `sockit: ...` line on stderr, which is
-/// what the course's clients can show; so do a timeout and a cut.
-async fn run(
-    runner: &Runner,
-    command: &[u8],
-    limits: CollectLimits,
-    service: &'static str,
-    peer: SocketAddr,
-) -> Collected {
+/// what the course's clients can show; so do a timeout and a cut. Logged in the caller's span,
+/// which names the service and the peer.
+async fn run(runner: &Runner, command: &[u8], limits: CollectLimits) -> Collected {
     let Ok(line) = std::str::from_utf8(command) else {
-        warn!(service, %peer, command = %shown(command), "refused a command that is not UTF-8");
+        warn!(command = %shown(command), "refused a command that is not UTF-8");
         return failed("the command is not UTF-8 text");
     };
-    info!(service, %peer, command = %shown(command), "running");
+    info!(command = %shown(command), "running");
     let mut collected = match runner.run_collected(line, limits).await {
         Ok(collected) => collected,
         Err(error) => {
-            warn!(service, %peer, "command refused: {}", error.message);
+            warn!("command refused: {}", error.message);
             return failed(&error.message);
         }
     };
-    debug!(service, %peer, status = ?collected.status, timed_out = collected.timed_out, truncated = collected.truncated, "command ended");
+    debug!(status = ?collected.status, timed_out = collected.timed_out, truncated = collected.truncated, "command ended");
     for note in notes(&collected, limits) {
         if let Err(error) = collected.stderr.append(note.as_bytes()).await {
-            warn!(service, %peer, %error, "a note for the client was not stored");
+            warn!(%error, "a note for the client was not stored");
         }
     }
     collected

@@ -34,8 +34,8 @@ use tracing::{debug, info, warn};
 
 use super::{HeaderError, READ_CHUNK, header_bytes, read_header, shown};
 use crate::proto::path::RootPath;
-use crate::server::{ServiceStream, StreamService};
 use crate::services::files::{FileStore, io_error};
+use crate::services::unframed::{ServiceStream, StreamService};
 use crate::source::source_key;
 
 /// A request header, as loose as the course's: only `cmd` is always needed.
@@ -87,12 +87,12 @@ impl Ftp {
             match request.cmd.as_str() {
                 "put" => self.put(stream, &request, peer).await?,
                 "get" => {
-                    self.get(stream, request.filename.as_deref().unwrap_or(""), peer)
+                    self.get(stream, request.filename.as_deref().unwrap_or(""))
                         .await?
                 }
                 other => {
                     // Not a warning: one connection can send a hundred thousand a second.
-                    debug!(service = "classic-ftp", %peer, cmd = %shown(other.as_bytes()), "unknown command skipped")
+                    debug!(cmd = %shown(other.as_bytes()), "unknown command skipped")
                 }
             }
         }
@@ -147,7 +147,7 @@ impl Ftp {
                 .blocking(move |store| Ok(store.root().remove_partial(&path)))
                 .await;
         } else {
-            info!(service = "classic-ftp", %peer, %path, size, "stored");
+            info!(%path, size, "stored");
         }
         stored
     }
@@ -166,7 +166,7 @@ impl Ftp {
         .map_err(|e| Refusal::Io(io::Error::other(e)))?
     }
 
-    async fn get(&self, stream: &mut ServiceStream, filename: &str, peer: SocketAddr) -> Result<(), Refusal> {
+    async fn get(&self, stream: &mut ServiceStream, filename: &str) -> Result<(), Refusal> {
         let opened = match RootPath::parse(filename) {
             Ok(path) if path.is_root() => Err("no filename".to_owned()),
             Ok(path) => self
@@ -183,7 +183,7 @@ impl Ftp {
         let (path, file, size) = match opened {
             Ok(opened) => opened,
             Err(error) => {
-                warn!(service = "classic-ftp", %peer, filename = %shown(filename.as_bytes()), "get refused: {error}");
+                warn!(filename = %shown(filename.as_bytes()), "get refused: {error}");
                 let reply = GetReply {
                     cmd: "get",
                     filename,
@@ -211,7 +211,7 @@ impl Ftp {
                 format!("{path} shrank while it was sent"),
             )));
         }
-        info!(service = "classic-ftp", %peer, %path, size, "sent");
+        info!(%path, size, "sent");
         Ok(())
     }
 }
@@ -223,7 +223,7 @@ impl StreamService for Ftp {
             Ok(()) => Ok(()),
             Err(Refusal::Io(error)) => Err(error),
             Err(refusal) => {
-                warn!(service = "classic-ftp", %peer, "{refusal}; connection closed");
+                warn!("{refusal}; connection closed");
                 Ok(())
             }
         }

@@ -35,10 +35,10 @@ use super::ftp::Ftp;
 use super::greeting::{Greeting, WELCOME, greet};
 use crate::auth::{FailureThrottle, Secret};
 use crate::proto::path::PARTIAL_SUFFIX;
-use crate::server::{DatagramService, ServiceStream, StreamService};
 use crate::services::echo::upper_no_longer;
 use crate::services::exec::{ExecConfig, Runner};
 use crate::services::files::{FileStore, FilesConfig};
+use crate::services::unframed::{DatagramService, ServiceStream, StreamService};
 use crate::text::escape;
 
 /// How long a service may take to answer one input before the check calls it hung.

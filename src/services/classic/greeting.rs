@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::READ_CHUNK;
-use crate::server::{ServiceStream, StreamService};
+use crate::services::unframed::{ServiceStream, StreamService};
 
 pub const WELCOME: &[u8] = b"Welcome!";
 

@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::io::AsyncReadExt;
 
-use crate::server::{ServiceStream, Transport};
+use crate::services::unframed::{ServiceStream, Transport};
 
 /// Largest JSON header accepted after the course's 4-byte length.
 pub const MAX_HEADER_LEN: usize = 64 * 1024;
