@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod client;
 pub(crate) mod disk;
+pub mod fetch;
 pub mod metrics;
 pub mod proto;
 pub mod server;

@@ -26,7 +26,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "server",
-        &["services", "proto", "wire", "auth", "metrics", "disk", "text", "source"],
+        &[
+            "services", "proto", "wire", "auth", "metrics", "disk", "text", "source",
+        ],
     ),
 ];
 
@@ -45,7 +47,11 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
 fn top_module(src: &Path, file: &Path) -> String {
     let relative = file.strip_prefix(src).expect("a file under src/");
     let first = relative.components().next().expect("a path component");
-    first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_owned()
+    first
+        .as_os_str()
+        .to_string_lossy()
+        .trim_end_matches(".rs")
+        .to_owned()
 }
 
 /// Every `crate::NAME` a file's code names, comments left out.

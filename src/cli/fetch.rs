@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sockit::client::http::{Download, FetchOptions, Fetcher, ResponseHead};
+use sockit::fetch::{Download, FetchOptions, Fetcher, ResponseHead};
 use sockit::server::parse_duration;
 
 /// Exit status for an HTTP error status with `--fail`: curl's, so scripts can share checks.

@@ -11,7 +11,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use super::http::{FetchError, FetchOptions, Fetcher};
+use crate::fetch::{FetchError, FetchOptions, Fetcher};
 
 /// GETs `http://127.0.0.1:PORT/` from a server whose response is `data`, following no
 /// redirect (a Location is still resolved and checked), and reads the body to its end: never
@@ -50,7 +50,7 @@ pub fn check_http_response(data: &[u8]) {
 }
 
 /// A body read to its end has the announced length, where the status allows a body.
-fn check_complete(download: &super::http::Download) {
+fn check_complete(download: &crate::fetch::Download) {
     let status = download.head.status.as_u16();
     let bodiless = status < 200 || status == 204 || status == 304;
     if let (Some(length), false) = (download.head.content_length(), bodiless) {

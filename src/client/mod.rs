@@ -25,7 +25,6 @@ mod chat;
 mod exec;
 mod files;
 pub mod fuzzing;
-pub mod http;
 mod target;
 mod time;
 
