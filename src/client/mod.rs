@@ -24,6 +24,7 @@
 mod chat;
 mod exec;
 mod files;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod http;
 mod target;
