@@ -9,6 +9,7 @@ mod echo;
 mod exec;
 mod fetch;
 mod fs;
+mod hint;
 mod keygen;
 mod man;
 mod serve;
@@ -22,9 +23,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use sockit::ClientConfig;
 use sockit::auth::resolve_secret;
 use sockit::server::parse_duration;
-use sockit::{ClientConfig, ClientError};
 
 /// Exit status for sockit's own failures (refused, unreachable, auth failed, protocol error),
 /// as ssh does, so scripts can tell them from a remote command's status.
@@ -115,23 +116,10 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // Errors may quote the server and, through it, other people: shown escaped.
-            eprintln!("sockit: {}", sockit::text::escape(&one_line(&error)));
+            eprintln!("sockit: {}", sockit::text::escape(&hint::one_line(&error)));
             ExitCode::from(EXIT_FAILURE)
         }
     }
-}
-
-/// The error and its causes on one line, with a hint when sockit knows one.
-fn one_line(error: &anyhow::Error) -> String {
-    let Some(client_error) = error.downcast_ref::<ClientError>() else {
-        return format!("{error:#}").replace('\n', " ");
-    };
-    // A client error's message already includes its cause.
-    let mut line = client_error.to_string().replace('\n', " ");
-    if let Some(hint) = client_error.hint() {
-        line.push_str(&format!(" (hint: {hint})"));
-    }
-    line
 }
 
 /// Prints a line on stdout; if the reader has gone (`| head`), stops quietly as Unix tools do.
