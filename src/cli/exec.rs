@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::hint::describe;
-use super::{ClientArgs, EXIT_FAILURE, client_runtime, print_line};
+use super::shared::{ClientArgs, EXIT_FAILURE, client_runtime, print_line};
 
 #[derive(Args)]
 #[command(

@@ -10,7 +10,7 @@ use sockit::{Client, ClientConfig, ClientError};
 
 use super::exec::run_attached;
 use super::hint::describe;
-use super::{ClientArgs, client_runtime, prompt_line};
+use super::shared::{ClientArgs, client_runtime, prompt_line};
 
 #[derive(Args)]
 #[command(

@@ -12,7 +12,7 @@ use sockit::services::files::INLINE_MAX;
 use sockit::{Client, ClientError};
 
 use super::hint::describe;
-use super::{ClientArgs, EXIT_FAILURE, client_runtime, print_line};
+use super::shared::{ClientArgs, EXIT_FAILURE, client_runtime, print_line};
 
 #[derive(Args)]
 #[command(

@@ -9,15 +9,17 @@
 //! (see [`hostile`]). It ends with numbers and a verdict, and exits non-zero on FAIL.
 
 mod abuse;
+mod dial;
 mod hostile;
 mod proxy;
 mod server;
+mod tally;
 mod workload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,10 +29,12 @@ use sockit::ClientConfig;
 use sockit::server::parse_duration;
 use tokio::task::JoinSet;
 
-use super::bench::{micros, new_histogram};
-use super::raise_fd_limit;
+use super::measure::{latencies, new_histogram};
+use crate::cli::shared::raise_fd_limit;
+use abuse::on_own_thread;
 use hostile::{Arena, Attack, HostileReport, QuotaServer};
 use server::{Footprint, Role, ServerUnderTest};
+use tally::Tally;
 use workload::Load;
 
 /// After the load stops, the server's descriptors must come back to within this many of the
@@ -99,39 +103,6 @@ fn parse_attacks(text: &str) -> Result<Attacks, String> {
 
 /// The quota of the second server the quota attack (M2) aims at.
 const ATTACK_QUOTA: u64 = 4 << 20;
-
-/// Counters by name, shared by every task; `failures: …` must all stay zero.
-#[derive(Default)]
-pub struct Tally {
-    counts: Mutex<BTreeMap<String, u64>>,
-    first_failures: Mutex<Vec<String>>,
-}
-
-impl Tally {
-    pub fn add(&self, key: &str, n: u64) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        // Called per proxied chunk and per trickled byte: allocate a key only the first time.
-        match counts.get_mut(key) {
-            Some(count) => *count += n,
-            None => {
-                counts.insert(key.to_owned(), n);
-            }
-        }
-    }
-
-    /// Records a failure; the first few are kept word for word for the report.
-    pub fn fail(&self, what: &str) {
-        self.add("failures", 1);
-        let mut first = self.first_failures.lock().unwrap_or_else(|p| p.into_inner());
-        if first.len() < 20 {
-            first.push(what.to_owned());
-        }
-    }
-
-    fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
 
 pub fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     raise_fd_limit();
@@ -273,11 +244,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
     let report = Report {
         elapsed: started.elapsed(),
         counts: tally.snapshot(),
-        failures: tally
-            .first_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone(),
+        failures: tally.first_failures(),
         alive,
         at_start,
         peak,
@@ -545,32 +512,6 @@ impl Report {
     }
 }
 
-/// Runs a normal client's probe on a thread and runtime of its own, as a separate `sockit echo`
-/// process would be: its latencies then measure the server's answer, not how long the probe
-/// waited behind the soak's own thousands of generator tasks on the shared runtime.
-pub(super) fn on_own_thread(
-    probe: impl std::future::Future<Output = Histogram<u64>> + Send + 'static,
-) -> tokio::sync::oneshot::Receiver<Histogram<u64>> {
-    let (report, answer) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        if let Ok(runtime) = runtime {
-            let _ = report.send(runtime.block_on(probe));
-        }
-    });
-    answer
-}
-
 fn humantime(duration: Duration) -> String {
     format!("{:.0} s", duration.as_secs_f64())
-}
-
-/// `p50 .. us, p99 .. us, max .. us` of round trips recorded in nanoseconds.
-fn latencies(histogram: &Histogram<u64>) -> String {
-    format!(
-        "p50 {} us, p99 {} us, max {} us",
-        micros(histogram.value_at_quantile(0.5)),
-        micros(histogram.value_at_quantile(0.99)),
-        micros(histogram.max())
-    )
 }
