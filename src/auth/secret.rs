@@ -58,8 +58,10 @@ pub enum SecretError {
     Exists(PathBuf),
     #[error("the secret from {0} is empty")]
     Empty(SecretSource),
-    /// [`Secret::generate`] makes one long enough.
-    #[error("the secret from {from} is {len} bytes; a server needs at least {MIN_SERVER_SECRET_LEN}")]
+    #[error(
+        "the secret from {from} is {len} bytes; a server needs at least \
+         {MIN_SERVER_SECRET_LEN} (make a random one with `sockit keygen`)"
+    )]
     TooShort { from: SecretSource, len: usize },
     #[error(
         "secret file {path} is accessible by group or others (mode {mode:03o}); \

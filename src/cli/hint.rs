@@ -80,7 +80,6 @@ fn worded(cause: &(dyn Error + 'static)) -> String {
     if let Some(error) = cause.downcast_ref::<SecretError>() {
         return match error {
             SecretError::Exists(_) => format!("{error} (use --force to replace it)"),
-            SecretError::TooShort { .. } => format!("{error} (make a random one with `sockit keygen`)"),
             SecretError::Missing(looked_for) => format!(
                 "no secret: pass --secret-file, set {SECRET_ENV}, or run `sockit keygen` \
                  (looked for {looked_for})"
