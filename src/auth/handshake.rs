@@ -239,13 +239,13 @@ pub async fn accept_throttled(
         (AuthMode::Hmac, AuthMode::Noise) => {
             return Err(refused(
                 ErrorCode::PlaintextRefused,
-                "this server requires encrypted sessions; connect without --plaintext",
+                "this server requires encrypted sessions",
             ));
         }
         (AuthMode::Noise, AuthMode::Hmac) => {
             return Err(refused(
                 ErrorCode::EncryptionUnavailable,
-                "this server runs with --plaintext; connect with --plaintext",
+                "this server runs plaintext sessions only",
             ));
         }
     };

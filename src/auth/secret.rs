@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// The environment variable read when no `--secret-file` is given.
+/// The environment variable read when no secret file is given.
 pub const SECRET_ENV: &str = "SOCKIT_SECRET";
 
 /// The shortest secret a server runs with: 16 bytes. Online guessing is throttled, but a
@@ -53,7 +53,8 @@ pub enum SecretError {
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write secret file {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
-    #[error("secret file {0} already exists (use --force to replace it)")]
+    /// [`Secret::create`] replaces an existing file only when forced to.
+    #[error("secret file {0} already exists")]
     Exists(PathBuf),
     #[error("the secret from {0} is empty")]
     Empty(SecretSource),
@@ -68,10 +69,8 @@ pub enum SecretError {
         path = .path.display()
     )]
     Exposed { path: PathBuf, mode: u32 },
-    #[error(
-        "no secret: pass --secret-file, set {SECRET_ENV}, or run `sockit keygen` \
-         (looked for {0})"
-    )]
+    /// No secret file was given, the environment has none, and the default file is missing.
+    #[error("no secret: none given, none in {SECRET_ENV}, none in the default file (looked for {0})")]
     Missing(String),
 }
 
@@ -177,7 +176,7 @@ pub fn default_secret_path() -> Option<PathBuf> {
     dirs::config_dir().map(|dir| dir.join("sockit").join("secret"))
 }
 
-/// Finds the secret: `--secret-file`, else `SOCKIT_SECRET`, else the default file.
+/// Finds the secret: `secret_file`, else `SOCKIT_SECRET`, else the default file.
 /// With `create_default`, a missing default file is created (what `sockit serve` does).
 pub fn resolve_secret(
     secret_file: Option<&Path>,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 use clap_complete::Shell;
 
-use super::print_bytes;
+use super::shared::print_bytes;
 
 #[derive(Args)]
 #[command(

@@ -21,7 +21,7 @@ use clap::{Args, Subcommand};
 use sockit::wire::{Frame, FrameCodec, FrameError, Header};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::print_line;
+use super::shared::print_line;
 
 #[derive(Args)]
 #[command(about = "Short local demonstrations of what the course teaches")]

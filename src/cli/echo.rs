@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 use sockit::Client;
 
-use super::{ClientArgs, client_runtime};
+use super::shared::{ClientArgs, client_runtime};
 
 #[derive(Args)]
 #[command(

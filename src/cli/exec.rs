@@ -18,7 +18,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientArgs, EXIT_FAILURE, client_runtime, print_line};
+use super::hint::describe;
+use super::shared::{ClientArgs, EXIT_FAILURE, client_runtime, print_line};
 
 #[derive(Args)]
 #[command(
@@ -233,7 +234,7 @@ async fn run_many(
             let _slot = slots.acquire().await;
             let outcome = run_quiet(&host, &request, &config, &reports)
                 .await
-                .map_err(|e| e.to_string());
+                .map_err(|e| describe(&e));
             let _ = reports.send(Report::Done { host, outcome });
         });
     }

@@ -12,6 +12,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sockit::fetch::{Download, FetchOptions, Fetcher, ResponseHead};
 use sockit::server::parse_duration;
 
+use super::shared::EXIT_FAILURE;
+
 /// Exit status for an HTTP error status with `--fail`: curl's, so scripts can share checks.
 pub const EXIT_HTTP_ERROR: u8 = 22;
 
@@ -152,7 +154,7 @@ fn write_stdout(bytes: &[u8]) {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(error) => {
             eprintln!("sockit: cannot write to stdout: {error}");
-            std::process::exit(i32::from(super::EXIT_FAILURE));
+            std::process::exit(i32::from(EXIT_FAILURE));
         }
     }
 }

@@ -6,7 +6,7 @@ use clap::Args;
 use sockit::Client;
 use sockit::text::escape;
 
-use super::{ClientArgs, client_runtime, print_line};
+use super::shared::{ClientArgs, client_runtime, print_line};
 
 #[derive(Args)]
 #[command(

@@ -8,7 +8,7 @@ use clap::Args;
 use clap_mangen::Man;
 use roff::{Roff, roman};
 
-use super::print_bytes;
+use super::shared::print_bytes;
 
 #[derive(Args)]
 #[command(

@@ -1,34 +1,30 @@
-//! The `sockit` command line: one subcommand per file.
+//! The `sockit` command line, laid out as `sockit --help` lists it: one module per subcommand,
+//! a folder for one that spans several files (`chat/` with the UDP console, `bench/` with the
+//! soak suite). [`shared`] and [`hint`] sit below the commands; no command imports this
+//! module or another command's parent.
 
 mod bench;
 mod chat;
-mod chat_udp;
 mod completions;
 mod demo;
 mod echo;
 mod exec;
 mod fetch;
 mod fs;
+mod hint;
 mod keygen;
 mod man;
 mod serve;
+mod shared;
 mod shell;
-mod soak;
 mod time;
 mod transfer;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
-use sockit::auth::resolve_secret;
-use sockit::server::parse_duration;
-use sockit::{ClientConfig, ClientError};
+use clap::{CommandFactory, Parser, Subcommand};
 
-/// Exit status for sockit's own failures (refused, unreachable, auth failed, protocol error),
-/// as ssh does, so scripts can tell them from a remote command's status.
-pub const EXIT_FAILURE: u8 = 255;
+use shared::EXIT_FAILURE;
 
 #[derive(Parser)]
 #[command(
@@ -65,30 +61,6 @@ enum Command {
     Man(man::ManArgs),
 }
 
-/// How a client command finds the server's secret and which session to ask for.
-#[derive(Args, Clone, Debug)]
-pub struct ClientArgs {
-    /// File holding the shared secret [default: $SOCKIT_SECRET, then ~/.config/sockit/secret]
-    #[arg(long, value_name = "FILE")]
-    secret_file: Option<PathBuf>,
-    /// Authenticate with HMAC and send frames unencrypted; the server must use --plaintext too
-    #[arg(long)]
-    plaintext: bool,
-    /// Give up if connecting and authenticating take longer than this
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    connect_timeout: Duration,
-}
-
-impl ClientArgs {
-    pub fn config(&self) -> anyhow::Result<ClientConfig> {
-        let (secret, _) = resolve_secret(self.secret_file.as_deref(), false)?;
-        let mut config = ClientConfig::new(secret);
-        config.plaintext = self.plaintext;
-        config.connect_timeout = self.connect_timeout;
-        Ok(config)
-    }
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -115,78 +87,8 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // Errors may quote the server and, through it, other people: shown escaped.
-            eprintln!("sockit: {}", sockit::text::escape(&one_line(&error)));
+            eprintln!("sockit: {}", sockit::text::escape(&hint::one_line(&error)));
             ExitCode::from(EXIT_FAILURE)
         }
-    }
-}
-
-/// The error and its causes on one line, with a hint when sockit knows one.
-fn one_line(error: &anyhow::Error) -> String {
-    let Some(client_error) = error.downcast_ref::<ClientError>() else {
-        return format!("{error:#}").replace('\n', " ");
-    };
-    // A client error's message already includes its cause.
-    let mut line = client_error.to_string().replace('\n', " ");
-    if let Some(hint) = client_error.hint() {
-        line.push_str(&format!(" (hint: {hint})"));
-    }
-    line
-}
-
-/// Prints a line on stdout; if the reader has gone (`| head`), stops quietly as Unix tools do.
-pub fn print_line(line: impl std::fmt::Display) {
-    use std::io::Write;
-    if writeln!(std::io::stdout().lock(), "{line}").is_err() {
-        std::process::exit(0);
-    }
-}
-
-/// Writes bytes to stdout; if the reader has gone, stops quietly as [`print_line`] does.
-pub fn print_bytes(bytes: &[u8]) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    if stdout.write_all(bytes).and_then(|()| stdout.flush()).is_err() {
-        std::process::exit(0);
-    }
-}
-
-/// The next non-empty line typed at `prompt`, trimmed and added to the history; `None` at
-/// Ctrl-D. Ctrl-C at the prompt only clears the line, as in a shell.
-pub fn prompt_line(editor: &mut rustyline::DefaultEditor, prompt: &str) -> rustyline::Result<Option<String>> {
-    use rustyline::error::ReadlineError;
-    loop {
-        match editor.readline(prompt) {
-            Ok(line) if line.trim().is_empty() => {}
-            Ok(line) => {
-                let line = line.trim().to_owned();
-                let _ = editor.add_history_entry(&line);
-                return Ok(Some(line));
-            }
-            Err(ReadlineError::Interrupted) => {}
-            Err(ReadlineError::Eof) => return Ok(None),
-            Err(error) => return Err(error),
-        }
-    }
-}
-
-/// A single-threaded runtime: client commands do one thing at a time and start faster so.
-pub fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
-/// Lifts the open-file limit to its hard maximum: a server or load generator holding
-/// thousands of connections needs one descriptor each.
-pub fn raise_fd_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if let Some(maximum) = limit.maximum {
-        let raised = rustix::process::Rlimit {
-            current: Some(maximum),
-            maximum: Some(maximum),
-        };
-        let _ = setrlimit(Resource::Nofile, raised);
     }
 }

@@ -12,7 +12,7 @@ use sockit::{Server, ServerConfig};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use super::raise_fd_limit;
+use super::shared::raise_fd_limit;
 
 #[derive(Args)]
 #[command(

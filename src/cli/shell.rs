@@ -9,7 +9,8 @@ use sockit::proto::exec::ExecRequest;
 use sockit::{Client, ClientConfig, ClientError};
 
 use super::exec::run_attached;
-use super::{ClientArgs, client_runtime, prompt_line};
+use super::hint::describe;
+use super::shared::{ClientArgs, client_runtime, prompt_line};
 
 #[derive(Args)]
 #[command(
@@ -44,7 +45,7 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         match runtime.block_on(run_line(&mut client, &args.target, &config, &line)) {
             Ok(0) => {}
             Ok(status) => eprintln!("[exit {status}]"),
-            Err(error) => eprintln!("sockit: {error}"),
+            Err(error) => eprintln!("sockit: {}", describe(&error)),
         }
     }
     if let Some(path) = &history {

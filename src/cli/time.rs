@@ -10,7 +10,7 @@ use sockit::server::parse_duration;
 use sockit::services::time::{is_answered, parse_datagram_reply};
 use sockit::{Client, ClientError};
 
-use super::{ClientArgs, client_runtime, print_line};
+use super::shared::{ClientArgs, client_runtime, print_line};
 
 #[derive(Args)]
 #[command(

@@ -11,7 +11,8 @@ use sockit::client::{TransferOptions, Transferred, safe_local_name};
 use sockit::proto::files::INLINE_MAX;
 use sockit::{Client, ClientError};
 
-use super::{ClientArgs, EXIT_FAILURE, client_runtime, print_line};
+use super::hint::describe;
+use super::shared::{ClientArgs, EXIT_FAILURE, client_runtime, print_line};
 
 #[derive(Args)]
 #[command(
@@ -267,7 +268,7 @@ fn report<'a>(
             )),
             (Err(error), true) => print_line(format_args!(
                 "{}",
-                json!({"from": job.from, "to": job.to, "error": error.to_string()})
+                json!({"from": job.from, "to": job.to, "error": describe(error)})
             )),
             (Ok(done), false) if done.resumed_from > 0 => {
                 eprintln!(
@@ -277,7 +278,7 @@ fn report<'a>(
             }
             (Ok(_), false) => {}
             (Err(error), false) => {
-                let error = sockit::text::escape(&error.to_string());
+                let error = sockit::text::escape(&describe(error));
                 eprintln!("sockit: {}: {error}", sockit::text::escape(&job.from))
             }
         }

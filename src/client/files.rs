@@ -291,10 +291,7 @@ impl Client {
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Transferred, ClientError> {
         if !options.force && tokio::fs::try_exists(local).await.unwrap_or(false) {
-            return Err(ClientError::Local(format!(
-                "{} exists (use --force to replace it)",
-                local.display()
-            )));
+            return Err(ClientError::LocalExists(local.to_owned()));
         }
         let partial = partial_path(local);
         let mut file = tokio::fs::OpenOptions::new()

@@ -24,6 +24,7 @@
 mod chat;
 mod exec;
 mod files;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod target;
 mod time;
@@ -48,7 +49,7 @@ use crate::wire::{Connection, ErrorCode, FrameError, Header, Limits, Message, Re
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     pub secret: Secret,
-    /// HMAC-authenticated plaintext session; the server must run with `--plaintext` too.
+    /// HMAC-authenticated plaintext session; the server must run plaintext sessions too.
     pub plaintext: bool,
     /// Limit on connecting plus the handshake.
     pub connect_timeout: Duration,
@@ -66,7 +67,8 @@ impl ClientConfig {
     }
 }
 
-/// Why a client call failed. `Display` names the cause; [`ClientError::hint`] suggests a fix.
+/// Why a client call failed. `Display` names the cause; which fix to suggest is the caller's
+/// to say (the `sockit` command names its flags), so each cause a fix exists for is a variant.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{0}")]
@@ -95,36 +97,9 @@ pub enum ClientError {
     /// A problem on this machine (a local file), not the server's.
     #[error("{0}")]
     Local(String),
-}
-
-impl ClientError {
-    pub fn hint(&self) -> Option<&'static str> {
-        Some(match self {
-            ClientError::Refused(_) => "is `sockit serve` running there, on that port?",
-            ClientError::Unreachable { .. } | ClientError::Timeout(_) | ClientError::Resolve { .. } => {
-                "check the host name, the port, and the network in between"
-            }
-            ClientError::NoAnswer { .. } => {
-                "check the host, the port, and that the service is on there; firewalls often drop UDP"
-            }
-            ClientError::Handshake(HandshakeError::AuthFailed(_)) => {
-                "both sides must use the same secret: check --secret-file and SOCKIT_SECRET"
-            }
-            ClientError::Handshake(HandshakeError::Refused(e)) => match e.code {
-                ErrorCode::PlaintextRefused => "drop --plaintext, or start the server with --plaintext",
-                ErrorCode::EncryptionUnavailable => "add --plaintext, or restart the server without it",
-                ErrorCode::VersionMismatch => "use the same sockit version on both sides",
-                ErrorCode::AuthThrottled => {
-                    "recent failed attempts from this address: wait, and check that both sides use the same secret"
-                }
-                _ => return None,
-            },
-            ClientError::Handshake(HandshakeError::Closed) => {
-                "the server may be at its connection limit, or not a sockit server"
-            }
-            _ => return None,
-        })
-    }
+    /// A download would replace this local file; [`TransferOptions::force`] allows it.
+    #[error("{} exists", .0.display())]
+    LocalExists(std::path::PathBuf),
 }
 
 /// An authenticated session with a server, confirmed with a `ping` as it opens. Requests run

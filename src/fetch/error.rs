@@ -26,6 +26,10 @@ pub enum FetchError {
     Connection { authority: String, reason: String },
     #[error("TLS with {authority} failed: {reason}")]
     Tls { authority: String, reason: String },
+    /// The server's certificate chain ends at no root [`FetchOptions`] trusts: a private CA or
+    /// a self-signed certificate that was not given as a trusted root.
+    #[error("TLS with {authority} failed: the certificate is not signed by a trusted CA")]
+    UntrustedCertificate { authority: String },
     #[error("timed out connecting to {authority} (after {after:?})")]
     ConnectTimeout { authority: String, after: Duration },
     #[error("{authority} sent nothing for {after:?}")]
@@ -50,10 +54,7 @@ pub(super) fn explain_io(io: io::Error, url: &Url) -> FetchError {
         };
     }
     if let Some(tls) = tls_failure(&io) {
-        return FetchError::Tls {
-            authority,
-            reason: describe_tls(tls),
-        };
+        return tls_error(authority, tls);
     }
     match io.kind() {
         io::ErrorKind::UnexpectedEof => FetchError::Protocol {
@@ -77,14 +78,13 @@ fn tls_failure(error: &io::Error) -> Option<&rustls::Error> {
     error.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
-/// rustls's words, with a hint for the two mistakes a private server's certificate invites.
-pub(super) fn describe_tls(error: &rustls::Error) -> String {
+/// A failed TLS handshake: an untrusted certificate on its own, as the caller may know how to
+/// trust it; otherwise rustls's words, with a hint for a CA certificate used as a server's.
+pub(super) fn tls_error(authority: String, error: &rustls::Error) -> FetchError {
     use rustls::{CertificateError, Error};
-    match error {
+    let reason = match error {
         Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "the certificate is not signed by a trusted CA \
-             (hint: --cacert FILE trusts a private CA or a self-signed certificate)"
-                .to_owned()
+            return FetchError::UntrustedCertificate { authority };
         }
         // webpki refuses a certificate marked as a CA (`openssl req -x509`'s default) as a
         // server's own, even when it is the trusted one itself.
@@ -96,7 +96,8 @@ pub(super) fn describe_tls(error: &rustls::Error) -> String {
                 .to_owned()
         }
         other => other.to_string(),
-    }
+    };
+    FetchError::Tls { authority, reason }
 }
 
 /// The resolver's reason when `error` is a failed DNS lookup. ureq passes on the standard

@@ -17,7 +17,7 @@ use url::Url;
 mod error;
 
 pub use error::FetchError;
-use error::{describe_tls, explain_io};
+use error::{explain_io, tls_error};
 
 /// Sent as `User-Agent` on every request.
 pub const USER_AGENT: &str = concat!("sockit/", env!("CARGO_PKG_VERSION"));
@@ -190,10 +190,7 @@ impl Fetcher {
                 authority,
                 after: self.options.read_timeout,
             },
-            ureq::Error::Rustls(tls) => FetchError::Tls {
-                authority,
-                reason: describe_tls(&tls),
-            },
+            ureq::Error::Rustls(tls) => tls_error(authority, &tls),
             ureq::Error::Tls(reason) => FetchError::Tls {
                 authority,
                 reason: reason.to_owned(),

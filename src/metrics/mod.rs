@@ -190,7 +190,7 @@ impl Metrics {
         );
         r.register(
             "connections_limit",
-            "Connections served at once at most (--max-connections)",
+            "Connections served at once at most (the max_connections setting)",
             self.connections_limit.clone(),
         );
         r.register(

@@ -33,6 +33,7 @@ pub mod clock;
 pub mod echo;
 pub mod exec;
 pub mod files;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod time;
 pub mod unframed;

@@ -9,6 +9,7 @@ mod codec;
 mod connection;
 mod error;
 #[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod header;
 pub mod record;

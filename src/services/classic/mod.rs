@@ -23,6 +23,7 @@
 pub mod echo;
 pub mod exec;
 pub mod ftp;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod greeting;
 

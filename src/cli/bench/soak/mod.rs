@@ -9,38 +9,34 @@
 //! (see [`hostile`]). It ends with numbers and a verdict, and exits non-zero on FAIL.
 
 mod abuse;
+mod dial;
 mod hostile;
 mod proxy;
+mod report;
 mod server;
+mod tally;
 mod workload;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use hdrhistogram::Histogram;
 use sockit::ClientConfig;
 use sockit::server::parse_duration;
 use tokio::task::JoinSet;
 
-use super::bench::{micros, new_histogram};
-use super::raise_fd_limit;
+use super::measure::new_histogram;
+use crate::cli::shared::raise_fd_limit;
+use abuse::on_own_thread;
 use hostile::{Arena, Attack, HostileReport, QuotaServer};
+use report::{FD_SLACK, Report, humantime};
 use server::{Footprint, Role, ServerUnderTest};
+use tally::Tally;
 use workload::Load;
 
-/// After the load stops, the server's descriptors must come back to within this many of the
-/// count at the start (listeners, log, the runtime's own), once connections have closed.
-const FD_SLACK: u64 = 16;
-/// After the load stops, the server's resident memory may exceed the start by at most this
-/// much. glibc keeps freed transfer buffers in its per-thread arenas (about 110 MiB after a
-/// minute, 45 MiB with `MALLOC_MMAP_THRESHOLD_=65536`); a leak of even 1% of the tens of
-/// gigabytes a full run moves does not fit.
-const RSS_SLACK_KIB: u64 = 192 * 1024;
 /// How long the server gets to close connections and reap commands after the load stops.
 const SETTLE: Duration = Duration::from_secs(15);
 
@@ -99,39 +95,6 @@ fn parse_attacks(text: &str) -> Result<Attacks, String> {
 
 /// The quota of the second server the quota attack (M2) aims at.
 const ATTACK_QUOTA: u64 = 4 << 20;
-
-/// Counters by name, shared by every task; `failures: …` must all stay zero.
-#[derive(Default)]
-pub struct Tally {
-    counts: Mutex<BTreeMap<String, u64>>,
-    first_failures: Mutex<Vec<String>>,
-}
-
-impl Tally {
-    pub fn add(&self, key: &str, n: u64) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        // Called per proxied chunk and per trickled byte: allocate a key only the first time.
-        match counts.get_mut(key) {
-            Some(count) => *count += n,
-            None => {
-                counts.insert(key.to_owned(), n);
-            }
-        }
-    }
-
-    /// Records a failure; the first few are kept word for word for the report.
-    pub fn fail(&self, what: &str) {
-        self.add("failures", 1);
-        let mut first = self.first_failures.lock().unwrap_or_else(|p| p.into_inner());
-        if first.len() < 20 {
-            first.push(what.to_owned());
-        }
-    }
-
-    fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
 
 pub fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     raise_fd_limit();
@@ -273,11 +236,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
     let report = Report {
         elapsed: started.elapsed(),
         counts: tally.snapshot(),
-        failures: tally
-            .first_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone(),
+        failures: tally.first_failures(),
         alive,
         at_start,
         peak,
@@ -386,191 +345,4 @@ async fn settle(server: &ServerUnderTest, at_start: Footprint, token: &str) -> (
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-struct Report {
-    elapsed: Duration,
-    counts: BTreeMap<String, u64>,
-    failures: Vec<String>,
-    alive: bool,
-    at_start: Footprint,
-    peak: Footprint,
-    at_end: Footprint,
-    leftovers: Vec<String>,
-    probe: Histogram<u64>,
-    auth: Option<abuse::AuthAbuse>,
-    p99_bound: Option<Duration>,
-    hostile_p99_bound: Option<Duration>,
-    hostile: Option<HostileReport>,
-    hostile_expected: bool,
-    /// Whether the quota attack's own server stayed up, when it ran.
-    quota_alive: Option<bool>,
-}
-
-impl Report {
-    /// What the server's RSS may be once the load has stopped: the start plus
-    /// [`RSS_SLACK_KIB`], or, after a hostile phase, the phase's own bound: glibc keeps the
-    /// pages freed after the phase's peak in its arenas, so the end reflects that peak, and
-    /// a leak still shows as growth past it.
-    fn rss_bound_kib(&self) -> u64 {
-        let bound = self.at_start.rss_kib + RSS_SLACK_KIB;
-        match self.hostile {
-            Some(_) => bound.max(hostile::RSS_BOUND_KIB),
-            None => bound,
-        }
-    }
-
-    /// Prints the numbers and the verdict; true on PASS.
-    fn print(&self) -> bool {
-        println!("soak: ran {}", humantime(self.elapsed));
-        for (key, value) in &self.counts {
-            println!("  {key}: {value}");
-        }
-        let count = |key: &str| self.counts.get(key).copied().unwrap_or(0);
-        let total = |prefix: &str| -> u64 {
-            self.counts
-                .iter()
-                .filter(|(key, _)| key.starts_with(prefix))
-                .map(|(_, n)| n)
-                .sum()
-        };
-        let (faults, requests) = (total("faults: "), total("done: "));
-        println!("  requests done (all services): {requests}");
-        println!("  faults injected (all kinds): {faults}");
-        println!(
-            "  server RSS: {} KiB at start, {} KiB peak, {} KiB at end (bound: {} KiB)",
-            self.at_start.rss_kib,
-            self.peak.rss_kib,
-            self.at_end.rss_kib,
-            self.rss_bound_kib()
-        );
-        println!(
-            "  server open fds: {} at start, {} peak, {} at end (bound: start + {FD_SLACK})",
-            self.at_start.fds, self.peak.fds, self.at_end.fds
-        );
-        println!("  server restarts needed: {}", u8::from(!self.alive));
-        println!("  processes left behind by exec: {}", self.leftovers.len());
-        for process in &self.leftovers {
-            println!("    {process}");
-        }
-        let p99 = Duration::from_nanos(self.probe.value_at_quantile(0.99));
-        println!(
-            "  echo probe under slowloris + flood: {} round trips, {}",
-            self.probe.len(),
-            latencies(&self.probe)
-        );
-        let auth_ok = match &self.auth {
-            Some(auth) => {
-                let seconds = auth.elapsed.as_secs_f64();
-                println!(
-                    "  wrong secrets: {} attempts in {seconds:.1} s ({:.0}/s), {} checked ({:.1}/s), {} refused at once, {} unanswered within 500 ms",
-                    auth.attempts,
-                    auth.attempts as f64 / seconds,
-                    auth.checked,
-                    auth.checked as f64 / seconds,
-                    auth.refused,
-                    auth.held_back
-                );
-                println!(
-                    "  correct client meanwhile: {} fresh sessions, {}",
-                    auth.correct.len(),
-                    latencies(&auth.correct)
-                );
-                // Throttled: at most 10 guesses a second are checked (one more for the race of
-                // two workers), the rest refused at once, hardly any left hanging.
-                auth.checked as f64 <= 10.0 * seconds + 2.0
-                    && auth.held_back * 100 <= auth.attempts
-                    && !auth.correct.is_empty()
-            }
-            None => {
-                println!("  wrong secrets: did not finish in time");
-                false
-            }
-        };
-        // Each cut the proxy made breaks at most one session; any other break is the server's
-        // doing.
-        let interruptions: u64 = self
-            .counts
-            .iter()
-            .filter(|(key, _)| key.starts_with("interrupted: ") && !key.contains(workload::BUSY))
-            .map(|(_, n)| n)
-            .sum();
-        let cuts = count("faults: cut mid-stream");
-        println!("  sessions broken: {interruptions}, cuts made by the proxy: {cuts}");
-        let mut verdict: Vec<(String, bool)> = [
-            (
-                "every broken session explained by a cut",
-                interruptions <= count("proxy connections: cut"),
-            ),
-            ("no failures", count("failures") == 0),
-            ("no data lost", count("data lost") == 0),
-            ("files verified", count("files: verified byte-exact") > 0),
-            ("server stayed up", self.alive),
-            (
-                "fds back within bound",
-                self.at_end.fds <= self.at_start.fds + FD_SLACK,
-            ),
-            ("RSS within bound", self.at_end.rss_kib <= self.rss_bound_kib()),
-            ("no exec leftovers", self.leftovers.is_empty()),
-            ("wrong secrets throttled, correct client served", auth_ok),
-            ("echo probe ran", !self.probe.is_empty()),
-        ]
-        .map(|(name, ok)| (name.to_owned(), ok))
-        .to_vec();
-        if let Some(bound) = self.p99_bound {
-            verdict.push(("echo p99 within bound".to_owned(), p99 <= bound));
-        }
-        match &self.hostile {
-            Some(hostile) => verdict.extend(hostile.print(self.hostile_p99_bound)),
-            None if self.hostile_expected => verdict.push(("hostile phase finished".to_owned(), false)),
-            None => {}
-        }
-        if let Some(up) = self.quota_alive {
-            verdict.push(("quota server stayed up".to_owned(), up));
-        }
-        for failure in &self.failures {
-            println!("  failure: {failure}");
-        }
-        let failed: Vec<&str> = verdict
-            .iter()
-            .filter(|(_, ok)| !ok)
-            .map(|(name, _)| name.as_str())
-            .collect();
-        if failed.is_empty() {
-            println!("verdict: PASS");
-        } else {
-            println!("verdict: FAIL ({})", failed.join("; "));
-        }
-        failed.is_empty()
-    }
-}
-
-/// Runs a normal client's probe on a thread and runtime of its own, as a separate `sockit echo`
-/// process would be: its latencies then measure the server's answer, not how long the probe
-/// waited behind the soak's own thousands of generator tasks on the shared runtime.
-pub(super) fn on_own_thread(
-    probe: impl std::future::Future<Output = Histogram<u64>> + Send + 'static,
-) -> tokio::sync::oneshot::Receiver<Histogram<u64>> {
-    let (report, answer) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        if let Ok(runtime) = runtime {
-            let _ = report.send(runtime.block_on(probe));
-        }
-    });
-    answer
-}
-
-fn humantime(duration: Duration) -> String {
-    format!("{:.0} s", duration.as_secs_f64())
-}
-
-/// `p50 .. us, p99 .. us, max .. us` of round trips recorded in nanoseconds.
-fn latencies(histogram: &Histogram<u64>) -> String {
-    format!(
-        "p50 {} us, p99 {} us, max {} us",
-        micros(histogram.value_at_quantile(0.5)),
-        micros(histogram.value_at_quantile(0.99)),
-        micros(histogram.max())
-    )
 }

@@ -18,7 +18,7 @@ use sockit::wire::ErrorCode;
 use sockit::{Client, ClientConfig, ClientError};
 use tokio::time::timeout;
 
-use super::Tally;
+use super::tally::Tally;
 
 /// Attempts at one transfer before it counts as lost.
 const TRANSFER_ATTEMPTS: usize = 40;

@@ -9,12 +9,19 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::ValueEnum;
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 use sockit::text::escape;
 
-use super::chat::Lang;
-use super::print_line;
+use crate::cli::shared::print_line;
+
+/// The language of the console's lines: the course's Chinese, or English.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Lang {
+    Zh,
+    En,
+}
 
 pub fn run(addr: SocketAddr, lang: Lang) -> anyhow::Result<ExitCode> {
     let socket = UdpSocket::bind(addr).with_context(|| format!("cannot listen on udp {addr}"))?;

@@ -7,8 +7,9 @@ use std::time::Instant;
 use sockit::ClientError;
 use sockit::wire::{Connection, Header};
 
-use super::link::{Reading, burst, call};
-use super::{Attacker, Held};
+use super::super::dial::Reading;
+use super::attacker::{Attacker, Held};
+use super::link::{burst, call};
 
 /// Bytes per body write of an upload.
 const CHUNK: usize = 256 * 1024;

@@ -18,9 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use super::super::bench::new_histogram;
-use super::Tally;
-use super::hostile::{Reading, dial_from, wrong_secret};
+use super::dial::{Reading, dial_from, wrong_secret};
+use super::tally::Tally;
+use crate::cli::bench::measure::new_histogram;
 
 /// Where the wrong secrets come from: not 127.0.0.1, where the normal clients are.
 const WRONG_SECRETS_FROM: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -171,7 +171,7 @@ pub async fn wrong_secrets(
 ) -> AuthAbuse {
     let begin = Instant::now();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let probe = super::on_own_thread(correct_client(
+    let probe = on_own_thread(correct_client(
         server.to_string(),
         config,
         done.clone(),
@@ -241,4 +241,20 @@ pub async fn correct_client(
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
     latencies
+}
+
+/// Runs a normal client's probe on a thread and runtime of its own, as a separate `sockit echo`
+/// process would be: its latencies then measure the server's answer, not how long the probe
+/// waited behind the soak's own thousands of generator tasks on the shared runtime.
+pub fn on_own_thread(
+    probe: impl std::future::Future<Output = Histogram<u64>> + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<Histogram<u64>> {
+    let (report, answer) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        if let Ok(runtime) = runtime {
+            let _ = report.send(runtime.block_on(probe));
+        }
+    });
+    answer
 }

@@ -7,6 +7,7 @@
 //! what the server did in a tally of its own, printed per attack in the report; the verdict
 //! holds the server to what normal clients see, its memory, and staying up.
 
+mod attacker;
 mod bystander;
 mod chat;
 mod files;
@@ -15,27 +16,23 @@ mod net;
 mod unauth;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use hdrhistogram::Histogram;
 use sockit::ClientConfig;
-use sockit::auth::SessionKeys;
 use tokio::task::JoinSet;
 
-use super::super::bench::{new_histogram, resident_kib};
-use super::{Tally, abuse};
-
-pub use link::{Reading, dial_from, wrong_secret};
+use super::abuse::{self, on_own_thread};
+use super::tally::Tally;
+use crate::cli::bench::measure::{latencies, new_histogram, resident_kib};
+pub use attacker::{Arena, QuotaServer};
+use attacker::{Attacker, Held};
 
 /// The server's resident memory must stay under this through the whole hostile phase.
 pub const RSS_BOUND_KIB: u64 = 256 * 1024;
-/// Online guessing from one address: at most this many secrets checked per second.
-pub const GUESSES_PER_SECOND_BOUND: f64 = 10.0;
 /// How often the server's memory is sampled during the phase.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
@@ -105,7 +102,7 @@ impl Attack {
     /// Runs the attack; `Some(false)` when it got something the server must not give.
     fn run(self, arena: Arc<Arena>, tally: Arc<Tally>) -> BoxFuture<'static, Held> {
         let attacker = Attacker {
-            attack: self,
+            octet: self.octet(),
             arena,
             tally,
         };
@@ -143,110 +140,6 @@ pub fn parse_attacks(text: &str) -> Result<Vec<Attack>, String> {
         .collect()
 }
 
-/// Whether an attack got what the server must not give: `None` when it only reports figures.
-pub type Held = Option<bool>;
-
-/// What every attack may aim at.
-pub struct Arena {
-    pub server: SocketAddr,
-    pub keys: SessionKeys,
-    pub pid: u32,
-    pub until: Instant,
-    /// The main server's file root, for attacks that lay out files before asking for them.
-    pub root: PathBuf,
-    pub metrics: Option<SocketAddr>,
-    pub time_udp: SocketAddr,
-    pub udp_echo: Option<SocketAddr>,
-    /// A second server with a small `--quota`, for the quota attack.
-    pub quota: Option<QuotaServer>,
-    /// Counts are the full run's times this (0.1 in CI).
-    pub scale: f64,
-    /// Local files of the bystander's round-trips.
-    pub scratch: PathBuf,
-}
-
-/// The small-quota server M2 aims at: its own process and root, so the normal load's uploads
-/// never compete with the attacker for the same quota.
-pub struct QuotaServer {
-    pub addr: SocketAddr,
-    pub root: PathBuf,
-    pub quota: u64,
-}
-
-impl Arena {
-    /// `full` scaled for this run, at least 1.
-    pub fn scaled(&self, full: usize) -> usize {
-        ((full as f64 * self.scale).round() as usize).max(1)
-    }
-
-    pub fn time_left(&self) -> bool {
-        Instant::now() < self.until
-    }
-}
-
-/// One attack at work: where it aims, its addresses, and its tally.
-pub struct Attacker {
-    attack: Attack,
-    arena: Arc<Arena>,
-    tally: Arc<Tally>,
-}
-
-impl Attacker {
-    /// The source address of `lane`: 127.0.N.(1 + lane % 250).
-    pub fn source(&self, lane: usize) -> Ipv4Addr {
-        Ipv4Addr::new(127, 0, self.attack.octet(), 1 + (lane % 250) as u8)
-    }
-
-    pub fn count(&self, key: &str) {
-        self.tally.add(key, 1);
-    }
-
-    pub fn add(&self, key: &str, n: u64) {
-        self.tally.add(key, n);
-    }
-
-    /// The sum of this attack's counts whose names start with `prefix`.
-    pub fn tally_total(&self, prefix: &str) -> u64 {
-        let counts = self.tally.snapshot();
-        counts
-            .iter()
-            .filter(|(key, _)| key.starts_with(prefix))
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    fn clone_handle(&self) -> Attacker {
-        Attacker {
-            attack: self.attack,
-            arena: self.arena.clone(),
-            tally: self.tally.clone(),
-        }
-    }
-
-    /// Runs `attempt(lane, n)` for n in 0..count over `parallel` lanes, until the phase ends.
-    pub async fn in_lanes<F, Fut>(&self, parallel: usize, count: usize, attempt: F)
-    where
-        F: Fn(Attacker, usize, usize) -> Fut + Clone + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let next = Arc::new(AtomicU64::new(0));
-        let mut lanes = JoinSet::new();
-        for lane in 0..parallel.min(count) {
-            let (me, next, attempt) = (self.clone_handle(), next.clone(), attempt.clone());
-            lanes.spawn(async move {
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if n >= count || !me.arena.time_left() {
-                        break;
-                    }
-                    attempt(me.clone_handle(), lane, n).await;
-                }
-            });
-        }
-        lanes.join_all().await;
-    }
-}
-
 /// What one attack reports.
 pub struct Finding {
     pub attack: Attack,
@@ -272,14 +165,14 @@ pub struct HostileReport {
 pub async fn run(arena: Arena, attacks: &[Attack], config: ClientConfig, tally: Arc<Tally>) -> HostileReport {
     let arena = Arc::new(arena);
     let target = arena.server.to_string();
-    let probe = super::on_own_thread(abuse::echo_probe(
+    let probe = on_own_thread(abuse::echo_probe(
         target.clone(),
         config.clone(),
         arena.until,
         tally.clone(),
     ));
     let done = Arc::new(AtomicBool::new(false));
-    let fresh = super::on_own_thread(abuse::correct_client(
+    let fresh = on_own_thread(abuse::correct_client(
         target,
         config.clone(),
         done.clone(),
@@ -397,9 +290,9 @@ impl HostileReport {
         println!(
             "  hostile: echo probe {} round trips, {}; fresh sessions {}, {}",
             self.probe.len(),
-            super::latencies(&self.probe),
+            latencies(&self.probe),
             self.fresh.len(),
-            super::latencies(&self.fresh)
+            latencies(&self.fresh)
         );
         self.verdict(p99_bound)
     }

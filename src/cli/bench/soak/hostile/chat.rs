@@ -8,8 +8,9 @@ use sockit::proto::chat::{Join, Leave, MAX_TEXT, Rooms, Say};
 use sockit::wire::{FrameWriter, Header};
 use tokio::time::timeout;
 
-use super::link::{BURST_WITHIN, Reading, burst, call};
-use super::{Attacker, Held};
+use super::super::dial::Reading;
+use super::attacker::{Attacker, Held};
+use super::link::{BURST_WITHIN, burst, call};
 
 fn say(room: &str, text: &str) -> Header {
     Say { room, text }.to_header()

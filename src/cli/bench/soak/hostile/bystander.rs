@@ -11,7 +11,7 @@ use sockit::proto::chat::ChatEvent;
 use sockit::{Client, ClientConfig, ClientError};
 use tokio::time::timeout;
 
-use super::super::Tally;
+use super::super::tally::Tally;
 
 /// The longest one round may take before it counts as a failure.
 const ROUND_WITHIN: Duration = Duration::from_secs(30);

@@ -3,6 +3,18 @@
 //! It runs every simulated client on one thread, so on a small machine it leaves the other
 //! cores to the server under test, and it reports its own CPU use so a reader can tell when
 //! the generator, not the server, was the limit.
+//!
+//! The fault and soak suite ([`soak`], `sockit bench soak`, about 1.8k lines) stays in the
+//! product binary rather than a bench binary or crate of its own (as quinn keeps `perf/`
+//! apart), because what it tests is the shipped binary itself: it runs this very executable as
+//! `sockit serve` and as the `sockit put` processes it kills mid-transfer, so a soak run on a
+//! deployed host needs nothing but the installed `sockit`, and the binary that passed is the
+//! binary that ships (`--sockit PATH` soaks another build). It adds no dependency the other
+//! benchmarks do not already need (`hdrhistogram`, behind the `cli` feature with the rest of
+//! the command line), and BENCHMARKS.md and tests/soak.rs run it as `sockit bench soak`.
+
+mod measure;
+mod soak;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -19,7 +31,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use super::{ClientArgs, client_runtime, raise_fd_limit};
+use super::shared::{ClientArgs, client_runtime, raise_fd_limit};
+use measure::{CpuClock, micros, new_histogram, process_cpu_of, resident_kib};
 
 #[derive(Args)]
 #[command(
@@ -42,7 +55,7 @@ enum BenchKind {
     /// Latency of running a command, over one session or a fresh session each time
     Exec(ExecBench),
     /// The fault and soak suite: a mixed workload through a fault proxy, then abuse; a verdict
-    Soak(super::soak::SoakArgs),
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Args)]
@@ -122,7 +135,7 @@ struct IdleBench {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let BenchKind::Soak(soak) = args.kind {
-        return super::soak::run(soak);
+        return soak::run(soak);
     }
     raise_fd_limit();
     let runtime = client_runtime()?;
@@ -363,62 +376,4 @@ fn session_kind(raw: bool, client: &ClientArgs) -> &'static str {
         (false, true) => "plaintext",
         (false, false) => "encrypted",
     }
-}
-
-pub(super) fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
-}
-
-pub(super) fn micros(nanos: u64) -> f64 {
-    (nanos as f64 / 100.0).round() / 10.0
-}
-
-/// Resident memory of a local process, from /proc.
-pub(super) fn resident_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc status")
-}
-
-/// This process's CPU time (user + system), to report the load generator's own cost.
-struct CpuClock {
-    cpu: Duration,
-    wall: Instant,
-}
-
-impl CpuClock {
-    fn now() -> CpuClock {
-        CpuClock {
-            cpu: process_cpu(),
-            wall: Instant::now(),
-        }
-    }
-
-    fn percent_since(&self) -> f64 {
-        let cpu = process_cpu().saturating_sub(self.cpu).as_secs_f64();
-        100.0 * cpu / self.wall.elapsed().as_secs_f64()
-    }
-}
-
-/// CPU time (user + system) of a local process, all its threads included, from /proc, in
-/// clock ticks of 10 ms.
-fn process_cpu_of(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // utime and stime: the 12th and 13th fields after the parenthesised command name.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("malformed stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(Duration::from_millis(ticks * 10))
-}
-
-fn process_cpu() -> Duration {
-    let time = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }

@@ -8,8 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
 
-use super::link::Reading;
-use super::{Attacker, Held};
+use super::super::dial::Reading;
+use super::attacker::{Attacker, Held};
 
 /// How long a UDP request or a scrape waits for its answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(3);

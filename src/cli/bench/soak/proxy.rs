@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::Tally;
+use super::tally::Tally;
 
 /// What the proxy does to one connection.
 #[derive(Clone, Copy, Debug)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::super::bench::resident_kib;
+use crate::cli::bench::measure::resident_kib;
 
 /// A `sockit serve` child, killed on drop.
 pub struct ServerUnderTest {

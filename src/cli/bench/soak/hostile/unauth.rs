@@ -9,10 +9,13 @@ use sockit::wire::{Connection, Header, Limits};
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
-use super::link::{Reading, failure_kind, wrong_secret};
+use super::super::dial::{Reading, wrong_secret};
+use super::attacker::{Attacker, Held};
+use super::link::failure_kind;
 use super::net::metric_sum;
-use super::{Attacker, GUESSES_PER_SECOND_BOUND, Held};
 
+/// Online guessing from one address: at most this many secrets checked per second.
+const GUESSES_PER_SECOND_BOUND: f64 = 10.0;
 /// How long an unauthenticated attempt waits for the server's answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 /// How long a guesser waits for a refusal: past it, silence means "wrong" to an attacker.

@@ -5,6 +5,8 @@
 //! worker and prints through rustyline's external printer, which redraws the input line below
 //! each incoming message instead of garbling it.
 
+mod udp;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -13,14 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use rustyline::DefaultEditor;
 use sockit::client::{ChatFeed, ChatIncoming, ChatSender, ChatSession};
 use sockit::proto::chat::{ChatEvent, DEFAULT_ROOM};
 use sockit::text::escape;
 use sockit::{Client, ClientConfig};
 
-use super::{ClientArgs, EXIT_FAILURE, client_runtime, prompt_line};
+use super::shared::{ClientArgs, EXIT_FAILURE, client_runtime, print_line, prompt_line};
+use udp::Lang;
 
 #[derive(Args)]
 #[command(
@@ -53,15 +56,9 @@ pub struct ChatArgs {
     client: ClientArgs,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Lang {
-    Zh,
-    En,
-}
-
 pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = args.serve_udp {
-        return super::chat_udp::run(addr, args.lang);
+        return udp::run(addr, args.lang);
     }
     let (Some(target), Some(name)) = (&args.target, &args.name) else {
         bail!("a server and --name are needed");
@@ -252,7 +249,7 @@ fn printer(editor: &mut DefaultEditor) -> Print {
         Ok(mut printer) if std::io::stdin().is_terminal() => Box::new(move |line| {
             let _ = printer.print(format!("{line}\n"));
         }),
-        _ => Box::new(super::print_line),
+        _ => Box::new(print_line),
     }
 }
 

@@ -2,70 +2,25 @@
 //! authenticated session on it, a chat login, a request and its answer.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use sockit::auth::{self, AuthMode, SessionKeys};
+use sockit::ClientError;
+use sockit::auth;
 use sockit::proto::chat::Login;
 use sockit::wire::{Connection, FrameReader, Header, Limits, Message, RemoteError};
-use sockit::{ClientError, Secret};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::Attacker;
+use super::super::dial::{Reading, dial_from};
+use super::attacker::Attacker;
 
 /// Once the writing is done, replies are read until none came for this long.
 const QUIET: Duration = Duration::from_secs(2);
 /// Bounds one pipelined burst: a server that stops reading must not hold the attacker.
 pub const BURST_WITHIN: Duration = Duration::from_secs(20);
-/// The receive buffer of a connection that never reads: small, so the server's side fills fast.
-const SMALL_WINDOW: u32 = 4096;
 /// Connecting plus the handshake, for an attacker's own session.
 const SESSION_WITHIN: Duration = Duration::from_secs(10);
-
-/// How an attacker's connection reads.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Reading {
-    Normally,
-    /// Never reads: a 4 KiB receive buffer, so the server's side backs up quickly.
-    Never,
-}
-
-/// A TCP connection to `to` from `source` (any 127/8 address works on Linux without setup).
-pub async fn dial_from(source: Ipv4Addr, to: SocketAddr, reading: Reading) -> io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source.into(), 0))?;
-    if reading == Reading::Never {
-        socket.set_recv_buffer_size(SMALL_WINDOW)?;
-    }
-    let stream = socket.connect(to).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// One handshake from `source` with a secret that is not the server's, given up after
-/// `patience`: `AuthFailed` when refused as wrong, `Timeout` when nothing came back in time.
-pub async fn wrong_secret(
-    source: Ipv4Addr,
-    server: SocketAddr,
-    patience: Duration,
-) -> Result<(), ClientError> {
-    let keys = SessionKeys::new(Secret::generate(), AuthMode::Noise);
-    let attempt = async {
-        let stream = dial_from(source, server, Reading::Normally)
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                target: server.to_string(),
-                source,
-            })?;
-        let mut conn = Connection::tcp(stream, Limits::default());
-        auth::connect(&mut conn, &keys).await?;
-        Ok(())
-    };
-    timeout(patience, attempt)
-        .await
-        .map_err(|_| ClientError::Timeout(server.to_string()))?
-}
 
 impl Attacker {
     /// A TCP connection to `to` from this attack's address for `lane`.
