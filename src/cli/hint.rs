@@ -9,6 +9,7 @@ use std::error::Error;
 use sockit::ClientError;
 use sockit::auth::{HandshakeError, SECRET_ENV, SecretError};
 use sockit::fetch::FetchError;
+use sockit::proto::files::EXISTS_NOTE;
 use sockit::wire::ErrorCode;
 
 /// The error and its causes on one line, with a hint when sockit knows one.
@@ -42,6 +43,9 @@ pub fn describe(error: &ClientError) -> String {
             _ => error.to_string(),
         },
         ClientError::LocalExists(_) => format!("{error} (use --force to replace it)"),
+        ClientError::Remote(refusal) if refusal.code == ErrorCode::Exists => error
+            .to_string()
+            .replace(EXISTS_NOTE, "(use --force to replace it)"),
         _ => error.to_string(),
     }
 }

@@ -10,33 +10,21 @@ use tokio::net::UdpSocket;
 use tokio::time::timeout;
 
 use super::{Client, ClientError, Target};
-use crate::wire::Header;
+use crate::proto::time::{TimeReply, TimeRequest};
 
-/// The server's answer to a native `time` request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerTime {
-    /// The server's local time in the format asked for.
-    pub time: String,
-    /// The same moment as milliseconds since 1970 (UTC).
-    pub unix_ms: i64,
-}
+/// The server's answer to a native `time` request: its local time in the format asked for,
+/// and the same moment as milliseconds since 1970 (UTC).
+pub type ServerTime = TimeReply;
 
 impl Client {
     /// The native time service: the server's local time in the strftime `format` (`None` for
     /// the course's `%Y-%m-%d %X`). A bad format is a [`ClientError::Remote`] `bad_request`.
     pub async fn time(&mut self, format: Option<&str>) -> Result<ServerTime, ClientError> {
-        let mut header = Header::new("time");
-        if let Some(format) = format {
-            header = header.with("format", format);
-        }
-        let reply = self.call(header, &[]).await?;
-        let missing = |key| ClientError::Protocol(format!("the `time` reply has no `{key}`"));
-        let time = reply.header.str("time").ok_or_else(|| missing("time"))?;
-        let unix_ms = reply.header.fields().get("unix_ms").and_then(|v| v.as_i64());
-        Ok(ServerTime {
-            time: time.to_owned(),
-            unix_ms: unix_ms.ok_or_else(|| missing("unix_ms"))?,
-        })
+        let request = TimeRequest {
+            format: format.map(str::to_owned),
+        };
+        let reply = self.call(request.to_header(), &[]).await?;
+        TimeReply::from_header(&reply.header).map_err(ClientError::Protocol)
     }
 }
 

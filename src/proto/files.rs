@@ -27,6 +27,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::{ErrorCode, Header, RemoteError};
 
+/// How a `put` refused with `exists` ends its message: it names the request's field that
+/// replaces the file, so any client can word its own fix (the `sockit` command says
+/// `--force`).
+pub const EXISTS_NOTE: &str = "(a `put` with `force` replaces it)";
+
 /// Files up to this size travel inline in their `put` frame; larger ones are streamed.
 pub const INLINE_MAX: u64 = 1024 * 1024;
 

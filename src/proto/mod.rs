@@ -10,3 +10,4 @@ pub mod exec;
 pub mod files;
 pub mod path;
 pub mod ports;
+pub mod time;

@@ -26,11 +26,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::format::{DelayedFormat, Item, StrftimeItems};
 use chrono::{DateTime, Local, TimeZone};
-use serde::Deserialize;
 
 use super::unframed::DatagramService;
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
-use crate::wire::Header;
+use crate::proto::time::{TIME, TimeReply, TimeRequest};
 
 /// The course's format, used when a request names none.
 pub const DEFAULT_FORMAT: &str = "%Y-%m-%d %X";
@@ -183,21 +182,15 @@ impl DatagramService for TimeDatagrams {
 pub struct Time;
 
 const COMMANDS: &[CommandSpec] = &[CommandSpec {
-    cmd: "time",
+    cmd: TIME,
     max_body: 0,
     body: BodyMode::Whole,
 }];
 
-#[derive(Deserialize)]
-struct TimeRequest {
-    #[serde(default)]
-    format: String,
-}
-
 #[async_trait]
 impl Service for Time {
     fn name(&self) -> &'static str {
-        "time"
+        TIME
     }
 
     fn commands(&self) -> &[CommandSpec] {
@@ -205,17 +198,15 @@ impl Service for Time {
     }
 
     async fn handle(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
-        let fields: TimeRequest = request
-            .header
-            .parse()
-            .map_err(|e| ServiceError::bad_request(e.to_string()))?;
+        let asked = TimeRequest::from_header(&request.header)?;
         let now = Local::now();
-        let text = format_at(&now, &fields.format).map_err(|e| ServiceError::bad_request(e.to_string()))?;
-        let reply = Header::new("time")
-            .with_id(request.id())
-            .with("time", text)
-            .with("unix_ms", now.timestamp_millis());
-        session.writer.send(reply, &[]).await?;
+        let format = asked.format.as_deref().unwrap_or_default();
+        let time = format_at(&now, format).map_err(|e| ServiceError::bad_request(e.to_string()))?;
+        let reply = TimeReply {
+            time,
+            unix_ms: now.timestamp_millis(),
+        };
+        session.writer.send(reply.to_header(request.id()), &[]).await?;
         Ok(())
     }
 }

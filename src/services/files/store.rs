@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::error::io_error;
 use super::root::FileRoot;
+use crate::proto::files::EXISTS_NOTE;
 use crate::proto::path::RootPath;
 use crate::source::{PerSource, SourceSlot};
 use crate::wire::{ErrorCode, RemoteError};
@@ -201,7 +202,7 @@ impl FileStore {
         if !replace && self.root.exists(path) {
             return Err(RemoteError::new(
                 ErrorCode::Exists,
-                format!("{path} already exists (use --force to replace it)"),
+                format!("{path} already exists {EXISTS_NOTE}"),
             ));
         }
         let mut claim = self.claim(path)?;

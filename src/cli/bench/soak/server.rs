@@ -5,7 +5,6 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -71,7 +70,8 @@ impl Role {
     }
 }
 
-/// The addresses a server logs as it starts, gathered from its log.
+/// The addresses a server is bound to, from the file `sockit serve --ready-file` writes once
+/// every listener is bound.
 #[derive(Default)]
 struct Addresses {
     listen: Option<SocketAddr>,
@@ -81,24 +81,39 @@ struct Addresses {
 }
 
 impl Addresses {
-    fn note(&mut self, line: &str) {
-        self.listen = self.listen.or_else(|| address_after(line, "listening on "));
-        self.time = self.time.or_else(|| address_after(line, "time service on udp "));
-        self.metrics = self.metrics.or_else(|| address_after(line, "metrics on http://"));
-        self.udp_echo = self
-            .udp_echo
-            .or_else(|| address_after(line, "classic-udp-echo service on udp "));
+    /// Reads a ready file; `None` until the server has written it.
+    fn read(path: &Path) -> Option<Addresses> {
+        let ready: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let addr = |value: &serde_json::Value| value.as_str()?.parse().ok();
+        let service = |name: &str| {
+            ready["services"].as_array()?.iter().find_map(|bound| {
+                (bound["service"] == name && bound["transport"] == "udp")
+                    .then(|| addr(&bound["addr"]))
+                    .flatten()
+            })
+        };
+        Some(Addresses {
+            listen: ready["listen"].as_array()?.iter().find_map(addr),
+            time: service("time"),
+            metrics: addr(&ready["metrics"]),
+            udp_echo: service("classic-udp-echo"),
+        })
     }
 
-    /// Whether every address `role` logs is in.
-    fn complete(&self, role: Role) -> bool {
-        match role {
-            Role::Main { exposed } => {
-                self.listen.is_some()
-                    && self.time.is_some()
-                    && (!exposed || (self.metrics.is_some() && self.udp_echo.is_some()))
+    /// Waits (up to `patience`) for the ready file, or for the server to end.
+    fn wait(path: &Path, child: &mut Child, patience: Duration) -> anyhow::Result<Addresses> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(addresses) = Addresses::read(path) {
+                return Ok(addresses);
             }
-            Role::Quota(_) => self.listen.is_some(),
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("the server ended before it was ready ({status})");
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the server did not write its ready file within {patience:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -119,6 +134,7 @@ impl ServerUnderTest {
         role: Role,
     ) -> anyhow::Result<ServerUnderTest> {
         std::fs::create_dir_all(root)?;
+        let ready_file = root.with_extension("ready.json");
         let mut child = Command::new(sockit)
             .arg("serve")
             .args(role.args())
@@ -126,6 +142,8 @@ impl ServerUnderTest {
             .arg(secret_file)
             .arg("--root")
             .arg(root)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .env_remove("SOCKIT_SECRET")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -134,24 +152,20 @@ impl ServerUnderTest {
             .spawn()
             .with_context(|| format!("cannot start {}", sockit.display()))?;
         let stderr = child.stderr.take().context("no server stderr")?;
-        let (found, addrs) = mpsc::channel();
         // Drains the log for the whole run: a server blocked on a full stderr pipe is not one
         // under test.
         std::thread::spawn(move || {
-            let mut addresses = Some(Addresses::default());
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(gathered) = addresses.as_mut() {
-                    gathered.note(&line);
-                    if gathered.complete(role) {
-                        let _ = found.send(addresses.take());
-                    }
-                }
-            }
+            BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .for_each(drop)
         });
-        let Ok(Some(addresses)) = addrs.recv_timeout(Duration::from_secs(20)) else {
-            let _ = child.kill();
-            bail!("the server did not report its addresses within 20 s");
+        let addresses = match Addresses::wait(&ready_file, &mut child, Duration::from_secs(20)) {
+            Ok(addresses) => addresses,
+            Err(error) => {
+                let _ = child.kill();
+                return Err(error);
+            }
         };
         Ok(ServerUnderTest {
             child,
@@ -215,15 +229,6 @@ impl Drop for ServerUnderTest {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The address following `marker` in a log line, text or JSON.
-fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
-    let rest = line.split(marker).nth(1)?;
-    rest.split(|c: char| c.is_whitespace() || c == '"' || c == '/')
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// The parent pid from /proc/PID/stat (the field after the parenthesised command name).
