@@ -7,7 +7,7 @@
 
 use super::history::Posted;
 use super::hub::{Hub, MemberId, now};
-use super::refusals;
+use super::{PRESENCE_MAX, refusals};
 use crate::metrics::metrics;
 use crate::proto::chat::{ChatEvent, ChatRequest, MAX_ROOMS, MAX_ROOMS_PER_MEMBER, Msg, Say, Who};
 use crate::wire::{Header, RemoteError};
@@ -73,7 +73,9 @@ impl Hub {
             name,
             time: now(),
         };
-        self.deliver(&others, joined.to_header(None));
+        if others.len() < PRESENCE_MAX {
+            self.deliver(&others, joined.to_header(None));
+        }
         for replay in replays {
             self.deliver(&[me], replay);
         }

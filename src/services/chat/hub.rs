@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::feed::Event;
 use super::history::{History, Posted};
 use super::refusals;
-use super::{ChatConfig, LEAVE_NOTICES_MAX};
+use super::{ChatConfig, LEAVE_NOTICES_MAX, PRESENCE_MAX};
 use crate::metrics::metrics;
 use crate::proto::chat::ChatEvent;
 use crate::text::escape;
@@ -100,13 +100,17 @@ impl Hub {
 
     /// Tells a room that `names` left it; a room left empty expires with its history. Past
     /// [`LEAVE_NOTICES_MAX`] departures at once (a mass drop) the room gets its new member
-    /// list instead, so that nobody's queue overflows with news of the others.
+    /// list instead, so that nobody's queue overflows with news of the others; a room of
+    /// [`PRESENCE_MAX`] members or more is not told.
     pub(super) fn announce_leave(&mut self, room_name: &str, names: Vec<String>, reason: Option<&str>) {
         let Some(room) = self.rooms.get(room_name) else {
             return;
         };
         if room.members.is_empty() {
             self.expire(room_name);
+            return;
+        }
+        if room.members.len() >= PRESENCE_MAX {
             return;
         }
         let others: Vec<MemberId> = room.members.iter().copied().collect();

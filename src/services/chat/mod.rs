@@ -51,6 +51,10 @@ pub const QUEUE_LEN: usize = 256;
 /// Departures from one room announced one by one; more at once are announced as the room's
 /// new member list.
 pub const LEAVE_NOTICES_MAX: usize = 16;
+/// Members a room may have and still hear of each arrival and departure. Each notice goes to
+/// every member, so a crowd of n arriving costs n² writes; in a larger room, as in a large
+/// channel of any chat service, members come and go silently and `chat_who` lists them.
+pub const PRESENCE_MAX: usize = 256;
 
 /// Settings of the chat service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

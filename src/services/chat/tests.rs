@@ -197,3 +197,43 @@ fn member_lists_are_paged_and_each_page_fits_a_header() {
     }
     assert_eq!(names, (0..250).map(long).collect::<Vec<_>>());
 }
+
+/// Issue 12 H2's cost: every arrival told to every member is n² writes for a crowd of n. Past
+/// PRESENCE_MAX members a room hears no arrivals or departures; below it, it hears each.
+#[test]
+fn only_rooms_below_the_presence_bound_hear_who_comes_and_goes() {
+    let mut hub = Hub::default();
+    let (first, mut first_feed) = member(&mut hub, "first", 4 * PRESENCE_MAX);
+    hub.apply(first, None, join("crowd")).unwrap();
+    let mut crowd = Vec::new();
+    for n in 1..PRESENCE_MAX {
+        let (id, feed) = member(&mut hub, &format!("m{n}"), 4 * PRESENCE_MAX);
+        hub.apply(id, None, join("crowd")).unwrap();
+        crowd.push((id, feed));
+    }
+    let arrivals = |events: Vec<ChatEvent>| {
+        events
+            .into_iter()
+            .filter(|event| matches!(event, ChatEvent::Join { .. }))
+            .count()
+    };
+    assert_eq!(arrivals(received(&mut first_feed)), PRESENCE_MAX - 1);
+    let (late, _late_feed) = member(&mut hub, "late", 4 * PRESENCE_MAX);
+    hub.apply(late, None, join("crowd")).unwrap();
+    assert_eq!(
+        arrivals(received(&mut first_feed)),
+        0,
+        "a room of PRESENCE_MAX is not told"
+    );
+    hub.apply(late, None, leave("crowd")).unwrap();
+    let (leaver, _) = crowd.pop().unwrap();
+    hub.apply(leaver, None, leave("crowd")).unwrap();
+    let departures = received(&mut first_feed)
+        .into_iter()
+        .filter(|event| matches!(event, ChatEvent::Leave { .. }))
+        .count();
+    assert_eq!(
+        departures, 1,
+        "the room is below the bound again once `late` left"
+    );
+}
