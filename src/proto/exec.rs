@@ -368,12 +368,7 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn json(header: &Header) -> String {
-        let mut out = bytes::BytesMut::new();
-        header.write_json(&mut out);
-        String::from_utf8(out.to_vec()).unwrap()
-    }
+    use crate::proto::json;
 
     #[test]
     fn requests_are_the_bytes_docs_protocol_shows_and_read_back() {

@@ -388,13 +388,7 @@ impl ListPage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
-
-    fn json(header: &Header) -> String {
-        let mut out = BytesMut::new();
-        header.write_json(&mut out);
-        String::from_utf8(out.to_vec()).unwrap()
-    }
+    use crate::proto::json;
 
     /// The bytes every message had before these types existed, one per line.
     #[test]

@@ -11,3 +11,12 @@ pub mod files;
 pub mod path;
 pub mod ports;
 pub mod time;
+
+/// A header as the JSON it travels as: the tests pin each message's bytes to the ones
+/// docs/protocol.md shows.
+#[cfg(test)]
+fn json(header: &crate::wire::Header) -> String {
+    let mut out = bytes::BytesMut::new();
+    header.write_json(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}

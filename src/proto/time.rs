@@ -58,12 +58,7 @@ impl TimeReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn json(header: &Header) -> String {
-        let mut out = bytes::BytesMut::new();
-        header.write_json(&mut out);
-        String::from_utf8(out.to_vec()).unwrap()
-    }
+    use crate::proto::json;
 
     #[test]
     fn requests_and_replies_are_the_documented_json() {
