@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod services;
-pub mod source;
+pub(crate) mod source;
 pub mod text;
 pub mod wire;
 

@@ -70,10 +70,6 @@ impl SessionKeys {
         SessionKeys { secret, psk, mode }
     }
 
-    pub fn mode(&self) -> AuthMode {
-        self.mode
-    }
-
     /// A fresh Noise handshake for one side. The configuration is constant, so an error here
     /// is a bug in this build; it fails the handshake like any other.
     fn noise(&self, initiator: bool) -> Result<HandshakeState, HandshakeError> {
@@ -110,7 +106,7 @@ pub struct ServerInfo {
     #[serde(default)]
     pub server: String,
     #[serde(default)]
-    pub features: Vec<String>,
+    pub(crate) features: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +130,7 @@ pub enum HandshakeError {
 
 impl HandshakeError {
     /// The error frame the server sends before closing, if the peer can still be told.
-    pub fn to_remote(&self) -> Option<RemoteError> {
+    pub(crate) fn to_remote(&self) -> Option<RemoteError> {
         match self {
             HandshakeError::AuthFailed(_) => Some(RemoteError::new(
                 ErrorCode::AuthFailed,
@@ -148,13 +144,13 @@ impl HandshakeError {
         }
     }
 
-    pub fn is_auth_failure(&self) -> bool {
+    pub(crate) fn is_auth_failure(&self) -> bool {
         matches!(self, HandshakeError::AuthFailed(_))
     }
 }
 
 /// What a client under back-off is told: `auth_throttled`, and how long is left.
-pub fn throttled_refusal(left: Duration) -> RemoteError {
+pub(crate) fn throttled_refusal(left: Duration) -> RemoteError {
     RemoteError::new(
         ErrorCode::AuthThrottled,
         format!(
@@ -174,10 +170,10 @@ struct Hello {
 
 /// Who is trying to authenticate, and the throttle that may refuse them.
 #[derive(Clone, Copy, Debug)]
-pub struct Attempt<'a> {
-    pub throttle: &'a FailureThrottle,
+pub(crate) struct Attempt<'a> {
+    pub(crate) throttle: &'a FailureThrottle,
     /// The client's address; `None` for Unix sockets.
-    pub source: Option<IpAddr>,
+    pub(crate) source: Option<IpAddr>,
 }
 
 impl Attempt<'_> {
@@ -213,7 +209,7 @@ pub async fn accept(
 /// The server's side of the handshake. On success the connection is ready for requests and
 /// the client has been sent `ready` with the server's name and `features`. The secret is
 /// checked only if `attempt`'s source is not under back-off.
-pub async fn accept_throttled(
+pub(crate) async fn accept_throttled(
     conn: &mut Connection,
     keys: &SessionKeys,
     features: &[&str],

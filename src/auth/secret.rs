@@ -16,7 +16,7 @@ pub const SECRET_ENV: &str = "SOCKIT_SECRET";
 
 /// The shortest secret a server runs with: 16 bytes. Online guessing is throttled, but a
 /// short secret still falls to offline guessing from one captured handshake.
-pub const MIN_SERVER_SECRET_LEN: usize = 16;
+pub(crate) const MIN_SERVER_SECRET_LEN: usize = 16;
 
 /// A shared secret. Its `Debug` output never shows the value, so it cannot leak into logs.
 #[derive(Clone, PartialEq, Eq)]
@@ -92,7 +92,7 @@ impl Secret {
 
     /// The Noise pre-shared key: a hash of the secret, so a short or textual secret still
     /// gives a uniformly random 32-byte key.
-    pub fn noise_psk(&self) -> [u8; 32] {
+    pub(crate) fn noise_psk(&self) -> [u8; 32] {
         let mut hash = Sha256::new();
         hash.update(b"sockit noise psk v1\0");
         hash.update(self.as_bytes());

@@ -37,7 +37,8 @@ use tracing::{info, warn};
 
 pub use config::ServerConfig;
 pub use endpoints::ServiceAddr;
-pub use listener::{ListenAddr, Listener, Stream};
+pub use listener::ListenAddr;
+pub(crate) use listener::{Listener, Stream};
 pub use settings::{ServiceListen, Settings, parse_duration};
 
 use self::accept::{AcceptLoop, Shutdown, Slots};
@@ -92,7 +93,7 @@ impl Server {
 
     /// Binds every listen address of `config`, serving `registry`'s services natively and the
     /// unframed services `config` turns on (the classic ones through `backends`).
-    pub async fn bind_with(
+    pub(crate) async fn bind_with(
         config: ServerConfig,
         registry: Registry,
         backends: Backends,

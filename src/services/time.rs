@@ -33,21 +33,21 @@ use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
 use crate::wire::Header;
 
 /// The course's format, used when a request names none.
-pub const DEFAULT_FORMAT: &str = "%Y-%m-%d %X";
+pub(crate) const DEFAULT_FORMAT: &str = "%Y-%m-%d %X";
 /// Longest format accepted, in bytes.
 pub const MAX_FORMAT_LEN: usize = 256;
 /// Longest time text sent, in bytes: the course client reads replies with `recv(1024)`.
-pub const MAX_REPLY_LEN: usize = 1024;
+pub(crate) const MAX_REPLY_LEN: usize = 1024;
 /// What every UDP error reply begins with.
 pub const ERROR_PREFIX: &str = "error: ";
 /// A UDP reply is at most this many bytes longer than its request: the course's default
 /// text answers an empty datagram, and `%c` (2 bytes) gives 24.
-pub const MAX_REPLY_GROWTH: usize = 64;
+pub(crate) const MAX_REPLY_GROWTH: usize = 64;
 
 /// Why a format gives no time text. The messages are short: they are UDP error replies, and
 /// a reply to a small request should be small too.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TimeFormatError {
+pub(crate) enum TimeFormatError {
     #[error("format longer than {MAX_FORMAT_LEN} bytes")]
     TooLong,
     #[error("format is not UTF-8")]
@@ -71,12 +71,12 @@ pub enum TimeFormatError {
 pub const MAX_ERROR_REPLY_LEN: usize = 48;
 
 /// The server's local time now, in `format` (empty means [`DEFAULT_FORMAT`]).
-pub fn format_time(format: &str) -> Result<String, TimeFormatError> {
+pub(crate) fn format_time(format: &str) -> Result<String, TimeFormatError> {
     format_at(&Local::now(), format)
 }
 
 /// `time` in `format` (empty means [`DEFAULT_FORMAT`]), never longer than [`MAX_REPLY_LEN`].
-pub fn format_at<Tz: TimeZone>(time: &DateTime<Tz>, format: &str) -> Result<String, TimeFormatError>
+pub(crate) fn format_at<Tz: TimeZone>(time: &DateTime<Tz>, format: &str) -> Result<String, TimeFormatError>
 where
     Tz::Offset: std::fmt::Display,
 {
@@ -135,7 +135,7 @@ pub fn is_answered(request: &[u8]) -> bool {
 
 /// The UDP reply to one datagram: the time text, or an error reply; none for a datagram
 /// that is not [`is_answered`].
-pub fn datagram_reply(request: &[u8]) -> Option<Bytes> {
+pub(crate) fn datagram_reply(request: &[u8]) -> Option<Bytes> {
     if !is_answered(request) {
         return None;
     }
@@ -170,7 +170,7 @@ pub fn parse_datagram_reply(reply: &[u8]) -> Result<String, String> {
 }
 
 /// The course's time server over UDP.
-pub struct TimeDatagrams;
+pub(crate) struct TimeDatagrams;
 
 #[async_trait]
 impl DatagramService for TimeDatagrams {
@@ -180,7 +180,7 @@ impl DatagramService for TimeDatagrams {
 }
 
 /// The native `time` command.
-pub struct Time;
+pub(crate) struct Time;
 
 const COMMANDS: &[CommandSpec] = &[CommandSpec {
     cmd: "time",
