@@ -53,7 +53,7 @@ pub(crate) fn is_unsafe(c: char) -> bool {
     c.is_control() || is_format(c) || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
-/// Text with every [unsafe](is_unsafe) character escaped, safe to print in a terminal or a log.
+/// Text with every character `is_unsafe` flags escaped, safe to print in a terminal or a log.
 pub fn escape(text: &str) -> String {
     escape_except(text, &[])
 }

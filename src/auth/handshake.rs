@@ -40,6 +40,7 @@ pub enum AuthMode {
 }
 
 impl AuthMode {
+    /// The mode `--plaintext` (or `plaintext = true`) asks for.
     pub fn from_plaintext(plaintext: bool) -> AuthMode {
         if plaintext {
             AuthMode::Hmac
@@ -65,6 +66,7 @@ pub struct SessionKeys {
 }
 
 impl SessionKeys {
+    /// Derives the Noise key once, so each handshake only hashes the transcript.
     pub fn new(secret: Secret, mode: AuthMode) -> SessionKeys {
         let psk = secret.noise_psk();
         SessionKeys { secret, psk, mode }
@@ -103,14 +105,17 @@ impl SessionKeys {
 /// What the server said about itself once the session was up.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct ServerInfo {
+    /// The server's name and version, as `sockit/0.1.0`.
     #[serde(default)]
     pub server: String,
     #[serde(default)]
     pub(crate) features: Vec<String>,
 }
 
+/// Why a session could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    /// The peer does not know the secret; the text says how it showed.
     #[error("authentication failed: {0}")]
     AuthFailed(String),
     /// The client's address is under back-off after failed attempts; refused before any
@@ -120,10 +125,13 @@ pub enum HandshakeError {
     /// One side refused the session for a reason the other is told.
     #[error("{0}")]
     Refused(RemoteError),
+    /// The peer broke the handshake's sequence.
     #[error("protocol error during the handshake: {0}")]
     Protocol(String),
+    /// The peer hung up before the session was up.
     #[error("connection closed during the handshake")]
     Closed,
+    /// The frames themselves were unreadable.
     #[error(transparent)]
     Frame(#[from] FrameError),
 }

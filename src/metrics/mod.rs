@@ -1,9 +1,9 @@
-//! Prometheus metrics: what the server counts, and ([`http`]) the endpoint that serves them.
+//! Prometheus metrics: what the server counts, and (`http`) the endpoint that serves them.
 //!
 //! One process-wide set of metrics, always counted (an atomic add each, too cheap to switch
 //! off) and served only when `sockit serve --metrics ADDR` asks. Any module counts with one
 //! line, `metrics().request("daytime", "get")`, with no handle to thread through; a new metric
-//! is one field in [`Metrics`] and one `register` line in [`Metrics::new`].
+//! is one field in `Metrics` and one `register` line in `Metrics::new`.
 //!
 //! docs/operations.md lists every metric with its labels and example queries.
 

@@ -15,7 +15,9 @@ use crate::services::Peer;
 /// Where to listen: `IP:PORT` (port 0 picks a free one) or a Unix socket path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddr {
+    /// A TCP address.
     Tcp(SocketAddr),
+    /// A Unix socket, created at this path.
     Unix(PathBuf),
 }
 

@@ -4,10 +4,10 @@
 //! UDP has no handshake, so a datagram's source address can be forged. A service that answers
 //! anything could then be aimed at a third party (reflection), or at another such service to
 //! make the two answer each other forever. Four defences: every reply datagram costs its
-//! destination a token from a per-source bucket ([`RateLimit`]); datagrams from ports below
+//! destination a token from a per-source bucket (`RateLimit`); datagrams from ports below
 //! 1024, where servers rather than clients live, are ignored unless a service opts in;
 //! datagrams from one of this server's own UDP service ports on a local address are never
-//! answered ([`OwnPorts`]), so no two of its services can be set talking to each other; and
+//! answered (`OwnPorts`), so no two of its services can be set talking to each other; and
 //! services answer with no more than the request needs (see each service).
 
 use std::collections::{HashMap, HashSet};

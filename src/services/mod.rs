@@ -4,7 +4,7 @@
 //! each may carry) and handles a request on the connection it arrived on. The unframed services
 //! (the time protocols, the classic services) implement the contract in [`unframed`] instead.
 //! Adding a service means writing that file and adding one line to the catalog
-//! ([`Registry::native`] and its neighbours), which lists every service the server runs.
+//! (`Registry::native` and its neighbours), which lists every service the server runs.
 
 // Services answer whatever a client sends: a panic here would drop the client's session or,
 // under a held lock, break the service for everyone. So no unwrap, expect or indexing.
@@ -225,8 +225,11 @@ impl Default for Registry {
 /// Settings of the native services.
 #[derive(Clone, Debug, Default)]
 pub struct ServicesConfig {
+    /// Chat settings.
     pub chat: chat::ChatConfig,
+    /// Exec settings.
     pub exec: exec::ExecConfig,
+    /// File service settings.
     pub files: files::FilesConfig,
 }
 

@@ -14,7 +14,7 @@
 //! `%t` is refused (its text would be the request itself), and a non-empty datagram with no
 //! `%` at all is not a format and gets no reply. Every reply holds no `%` but those of `%%`,
 //! so what another service sends back gets fewer answers each round and soon none. No reply
-//! is more than [`MAX_REPLY_GROWTH`] bytes longer than its request.
+//! is more than `MAX_REPLY_GROWTH` bytes longer than its request.
 //!
 //! Native: `{"cmd":"time","id":N,"format":"..."}` (format optional) is answered with
 //! `{"cmd":"time","id":N,"time":"...","unix_ms":...}`, or a `bad_request` error.

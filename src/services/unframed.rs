@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 /// What an unframed service listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
+    /// Over TCP.
     Tcp,
+    /// Over UDP.
     Udp,
 }
 

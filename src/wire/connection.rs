@@ -30,17 +30,22 @@ const WRITE_HIGH_WATER: usize = 128 * 1024;
 /// A header together with its whole body, for messages small enough to hold in memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Message {
+    /// The frame's header.
     pub header: Header,
+    /// Its whole body.
     pub body: Bytes,
 }
 
 /// Both halves of a connection.
 pub struct Connection {
+    /// Reads frames; a half of its own so that one task can read while another writes.
     pub reader: FrameReader,
+    /// Writes frames.
     pub writer: FrameWriter,
 }
 
 impl Connection {
+    /// A connection over TCP, plaintext until the handshake encrypts it.
     pub fn tcp(stream: TcpStream, limits: Limits) -> Connection {
         let (read, write) = stream.into_split();
         Connection::new(ReadIo::Tcp(read), Box::new(write), limits)
@@ -107,18 +112,22 @@ impl Connection {
         self.writer.sent = Some(sent);
     }
 
+    /// Whether the handshake has turned encryption on.
     pub fn is_encrypted(&self) -> bool {
         self.writer.sealer.is_some()
     }
 
+    /// The next header or body chunk; `None` at a clean end between frames.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         self.reader.read_frame().await
     }
 
+    /// The next message with its whole body; `None` at a clean end between frames.
     pub async fn read_message(&mut self) -> Result<Option<Message>, FrameError> {
         self.reader.read_message().await
     }
 
+    /// Sends one frame.
     pub async fn send(&mut self, header: Header, body: &[u8]) -> Result<(), FrameError> {
         self.writer.send(header, body).await
     }

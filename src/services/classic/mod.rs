@@ -4,14 +4,14 @@
 //!
 //! | port | proto | service (log name) | file |
 //! |---|---|---|---|
-//! | 8081 | tcp | upper echo (`classic-echo`) | [`echo`] |
-//! | 8082 | tcp | remote exec, struct + JSON header (`classic-exec`) | [`exec`] |
-//! | 8083 | tcp | the FTP homework's file server (`classic-ftp`) | [`ftp`] |
-//! | 9999 | tcp | HMAC-authenticated upper echo (`classic-hmac-echo`) | [`echo`] |
-//! | 9998 | tcp | greeting server (`classic-greeting`) | [`greeting`] |
+//! | 8081 | tcp | upper echo (`classic-echo`) | `echo` |
+//! | 8082 | tcp | remote exec, struct + JSON header (`classic-exec`) | `exec` |
+//! | 8083 | tcp | the FTP homework's file server (`classic-ftp`) | `ftp` |
+//! | 9999 | tcp | HMAC-authenticated upper echo (`classic-hmac-echo`) | `echo` |
+//! | 9998 | tcp | greeting server (`classic-greeting`) | `greeting` |
 //! | 9000 | udp | time: the native server's `time` service, listed, not repeated | `services::time` |
-//! | 9001 | udp | upper echo of each datagram (`classic-udp-echo`) | [`echo`] |
-//! | 9003 | udp | remote exec, stderr then stdout (`classic-udp-exec`) | [`exec`] |
+//! | 9001 | udp | upper echo of each datagram (`classic-udp-echo`) | `echo` |
+//! | 9003 | udp | remote exec, stderr then stdout (`classic-udp-exec`) | `exec` |
 //!
 //! They keep the course's wire formats and its weaknesses (no encryption, no authentication
 //! but 9999's), so they listen on loopback unless configured otherwise and the server warns
@@ -50,12 +50,19 @@ pub(crate) const MAX_DATAGRAM: usize = 65_507;
 /// One classic service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ClassicService {
+    /// Upper-case echo (8081, `classic-echo`).
     Echo,
+    /// Remote exec with the struct and JSON header (8082, `classic-exec`).
     Exec,
+    /// The FTP homework's file server, over the file root (8083, `classic-ftp`).
     Ftp,
+    /// HMAC-authenticated upper-case echo (9999, `classic-hmac-echo`).
     HmacEcho,
+    /// Greeting server (9998, `classic-greeting`).
     Greeting,
+    /// Upper-case echo of each datagram (UDP 9001, `classic-udp-echo`).
     UdpEcho,
+    /// Remote exec, stderr then stdout (UDP 9003, `classic-udp-exec`).
     UdpExec,
 }
 
@@ -190,7 +197,9 @@ impl ClassicConfig {
 /// `NAME=ADDR` or `NAME=off`: one classic service's address, as `--classic-listen` takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClassicListen {
+    /// Which service.
     pub service: ClassicService,
+    /// Where it listens; `None` turns it off.
     pub addr: Option<SocketAddr>,
 }
 

@@ -4,17 +4,17 @@
 //! streams, byte for byte (never decoded), however long; the exit status or the killing signal
 //! comes last; and a client that vanishes never leaves a process behind.
 //!
-//! The frames are in [`crate::proto::exec`]. Here: the service and the [`Runner`] that the
+//! The frames are in [`crate::proto::exec`]. Here: the service and the `Runner` that the
 //! classic remote shells share with it (this file), the connection's handle on its commands
 //! (`control.rs`), the supervisor that watches one command (`supervisor.rs`) and where its
 //! output goes (`sink.rs`), the process-group system calls (`process.rs`), the orphan
-//! [`reaper`], and the [`spill`] buffers gathered output waits in.
+//! `reaper`, and the `spill` buffers gathered output waits in.
 //!
 //! Each command runs in its own process group. When it exits, times out, or its client goes
 //! away, the whole group gets SIGTERM and, after a grace period, SIGKILL; the server is a child
 //! subreaper, so every process of the group is reaped, not left as a zombie or an orphan. A
 //! process that left its command's group (`setsid`) is stopped when it reaches the server as
-//! an orphan, and reaped (see [`reaper`]).
+//! an orphan, and reaped (see `reaper`).
 
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -63,7 +63,9 @@ const COMMANDS: &[CommandSpec] = &[
 pub struct ExecConfig {
     /// Off unless the operator asks (`--allow-exec`).
     pub enabled: bool,
+    /// Commands one connection may run at once.
     pub max_per_connection: usize,
+    /// Commands the server runs at once, every connection and protocol counted.
     pub max_total: usize,
     /// Between SIGTERM and SIGKILL when a command is stopped.
     pub grace: Duration,

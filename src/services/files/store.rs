@@ -25,6 +25,7 @@ use crate::wire::{ErrorCode, RemoteError};
 /// File service settings.
 #[derive(Clone, Debug)]
 pub struct FilesConfig {
+    /// The directory served; created if missing.
     pub root: PathBuf,
     /// Most bytes the root may hold, partial uploads included; uploads beyond it are refused
     /// up front.
