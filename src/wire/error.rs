@@ -94,7 +94,7 @@ impl ErrorCode {
     /// The name of a code this program chose, defined here or by a service; `None` for a code
     /// read from a peer. Metrics label errors with it (and `other` for `None`), so the label
     /// values are the names compiled into the server, whatever peers send.
-    pub fn static_name(&self) -> Option<&'static str> {
+    pub(crate) fn static_name(&self) -> Option<&'static str> {
         Some(match self {
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::HeaderTooLarge => "header_too_large",
@@ -210,7 +210,7 @@ impl RemoteError {
 
     /// The same error with its message cut to its first `SHORTENED_CHARS` characters, for
     /// when the whole one is too large to send.
-    pub fn shortened(&self) -> RemoteError {
+    pub(crate) fn shortened(&self) -> RemoteError {
         let mut message: String = self.message.chars().take(SHORTENED_CHARS).collect();
         message.push_str(" [...]");
         RemoteError::new(self.code.clone(), message)
@@ -261,7 +261,7 @@ pub enum FrameError {
 
 impl FrameError {
     /// The error frame to send the peer, or `None` when the peer cannot be told (I/O failed).
-    pub fn to_remote(&self) -> Option<RemoteError> {
+    pub(crate) fn to_remote(&self) -> Option<RemoteError> {
         let code = match self {
             FrameError::HeaderTooLarge { .. } | FrameError::TooLargeToSend { .. } => {
                 ErrorCode::HeaderTooLarge
@@ -276,7 +276,7 @@ impl FrameError {
 
     /// Whether the connection is still usable after this error: only a message that was
     /// never sent leaves it so.
-    pub fn is_unsent(&self) -> bool {
+    pub(crate) fn is_unsent(&self) -> bool {
         matches!(self, FrameError::TooLargeToSend { .. })
     }
 }
