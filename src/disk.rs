@@ -23,14 +23,14 @@ const CHUNK: usize = 256 * 1024;
 /// Reads and hashes a transfer's data on a thread of its own, a few chunks ahead of the
 /// connection's thread that encrypts and sends them: the client's uploads and the server's
 /// downloads. A file that ends early gives an `UnexpectedEof` error.
-pub struct DiskReader {
+pub(crate) struct DiskReader {
     chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
     done: tokio::task::JoinHandle<blake3::Hasher>,
 }
 
 impl DiskReader {
     /// Reads `len` bytes of `file` from its current offset, each fed to `hasher`.
-    pub fn spawn(mut file: std::fs::File, mut hasher: blake3::Hasher, len: u64) -> DiskReader {
+    pub(crate) fn spawn(mut file: std::fs::File, mut hasher: blake3::Hasher, len: u64) -> DiskReader {
         let (sender, chunks) = mpsc::channel(8);
         let done = tokio::task::spawn_blocking(move || {
             let mut remaining = len;
@@ -53,12 +53,12 @@ impl DiskReader {
     }
 
     /// The next chunk; `None` once every byte has come (or after an error).
-    pub async fn next(&mut self) -> Option<io::Result<Vec<u8>>> {
+    pub(crate) async fn next(&mut self) -> Option<io::Result<Vec<u8>>> {
         self.chunks.recv().await
     }
 
     /// The hash of everything read, once `next` has returned `None`.
-    pub async fn finish(self) -> io::Result<blake3::Hasher> {
+    pub(crate) async fn finish(self) -> io::Result<blake3::Hasher> {
         self.done.await.map_err(io::Error::other)
     }
 }
@@ -66,13 +66,13 @@ impl DiskReader {
 /// Writes and hashes a transfer's data on a thread of its own, so the disk and the hash work
 /// while the connection's thread decrypts the next chunks (instead of one hop to the blocking
 /// pool per chunk): the server's uploads and the client's downloads.
-pub struct DiskWriter {
+pub(crate) struct DiskWriter {
     chunks: mpsc::Sender<Bytes>,
     done: tokio::task::JoinHandle<std::io::Result<(std::fs::File, blake3::Hasher)>>,
 }
 
 impl DiskWriter {
-    pub fn spawn(mut file: std::fs::File, mut hasher: blake3::Hasher) -> DiskWriter {
+    pub(crate) fn spawn(mut file: std::fs::File, mut hasher: blake3::Hasher) -> DiskWriter {
         let (chunks, mut queue) = mpsc::channel::<Bytes>(16);
         let done = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = queue.blocking_recv() {
@@ -85,18 +85,18 @@ impl DiskWriter {
     }
 
     /// Queues a chunk; `false` if the writer has stopped (its error comes from `finish`).
-    pub async fn write(&self, chunk: Bytes) -> bool {
+    pub(crate) async fn write(&self, chunk: Bytes) -> bool {
         self.chunks.send(chunk).await.is_ok()
     }
 
-    pub async fn finish(self) -> std::io::Result<(std::fs::File, blake3::Hasher)> {
+    pub(crate) async fn finish(self) -> std::io::Result<(std::fs::File, blake3::Hasher)> {
         drop(self.chunks);
         self.done.await.map_err(std::io::Error::other)?
     }
 }
 
 /// Feeds the first `len` bytes of `file` to `hasher`.
-pub async fn hash_prefix(file: &mut File, len: u64, hasher: &mut blake3::Hasher) -> io::Result<()> {
+pub(crate) async fn hash_prefix(file: &mut File, len: u64, hasher: &mut blake3::Hasher) -> io::Result<()> {
     file.seek(io::SeekFrom::Start(0)).await?;
     let mut remaining = len;
     let mut buf = vec![0u8; CHUNK];
@@ -117,7 +117,7 @@ pub async fn hash_prefix(file: &mut File, len: u64, hasher: &mut blake3::Hasher)
 }
 
 /// Sets mode (permissions only, see [`PRESERVED_MODE_BITS`]) and modification time (for `-p`).
-pub fn apply_metadata(file: &std::fs::File, mode: Option<u32>, mtime: Option<i64>) -> io::Result<()> {
+pub(crate) fn apply_metadata(file: &std::fs::File, mode: Option<u32>, mtime: Option<i64>) -> io::Result<()> {
     if let Some(mode) = mode {
         rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode & PRESERVED_MODE_BITS))?;
     }

@@ -4,6 +4,8 @@
 //! (the shared secret and the session handshake), [`services`] (what a server offers),
 //! [`server`] (the runtime) and [`client`] (the library side of the `sockit` commands).
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod client;
 pub(crate) mod disk;
@@ -12,7 +14,7 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod services;
-pub mod source;
+pub(crate) mod source;
 pub mod text;
 pub mod wire;
 

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The source `ip` belongs to: itself for IPv4, its /64 for IPv6.
-pub fn source_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
         v4 => v4,
@@ -21,20 +21,20 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
 /// at once, refusing past `max`. Sources holding nothing are forgotten, so the map never holds
 /// more entries than there are slots taken.
 #[derive(Debug)]
-pub struct PerSource {
+pub(crate) struct PerSource {
     max: usize,
     held: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 /// One slot of a source, given back when dropped.
 #[derive(Debug)]
-pub struct SourceSlot {
+pub(crate) struct SourceSlot {
     held: Arc<Mutex<HashMap<IpAddr, usize>>>,
     source: IpAddr,
 }
 
 impl PerSource {
-    pub fn new(max: usize) -> PerSource {
+    pub(crate) fn new(max: usize) -> PerSource {
         PerSource {
             max,
             held: Arc::default(),
@@ -42,7 +42,7 @@ impl PerSource {
     }
 
     /// A slot for `ip`'s source, or `None` if that source already holds `max`.
-    pub fn try_acquire(&self, ip: IpAddr) -> Option<SourceSlot> {
+    pub(crate) fn try_acquire(&self, ip: IpAddr) -> Option<SourceSlot> {
         let source = source_key(ip);
         let mut held = lock(&self.held);
         let count = held.entry(source).or_insert(0);

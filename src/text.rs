@@ -33,7 +33,7 @@ const FORMAT_CHARACTERS: &[(char, char)] = &[
 ];
 
 /// Whether `c` is a Unicode format character (category Cf).
-pub fn is_format(c: char) -> bool {
+pub(crate) fn is_format(c: char) -> bool {
     FORMAT_CHARACTERS
         .binary_search_by(|&(first, last)| {
             if last < c {
@@ -49,11 +49,11 @@ pub fn is_format(c: char) -> bool {
 
 /// Whether `c` must not reach a terminal as it is: a control character, a format character,
 /// or the line or paragraph separator.
-pub fn is_unsafe(c: char) -> bool {
+pub(crate) fn is_unsafe(c: char) -> bool {
     c.is_control() || is_format(c) || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
-/// Text with every [unsafe](is_unsafe) character escaped, safe to print in a terminal or a log.
+/// Text with every character `is_unsafe` flags escaped, safe to print in a terminal or a log.
 pub fn escape(text: &str) -> String {
     escape_except(text, &[])
 }
@@ -73,7 +73,7 @@ pub fn escape_except(text: &str, kept: &[char]) -> String {
 
 /// [`escape`] of at most the first `max_chars` characters, with `…` if more were cut: for
 /// quoting a peer's text in a reply, which must stay small however long the text was.
-pub fn escape_at_most(text: &str, max_chars: usize) -> String {
+pub(crate) fn escape_at_most(text: &str, max_chars: usize) -> String {
     let mut chars = text.chars();
     let head: String = chars.by_ref().take(max_chars).collect();
     let cut = if chars.next().is_some() { "…" } else { "" };

@@ -40,6 +40,7 @@ pub enum AuthMode {
 }
 
 impl AuthMode {
+    /// The mode `--plaintext` (or `plaintext = true`) asks for.
     pub fn from_plaintext(plaintext: bool) -> AuthMode {
         if plaintext {
             AuthMode::Hmac
@@ -65,13 +66,10 @@ pub struct SessionKeys {
 }
 
 impl SessionKeys {
+    /// Derives the Noise key once, so each handshake only hashes the transcript.
     pub fn new(secret: Secret, mode: AuthMode) -> SessionKeys {
         let psk = secret.noise_psk();
         SessionKeys { secret, psk, mode }
-    }
-
-    pub fn mode(&self) -> AuthMode {
-        self.mode
     }
 
     /// A fresh Noise handshake for one side. The configuration is constant, so an error here
@@ -107,14 +105,17 @@ impl SessionKeys {
 /// What the server said about itself once the session was up.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct ServerInfo {
+    /// The server's name and version, as `sockit/0.1.0`.
     #[serde(default)]
     pub server: String,
     #[serde(default)]
-    pub features: Vec<String>,
+    pub(crate) features: Vec<String>,
 }
 
+/// Why a session could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    /// The peer does not know the secret; the text says how it showed.
     #[error("authentication failed: {0}")]
     AuthFailed(String),
     /// The client's address is under back-off after failed attempts; refused before any
@@ -124,17 +125,20 @@ pub enum HandshakeError {
     /// One side refused the session for a reason the other is told.
     #[error("{0}")]
     Refused(RemoteError),
+    /// The peer broke the handshake's sequence.
     #[error("protocol error during the handshake: {0}")]
     Protocol(String),
+    /// The peer hung up before the session was up.
     #[error("connection closed during the handshake")]
     Closed,
+    /// The frames themselves were unreadable.
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
 
 impl HandshakeError {
     /// The error frame the server sends before closing, if the peer can still be told.
-    pub fn to_remote(&self) -> Option<RemoteError> {
+    pub(crate) fn to_remote(&self) -> Option<RemoteError> {
         match self {
             HandshakeError::AuthFailed(_) => Some(RemoteError::new(
                 ErrorCode::AuthFailed,
@@ -148,13 +152,13 @@ impl HandshakeError {
         }
     }
 
-    pub fn is_auth_failure(&self) -> bool {
+    pub(crate) fn is_auth_failure(&self) -> bool {
         matches!(self, HandshakeError::AuthFailed(_))
     }
 }
 
 /// What a client under back-off is told: `auth_throttled`, and how long is left.
-pub fn throttled_refusal(left: Duration) -> RemoteError {
+pub(crate) fn throttled_refusal(left: Duration) -> RemoteError {
     RemoteError::new(
         ErrorCode::AuthThrottled,
         format!(
@@ -174,10 +178,10 @@ struct Hello {
 
 /// Who is trying to authenticate, and the throttle that may refuse them.
 #[derive(Clone, Copy, Debug)]
-pub struct Attempt<'a> {
-    pub throttle: &'a FailureThrottle,
+pub(crate) struct Attempt<'a> {
+    pub(crate) throttle: &'a FailureThrottle,
     /// The client's address; `None` for Unix sockets.
-    pub source: Option<IpAddr>,
+    pub(crate) source: Option<IpAddr>,
 }
 
 impl Attempt<'_> {
@@ -213,7 +217,7 @@ pub async fn accept(
 /// The server's side of the handshake. On success the connection is ready for requests and
 /// the client has been sent `ready` with the server's name and `features`. The secret is
 /// checked only if `attempt`'s source is not under back-off.
-pub async fn accept_throttled(
+pub(crate) async fn accept_throttled(
     conn: &mut Connection,
     keys: &SessionKeys,
     features: &[&str],

@@ -7,12 +7,9 @@ mod handshake;
 mod secret;
 mod throttle;
 
-pub use handshake::{
-    Attempt, AuthMode, HandshakeError, ServerInfo, SessionKeys, accept, accept_throttled, connect,
-    throttled_refusal,
-};
-pub use secret::{
-    MIN_SERVER_SECRET_LEN, SECRET_ENV, Secret, SecretError, SecretSource, check_server_secret,
-    default_secret_path, resolve_secret,
-};
-pub use throttle::FailureThrottle;
+pub use handshake::accept;
+pub(crate) use handshake::{Attempt, accept_throttled, throttled_refusal};
+pub use handshake::{AuthMode, HandshakeError, ServerInfo, SessionKeys, connect};
+pub use secret::{SECRET_ENV, check_server_secret};
+pub use secret::{Secret, SecretError, SecretSource, default_secret_path, resolve_secret};
+pub(crate) use throttle::FailureThrottle;

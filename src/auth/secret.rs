@@ -16,7 +16,7 @@ pub const SECRET_ENV: &str = "SOCKIT_SECRET";
 
 /// The shortest secret a server runs with: 16 bytes. Online guessing is throttled, but a
 /// short secret still falls to offline guessing from one captured handshake.
-pub const MIN_SERVER_SECRET_LEN: usize = 16;
+pub(crate) const MIN_SERVER_SECRET_LEN: usize = 16;
 
 /// A shared secret. Its `Debug` output never shows the value, so it cannot leak into logs.
 #[derive(Clone, PartialEq, Eq)]
@@ -31,7 +31,9 @@ impl fmt::Debug for Secret {
 /// Where the secret in use was found; shown to users, never the secret itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretSource {
+    /// The secret file at this path.
     File(PathBuf),
+    /// The `SOCKIT_SECRET` environment variable.
     Env,
     /// The default file did not exist and was just written.
     Created(PathBuf),
@@ -47,7 +49,9 @@ impl fmt::Display for SecretSource {
     }
 }
 
+/// Why a secret could not be read, written or used.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs, reason = "each variant's #[error] text says what it means")]
 pub enum SecretError {
     #[error("cannot read secret file {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
@@ -86,19 +90,21 @@ impl Secret {
         (!text.is_empty()).then(|| Secret(text.to_owned()))
     }
 
+    /// The secret's text, for the HMAC of plaintext sessions.
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
 
     /// The Noise pre-shared key: a hash of the secret, so a short or textual secret still
     /// gives a uniformly random 32-byte key.
-    pub fn noise_psk(&self) -> [u8; 32] {
+    pub(crate) fn noise_psk(&self) -> [u8; 32] {
         let mut hash = Sha256::new();
         hash.update(b"sockit noise psk v1\0");
         hash.update(self.as_bytes());
         hash.finalize().into()
     }
 
+    /// Reads the secret from its file (trimmed; an empty file is an error).
     pub fn load(path: &Path) -> Result<Secret, SecretError> {
         let text = fs::read_to_string(path).map_err(|source| SecretError::Read {
             path: path.to_owned(),
@@ -143,7 +149,7 @@ impl Secret {
 }
 
 /// Refuses a secret a server must not run with, as ssh refuses a private key others can read:
-/// one shorter than [`MIN_SERVER_SECRET_LEN`], or one in a file whose mode lets group or
+/// one shorter than `MIN_SERVER_SECRET_LEN`, or one in a file whose mode lets group or
 /// others at it. Each refusal names its fix.
 pub fn check_server_secret(secret: &Secret, source: &SecretSource) -> Result<(), SecretError> {
     if let SecretSource::File(path) | SecretSource::Created(path) = source {

@@ -25,7 +25,7 @@ const SWEEP_AT: usize = 4096;
 const MAX_TRACKED: usize = 65_536;
 
 #[derive(Debug)]
-pub struct FailureThrottle {
+pub(crate) struct FailureThrottle {
     base: Duration,
     max: Duration,
     recent: Mutex<HashMap<Option<IpAddr>, Failures>>,
@@ -46,7 +46,7 @@ impl Default for FailureThrottle {
 }
 
 impl FailureThrottle {
-    pub fn new(base: Duration, max: Duration) -> FailureThrottle {
+    pub(crate) fn new(base: Duration, max: Duration) -> FailureThrottle {
         FailureThrottle {
             base,
             max,
@@ -56,7 +56,7 @@ impl FailureThrottle {
 
     /// Whether `addr`'s source (`None`: Unix sockets, one source) may attempt to authenticate
     /// now; if it is under back-off, how long is left.
-    pub fn admit(&self, addr: Option<IpAddr>) -> Result<(), Duration> {
+    pub(crate) fn admit(&self, addr: Option<IpAddr>) -> Result<(), Duration> {
         let now = Instant::now();
         match self.lock().get(&addr.map(source_key)) {
             Some(failures) if failures.until > now => Err(failures.until - now),
@@ -66,7 +66,7 @@ impl FailureThrottle {
 
     /// Records a failure from `addr`'s source and returns the back-off it is now under:
     /// `base`, doubling per recent failure, at most `max`.
-    pub fn record_failure(&self, addr: Option<IpAddr>) -> Duration {
+    pub(crate) fn record_failure(&self, addr: Option<IpAddr>) -> Duration {
         let now = Instant::now();
         let mut recent = self.lock();
         make_room(&mut recent, now);

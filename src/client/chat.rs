@@ -11,16 +11,21 @@ use crate::wire::{FrameReader, FrameWriter, Header, RemoteError};
 
 /// A logged-in chat session.
 pub struct ChatSession {
+    /// Sends requests; may move to another task than the feed.
     pub sender: ChatSender,
+    /// Reads what the server sends, requests' answers and others' messages alike.
     pub feed: ChatFeed,
+    /// The nickname the server accepted.
     pub name: String,
 }
 
+/// The sending half of a chat session: each request returns the id its answer will carry.
 pub struct ChatSender {
     writer: FrameWriter,
     next_id: u64,
 }
 
+/// The receiving half of a chat session.
 pub struct ChatFeed {
     reader: FrameReader,
 }
@@ -28,8 +33,20 @@ pub struct ChatFeed {
 /// One thing the server sent: an event, or the refusal of one of our requests.
 #[derive(Debug)]
 pub enum ChatIncoming {
-    Event { id: Option<u64>, event: ChatEvent },
-    Refused { id: Option<u64>, error: RemoteError },
+    /// An event; `id` is the request it answers, `None` for what others did.
+    Event {
+        /// The request answered, if any.
+        id: Option<u64>,
+        /// What happened.
+        event: ChatEvent,
+    },
+    /// The server refused request `id`.
+    Refused {
+        /// The request refused.
+        id: Option<u64>,
+        /// Why.
+        error: RemoteError,
+    },
 }
 
 impl Client {
@@ -66,6 +83,7 @@ impl ChatSender {
         self.send(Join { room }.to_header()).await
     }
 
+    /// Leaves `room`; the answer is a `left` event.
     pub async fn leave(&mut self, room: &str) -> Result<u64, ClientError> {
         self.send(Leave { room }.to_header()).await
     }

@@ -19,14 +19,19 @@ use crate::wire::{FrameReader, FrameWriter, RemoteError};
 /// Something a running command did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExecEvent {
+    /// Bytes the command wrote to its stdout.
     Stdout(Bytes),
+    /// Bytes the command wrote to its stderr.
     Stderr(Bytes),
+    /// How it ended; nothing follows.
     Exit(ExitReport),
 }
 
 /// A command running on the server, on this client's connection.
 pub struct RemoteCommand<'a> {
+    /// Its output and its end.
     pub output: CommandOutput<'a>,
+    /// Its stdin and signals; a separate half so both can be driven at once.
     pub input: CommandInput<'a>,
 }
 
@@ -163,6 +168,7 @@ impl CommandInput<'_> {
         Ok(())
     }
 
+    /// Ends the command's stdin, as a pipe closing does.
     pub async fn close_stdin(&mut self) -> Result<(), ClientError> {
         let header = StdinRequest::EOF.to_header(self.id);
         Ok(self.writer.send(header, b"").await?)

@@ -33,9 +33,11 @@ pub struct TransferOptions {
 /// What a finished transfer moved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transferred {
+    /// Bytes of the whole file.
     pub size: u64,
     /// Bytes that were already there from an interrupted attempt.
     pub resumed_from: u64,
+    /// The whole file's BLAKE3 hash (hex), checked against the other side's.
     pub blake3: String,
 }
 
@@ -58,6 +60,7 @@ impl Client {
         }
     }
 
+    /// One entry, file or directory.
     pub async fn stat(&mut self, path: &str) -> Result<Entry, ClientError> {
         let request = Stat {
             path: path.to_owned(),
@@ -66,6 +69,7 @@ impl Client {
         Ok(Entry::from_header(&reply.header)?)
     }
 
+    /// Creates a directory; `parents` creates the missing ones above it too (as `mkdir -p`).
     pub async fn mkdir(&mut self, path: &str, parents: bool) -> Result<(), ClientError> {
         let request = Mkdir {
             path: path.to_owned(),
@@ -75,6 +79,7 @@ impl Client {
         Ok(())
     }
 
+    /// Removes a file or an empty directory; `recursive` removes a directory with its contents.
     pub async fn remove(&mut self, path: &str, recursive: bool) -> Result<(), ClientError> {
         let request = Remove {
             path: path.to_owned(),
@@ -84,6 +89,7 @@ impl Client {
         Ok(())
     }
 
+    /// Moves `from` to `to`; an existing `to` is replaced only with `force`.
     pub async fn rename(&mut self, from: &str, to: &str, force: bool) -> Result<(), ClientError> {
         let request = Move {
             from: from.to_owned(),

@@ -48,15 +48,19 @@ use crate::wire::{Connection, ErrorCode, FrameError, Header, Limits, Message, Re
 /// How a client connects and authenticates.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
+    /// Must match the server's.
     pub secret: Secret,
     /// HMAC-authenticated plaintext session; the server must run plaintext sessions too.
     pub plaintext: bool,
     /// Limit on connecting plus the handshake.
     pub connect_timeout: Duration,
+    /// Size limits on what the server sends; bodies are unbounded by default, since the
+    /// client asked for them.
     pub limits: Limits,
 }
 
 impl ClientConfig {
+    /// An encrypted session, 10 s to connect, no limit on the bodies of answers.
     pub fn new(secret: Secret) -> ClientConfig {
         ClientConfig {
             secret,
@@ -70,6 +74,7 @@ impl ClientConfig {
 /// Why a client call failed. `Display` names the cause; which fix to suggest is the caller's
 /// to say (the `sockit` command names its flags), so each cause a fix exists for is a variant.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs, reason = "each variant's #[error] text says what it means")]
 pub enum ClientError {
     #[error("{0}")]
     BadTarget(String),
@@ -154,6 +159,7 @@ impl Client {
         Ok(())
     }
 
+    /// What the server said about itself during the handshake.
     pub fn server_info(&self) -> &ServerInfo {
         &self.info
     }
@@ -205,13 +211,13 @@ impl Client {
         }
     }
 
-    /// The echo service: `text` comes back upper-cased.
     /// Asks nothing of any service: the cheapest request there is, answered by the session
     /// itself. [`Client::connect`] sends one to confirm every session it opens.
     pub async fn ping(&mut self) -> Result<(), ClientError> {
         self.call(Header::new("ping"), b"").await.map(drop)
     }
 
+    /// The echo service: `text` comes back upper-cased.
     pub async fn echo(&mut self, text: impl AsRef<[u8]>) -> Result<Bytes, ClientError> {
         Ok(self.call(Header::new("echo"), text.as_ref()).await?.body)
     }

@@ -8,13 +8,22 @@ use std::str::FromStr;
 
 use crate::proto::ports::{DEFAULT_PORT, unix_socket_path};
 
+/// Where a server listens, as the commands' `HOST[:PORT]` or a Unix socket path names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    Tcp { host: String, port: u16 },
+    /// A host name or address, resolved on each connect.
+    Tcp {
+        /// Name or address, without brackets.
+        host: String,
+        /// The port, [`DEFAULT_PORT`] when none was given.
+        port: u16,
+    },
+    /// A Unix socket on this machine.
     Unix(PathBuf),
 }
 
 impl Target {
+    /// The addresses to try, in the resolver's order; a Unix target has none.
     pub async fn resolve(&self) -> io::Result<Vec<SocketAddr>> {
         match self {
             Target::Tcp { host, port } => {

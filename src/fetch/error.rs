@@ -11,6 +11,7 @@ use super::{authority, host};
 
 /// Why a fetch failed, each phrased for the one line `sockit` prints.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs, reason = "each variant's #[error] text says what it means")]
 pub enum FetchError {
     #[error("invalid URL `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },
@@ -26,8 +27,8 @@ pub enum FetchError {
     Connection { authority: String, reason: String },
     #[error("TLS with {authority} failed: {reason}")]
     Tls { authority: String, reason: String },
-    /// The server's certificate chain ends at no root [`FetchOptions`] trusts: a private CA or
-    /// a self-signed certificate that was not given as a trusted root.
+    /// The server's certificate chain ends at no root [`FetchOptions`](super::FetchOptions)
+    /// trusts: a private CA or a self-signed certificate that was not given as a trusted root.
     #[error("TLS with {authority} failed: the certificate is not signed by a trusted CA")]
     UntrustedCertificate { authority: String },
     #[error("timed out connecting to {authority} (after {after:?})")]

@@ -51,7 +51,9 @@ impl Default for FetchOptions {
 pub struct ResponseHead {
     /// The URL that was asked for (after earlier redirects).
     pub url: Url,
+    /// HTTP/1.1, or HTTP/1.0 from an old server.
     pub version: Version,
+    /// The status code; a redirect's head is passed on before it is followed.
     pub status: StatusCode,
     /// Names in lower case, as HTTP/2 writes them; values as sent, in the order received.
     pub headers: Vec<(String, Vec<u8>)>,
@@ -122,6 +124,7 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
+    /// Fails only on an unreadable `ca_file`: no connection is made before [`Fetcher::get`].
     pub fn new(options: FetchOptions) -> Result<Fetcher, FetchError> {
         let roots = match &options.ca_file {
             Some(path) => RootCerts::from(load_ca_file(path)?),
@@ -209,6 +212,7 @@ impl Fetcher {
 
 /// The final response of a [`Fetcher::get`]: its head and a body to read to the end.
 pub struct Download {
+    /// The final response's head, after every redirect.
     pub head: ResponseHead,
     body: BodyReader<'static>,
     authority: String,

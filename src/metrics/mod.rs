@@ -1,13 +1,13 @@
-//! Prometheus metrics: what the server counts, and ([`http`]) the endpoint that serves them.
+//! Prometheus metrics: what the server counts, and (`http`) the endpoint that serves them.
 //!
 //! One process-wide set of metrics, always counted (an atomic add each, too cheap to switch
 //! off) and served only when `sockit serve --metrics ADDR` asks. Any module counts with one
 //! line, `metrics().request("daytime", "get")`, with no handle to thread through; a new metric
-//! is one field in [`Metrics`] and one `register` line in [`Metrics::new`].
+//! is one field in `Metrics` and one `register` line in `Metrics::new`.
 //!
 //! docs/operations.md lists every metric with its labels and example queries.
 
-pub mod http;
+pub(crate) mod http;
 
 use std::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,31 +24,31 @@ use serde::{Deserialize, Deserializer};
 use crate::wire::ErrorCode;
 
 /// The metrics of this process.
-pub fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
     &METRICS
 }
 
 /// Every metric the server keeps. Counters and gauges are cheap handles onto shared atomics:
 /// cloning one (as connections do for the byte counters) counts into the same value.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub connections_accepted: Counter,
-    pub connections_open: Gauge,
-    pub connections_limit: Gauge,
-    pub connections_limit_reached: Counter,
+    pub(crate) connections_accepted: Counter,
+    pub(crate) connections_open: Gauge,
+    pub(crate) connections_limit: Gauge,
+    pub(crate) connections_limit_reached: Counter,
     handshakes: Family<Outcome, Counter>,
     requests: Family<ServiceCommand, Counter>,
     errors: Family<Code, Counter>,
     /// Bytes read from native-protocol sockets (ciphertext in encrypted sessions).
-    pub socket_bytes_received: Counter,
-    pub socket_bytes_sent: Counter,
+    pub(crate) socket_bytes_received: Counter,
+    pub(crate) socket_bytes_sent: Counter,
     socket_bytes: Family<Direction, Counter>,
-    pub exec_running: Gauge,
+    pub(crate) exec_running: Gauge,
     exec_commands: Family<Outcome, Counter>,
     transfer_bytes: Family<TransferLabel, Counter>,
     transfers: Family<TransferLabel, Counter>,
-    pub chat_online: Gauge,
+    pub(crate) chat_online: Gauge,
     chat_messages: Family<ChatKind, Counter>,
     datagrams: Family<ServiceOutcome, Counter>,
     stream_connections: Family<ServiceLabel, Counter>,
@@ -95,7 +95,7 @@ struct ServiceLabel {
 
 /// How a native-protocol handshake ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Handshake {
+pub(crate) enum Handshake {
     Ok,
     /// The client does not hold the secret.
     AuthFailed,
@@ -113,7 +113,7 @@ pub enum Handshake {
 
 /// How a command run by the exec service ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExecOutcome {
+pub(crate) enum ExecOutcome {
     /// Exited with status 0.
     Success,
     /// Exited with another status.
@@ -128,7 +128,7 @@ pub enum ExecOutcome {
 
 /// Which way file data moved, from the server's side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transfer {
+pub(crate) enum Transfer {
     /// Client to server (`put`).
     Upload,
     /// Server to client (`get`).
@@ -137,7 +137,7 @@ pub enum Transfer {
 
 /// What became of a datagram sent to an unframed UDP service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Datagram {
+pub(crate) enum Datagram {
     Answered,
     /// Its source had spent its reply budget.
     RateLimited,
@@ -263,7 +263,7 @@ impl Metrics {
     }
 
     /// The metrics in the Prometheus text format, version 0.0.4.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut text = String::new();
         if prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry).is_err() {
             let _ = writeln!(text, "# encoding failed");
@@ -271,7 +271,7 @@ impl Metrics {
         text
     }
 
-    pub fn handshake(&self, outcome: Handshake) {
+    pub(crate) fn handshake(&self, outcome: Handshake) {
         let outcome = match outcome {
             Handshake::Ok => "ok",
             Handshake::AuthFailed => "auth_failed",
@@ -286,7 +286,7 @@ impl Metrics {
 
     /// Counts a request. Labels come from the registry's own names, never from what a client
     /// sent, so a client cannot grow the label set.
-    pub fn request(&self, service: &'static str, command: &'static str) {
+    pub(crate) fn request(&self, service: &'static str, command: &'static str) {
         self.requests
             .get_or_create(&ServiceCommand { service, command })
             .inc();
@@ -294,7 +294,7 @@ impl Metrics {
 
     /// Counts an error frame sent. Its label is a code compiled into the server, or `other`:
     /// never text a peer chose, so no peer can grow the label set.
-    pub fn error_sent(&self, code: &ErrorCode) {
+    pub(crate) fn error_sent(&self, code: &ErrorCode) {
         self.errors
             .get_or_create(&Code {
                 code: error_label(code),
@@ -302,7 +302,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn exec_finished(&self, outcome: ExecOutcome) {
+    pub(crate) fn exec_finished(&self, outcome: ExecOutcome) {
         let outcome = match outcome {
             ExecOutcome::Success => "success",
             ExecOutcome::Failure => "failure",
@@ -314,22 +314,22 @@ impl Metrics {
     }
 
     /// The counter of file data moving `direction`: fetch it once per transfer, add per chunk.
-    pub fn transfer_bytes(&self, direction: Transfer) -> Counter {
+    pub(crate) fn transfer_bytes(&self, direction: Transfer) -> Counter {
         self.transfer_bytes
             .get_or_create(&transfer_label(direction))
             .clone()
     }
 
-    pub fn transfer_completed(&self, direction: Transfer) {
+    pub(crate) fn transfer_completed(&self, direction: Transfer) {
         self.transfers.get_or_create(&transfer_label(direction)).inc();
     }
 
     /// Counts a chat message: `room` or `direct`.
-    pub fn chat_message(&self, kind: &'static str) {
+    pub(crate) fn chat_message(&self, kind: &'static str) {
         self.chat_messages.get_or_create(&ChatKind { kind }).inc();
     }
 
-    pub fn datagram(&self, service: &'static str, outcome: Datagram) {
+    pub(crate) fn datagram(&self, service: &'static str, outcome: Datagram) {
         let outcome = match outcome {
             Datagram::Answered => "answered",
             Datagram::RateLimited => "rate_limited",
@@ -340,7 +340,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn stream_connection(&self, service: &'static str) {
+    pub(crate) fn stream_connection(&self, service: &'static str) {
         self.stream_connections
             .get_or_create(&ServiceLabel { service })
             .inc();
@@ -363,10 +363,10 @@ fn transfer_label(direction: Transfer) -> Direction {
 
 /// Holds a gauge one higher while it lives: for things open or running, so that every way out
 /// (return, error, a dropped task) counts them down again.
-pub struct Tracked(Gauge);
+pub(crate) struct Tracked(Gauge);
 
 impl Tracked {
-    pub fn new(gauge: &Gauge) -> Tracked {
+    pub(crate) fn new(gauge: &Gauge) -> Tracked {
         gauge.inc();
         Tracked(gauge.clone())
     }

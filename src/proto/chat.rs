@@ -30,16 +30,20 @@ pub const DEFAULT_ROOM: &str = "lobby";
 /// `chat_login {name}`: takes a nickname, unique among those online, for this connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Login<'a> {
+    /// The nickname asked for.
     pub name: &'a str,
 }
 
 impl<'a> Login<'a> {
+    /// The request's `cmd`.
     pub const CMD: &'static str = "chat_login";
 
+    /// The request as the client sends it, without an id.
     pub fn to_header(&self) -> Header {
         Header::new(Self::CMD).with("name", self.name)
     }
 
+    /// Reads the request as the service does, validating what it names anew.
     pub fn from_header(header: &'a Header) -> Result<Login<'a>, ChatRequestError> {
         let name = field(header, Self::CMD, "name")?;
         Ok(Login {
@@ -51,16 +55,20 @@ impl<'a> Login<'a> {
 /// `chat_join {room}`: enters a room, creating it if nobody is in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Join<'a> {
+    /// The room's name.
     pub room: &'a str,
 }
 
 impl<'a> Join<'a> {
+    /// The request's `cmd`.
     pub const CMD: &'static str = "chat_join";
 
+    /// The request as the client sends it, without an id.
     pub fn to_header(&self) -> Header {
         Header::new(Self::CMD).with("room", self.room)
     }
 
+    /// Reads the request as the service does, validating what it names anew.
     pub fn from_header(header: &'a Header) -> Result<Join<'a>, ChatRequestError> {
         let room = field(header, Self::CMD, "room")?;
         Ok(Join {
@@ -72,16 +80,20 @@ impl<'a> Join<'a> {
 /// `chat_leave {room}`. The room is looked up, not checked: one never made cannot be left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Leave<'a> {
+    /// The room's name.
     pub room: &'a str,
 }
 
 impl<'a> Leave<'a> {
+    /// The request's `cmd`.
     pub const CMD: &'static str = "chat_leave";
 
+    /// The request as the client sends it, without an id.
     pub fn to_header(&self) -> Header {
         Header::new(Self::CMD).with("room", self.room)
     }
 
+    /// Reads the request as the service does, validating what it names anew.
     pub fn from_header(header: &'a Header) -> Result<Leave<'a>, ChatRequestError> {
         Ok(Leave {
             room: field(header, Self::CMD, "room")?,
@@ -92,19 +104,24 @@ impl<'a> Leave<'a> {
 /// `chat_say {room, text}`: posts to a room the sender is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Say<'a> {
+    /// A room the sender is in.
     pub room: &'a str,
+    /// The message, at most [`MAX_TEXT`] bytes.
     pub text: &'a str,
 }
 
 impl<'a> Say<'a> {
+    /// The request's `cmd`.
     pub const CMD: &'static str = "chat_say";
 
+    /// The request as the client sends it, without an id.
     pub fn to_header(&self) -> Header {
         Header::new(Self::CMD)
             .with("room", self.room)
             .with("text", self.text)
     }
 
+    /// Reads the request as the service does, validating what it names anew.
     pub fn from_header(header: &'a Header) -> Result<Say<'a>, ChatRequestError> {
         Ok(Say {
             room: field(header, Self::CMD, "room")?,
@@ -116,17 +133,22 @@ impl<'a> Say<'a> {
 /// `chat_msg {to, text}`: a direct message to one nickname.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Msg<'a> {
+    /// The nickname it is for.
     pub to: &'a str,
+    /// The message, at most [`MAX_TEXT`] bytes.
     pub text: &'a str,
 }
 
 impl<'a> Msg<'a> {
+    /// The request's `cmd`.
     pub const CMD: &'static str = "chat_msg";
 
+    /// The request as the client sends it, without an id.
     pub fn to_header(&self) -> Header {
         Header::new(Self::CMD).with("to", self.to).with("text", self.text)
     }
 
+    /// Reads the request as the service does, validating what it names anew.
     pub fn from_header(header: &'a Header) -> Result<Msg<'a>, ChatRequestError> {
         Ok(Msg {
             to: field(header, Self::CMD, "to")?,
@@ -139,17 +161,22 @@ impl<'a> Msg<'a> {
 /// previous page's `next`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Who<'a> {
+    /// The room's name.
     pub room: &'a str,
+    /// The previous page's `next`; `None` for the first page.
     pub after: Option<&'a str>,
 }
 
 impl<'a> Who<'a> {
+    /// The request's `cmd`.
     pub const CMD: &'static str = "chat_who";
 
+    /// The request as the client sends it, without an id.
     pub fn to_header(&self) -> Header {
         with_after(Header::new(Self::CMD).with("room", self.room), self.after)
     }
 
+    /// Reads the request as the service does, validating what it names anew.
     pub fn from_header(header: &'a Header) -> Result<Who<'a>, ChatRequestError> {
         Ok(Who {
             room: field(header, Self::CMD, "room")?,
@@ -161,16 +188,20 @@ impl<'a> Who<'a> {
 /// `chat_rooms {after?}`: a page of the server's rooms, paged as [`Who`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rooms<'a> {
+    /// The previous page's `next`; `None` for the first page.
     pub after: Option<&'a str>,
 }
 
 impl<'a> Rooms<'a> {
+    /// The request's `cmd`.
     pub const CMD: &'static str = "chat_rooms";
 
+    /// The request as the client sends it, without an id.
     pub fn to_header(&self) -> Header {
         with_after(Header::new(Self::CMD), self.after)
     }
 
+    /// Reads the request as the service does, validating what it names anew.
     pub fn from_header(header: &'a Header) -> Result<Rooms<'a>, ChatRequestError> {
         Ok(Rooms {
             after: header.str("after"),
@@ -188,18 +219,26 @@ fn with_after(header: Header, after: Option<&str>) -> Header {
 /// Any chat request, read from a header whose `cmd` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChatRequest<'a> {
+    /// `chat_login`.
     Login(Login<'a>),
+    /// `chat_join`.
     Join(Join<'a>),
+    /// `chat_leave`.
     Leave(Leave<'a>),
+    /// `chat_say`.
     Say(Say<'a>),
+    /// `chat_msg`.
     Msg(Msg<'a>),
+    /// `chat_who`.
     Who(Who<'a>),
+    /// `chat_rooms`.
     Rooms(Rooms<'a>),
 }
 
 impl<'a> ChatRequest<'a> {
     /// Reads a `chat_*` request. New names (nickname, room joined) and message texts are
     /// validated here; names that must already exist are looked up by the hub instead.
+    /// Reads the request as the service does, validating what it names anew.
     pub fn from_header(header: &'a Header) -> Result<ChatRequest<'a>, ChatRequestError> {
         Ok(match header.cmd() {
             Login::CMD => ChatRequest::Login(Login::from_header(header)?),
@@ -213,6 +252,7 @@ impl<'a> ChatRequest<'a> {
         })
     }
 
+    /// The request as the client sends it, without an id.
     pub fn to_header(&self) -> Header {
         match self {
             ChatRequest::Login(login) => login.to_header(),
@@ -226,9 +266,10 @@ impl<'a> ChatRequest<'a> {
     }
 }
 
-/// What makes a chat request unreadable. Names in it are quoted as [`shown`] quotes them, so
+/// What makes a chat request unreadable. Names in it are quoted as `shown` quotes them, so
 /// that the refusal stays small whatever was sent.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs, reason = "each variant's #[error] text says what it means")]
 pub enum ChatRequestError {
     /// Holds the `cmd`, as shown.
     #[error("`{0}` is not a chat request")]
@@ -255,6 +296,7 @@ impl From<ChatRequestError> for RemoteError {
 
 /// Which kind of name a [`ChatRequestError::BadName`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs, reason = "each variant's #[error] text says what it means")]
 pub enum NameOf {
     #[error("nickname")]
     Nickname,
@@ -262,7 +304,9 @@ pub enum NameOf {
     Room,
 }
 
+/// What is wrong with a name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs, reason = "each variant's #[error] text says what it means")]
 pub enum NameProblem {
     #[error("must be 1 to {MAX_NAME} characters")]
     Length,
@@ -273,7 +317,9 @@ pub enum NameProblem {
     Marker,
 }
 
+/// What is wrong with a message's text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs, reason = "each variant's #[error] text says what it means")]
 pub enum TextProblem {
     #[error("is empty")]
     Empty,
@@ -336,34 +382,53 @@ fn field<'a>(header: &'a Header, cmd: &'static str, key: &'static str) -> Result
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ChatEvent {
     /// Answer to `chat_login`.
-    Welcome { name: String },
+    Welcome {
+        /// The nickname now held.
+        name: String,
+    },
     /// A message posted in a room; `replay` marks history sent on join.
     Message {
+        /// Where it was posted.
         room: String,
+        /// The sender's nickname.
         from: String,
+        /// When the server received it: RFC 3339, UTC, in milliseconds.
         time: String,
+        /// The message.
         text: String,
+        /// Sent earlier, replayed from the room's history.
         #[serde(default)]
         replay: bool,
     },
     /// A direct message; the sender gets a copy as its receipt.
     Direct {
+        /// The sender's nickname.
         from: String,
+        /// The recipient's nickname.
         to: String,
+        /// When the server received it: RFC 3339, UTC, in milliseconds.
         time: String,
+        /// The message.
         text: String,
     },
     /// Someone joined a room you are in.
     Join {
+        /// The room.
         room: String,
+        /// Who joined.
         name: String,
+        /// When: RFC 3339, UTC, in milliseconds.
         time: String,
     },
     /// Someone left a room you are in; `reason` says why when they did not choose to.
     Leave {
+        /// The room.
         room: String,
+        /// Who left.
         name: String,
+        /// When: RFC 3339, UTC, in milliseconds.
         time: String,
+        /// Why, when they did not leave by choice (as `dropped: too slow`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
@@ -371,36 +436,52 @@ pub enum ChatEvent {
     /// room's members in name order, `total` of them in all; `next`, when set, is the `after`
     /// that asks for the following page.
     Members {
+        /// The room.
         room: String,
+        /// This page's nicknames, in name order.
         members: Vec<String>,
+        /// Members of the room in all.
         #[serde(default)]
         total: usize,
+        /// The `after` of the following page; `None` on the last.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
     /// Answer to `chat_leave`.
-    Left { room: String },
+    Left {
+        /// The room left.
+        room: String,
+    },
     /// Answer to `chat_rooms`: one page of rooms in name order, paged as `Members` is.
     Rooms {
+        /// This page's rooms, in name order.
         rooms: Vec<RoomInfo>,
+        /// Rooms on the server in all.
         #[serde(default)]
         total: usize,
+        /// The `after` of the following page; `None` on the last.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
     /// You were disconnected by the server.
-    Dropped { reason: String },
+    Dropped {
+        /// Why, for the person.
+        reason: String,
+    },
 }
 
 /// One room in a `rooms` page.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoomInfo {
+    /// The room's name.
     pub name: String,
+    /// Members in it now.
     pub members: usize,
 }
 
 impl ChatEvent {
     /// The `cmd` of every frame the service sends a logged-in client, answers included.
+    /// The request's `cmd`.
     pub const CMD: &'static str = "chat_event";
 
     /// The frame carrying this event; `id` is the request's it answers, if any.

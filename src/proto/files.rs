@@ -57,6 +57,7 @@ impl From<BadRequest> for RemoteError {
 /// write through this one type. Unknown fields are ignored, as the protocol promises, and a
 /// missing optional field takes its default.
 pub trait FileMessage: Serialize + DeserializeOwned {
+    /// The command this message is the request or the answer of.
     const CMD: &'static str;
 
     /// The message's header, without an id (the caller adds it) or a body length.
@@ -90,6 +91,7 @@ impl FileMessage for List {
 /// `stat`: one entry, answered by its [`Entry`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stat {
+    /// Relative to the server's file root, in the syntax of [`super::path`].
     pub path: String,
 }
 
@@ -100,6 +102,7 @@ impl FileMessage for Stat {
 /// `mkdir`, answered by an empty `mkdir`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Mkdir {
+    /// Relative to the server's file root, in the syntax of [`super::path`].
     pub path: String,
     /// Create the missing directories above it too.
     #[serde(default)]
@@ -113,6 +116,7 @@ impl FileMessage for Mkdir {
 /// `rm`, answered by an empty `rm`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Remove {
+    /// Relative to the server's file root, in the syntax of [`super::path`].
     pub path: String,
     /// Needed for a directory that is not empty; removes a tree of any depth.
     #[serde(default)]
@@ -126,7 +130,9 @@ impl FileMessage for Remove {
 /// `mv`, answered by an empty `mv`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Move {
+    /// Relative to the server's file root, in the syntax of [`super::path`].
     pub from: String,
+    /// Where it goes, also under the root.
     pub to: String,
     /// Replace an existing `to`.
     #[serde(default)]
@@ -140,6 +146,7 @@ impl FileMessage for Move {
 /// `get`: a file from `offset`, answered by [`GetData`] and its bytes, then [`GetEnd`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Get {
+    /// Relative to the server's file root, in the syntax of [`super::path`].
     pub path: String,
     /// Bytes the client already has (its partial download); the hash still covers them.
     #[serde(default)]
@@ -156,7 +163,9 @@ impl FileMessage for Get {
 /// answers name the upload by it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Put {
+    /// Relative to the server's file root, in the syntax of [`super::path`].
     pub path: String,
+    /// Bytes of the whole file; the quota is checked against it before any data is taken.
     pub size: u64,
     /// Replace an existing file.
     #[serde(default)]
@@ -195,6 +204,7 @@ fn is_false(value: &bool) -> bool {
 /// restarts the upload, any other offset must be where the data so far ends.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PutData {
+    /// Where this frame's bytes go in the file.
     pub offset: u64,
 }
 
@@ -212,6 +222,7 @@ impl FileMessage for PutData {
 /// `put_end`: a streamed upload is complete; `blake3` is the hash of the whole file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PutEnd {
+    /// Hex BLAKE3 of the whole file, compared with what the server received.
     pub blake3: String,
 }
 
@@ -231,15 +242,39 @@ impl FileMessage for PutEnd {
 /// and never on command names. The uploads carry their request id, which names them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FileRequest {
+    /// `ls`.
     List(List),
+    /// `stat`.
     Stat(Stat),
+    /// `mkdir`.
     Mkdir(Mkdir),
+    /// `rm`.
     Remove(Remove),
+    /// `mv`.
     Move(Move),
+    /// `get`.
     Get(Get),
-    Put { id: u64, put: Put },
-    PutData { id: u64, data: PutData },
-    PutEnd { id: u64, end: PutEnd },
+    /// `put`, with the request id that names the upload.
+    Put {
+        /// The upload's request id.
+        id: u64,
+        /// The request.
+        put: Put,
+    },
+    /// `put_data` of the upload `id`.
+    PutData {
+        /// The upload's request id.
+        id: u64,
+        /// The request.
+        data: PutData,
+    },
+    /// `put_end` of the upload `id`.
+    PutEnd {
+        /// The upload's request id.
+        id: u64,
+        /// The request.
+        end: PutEnd,
+    },
 }
 
 impl FileRequest {
@@ -279,8 +314,10 @@ impl FileRequest {
 /// `offset` if its own first bytes hash the same, from 0 otherwise.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PutReady {
+    /// Bytes of the partial upload kept; 0 when there is none.
     #[serde(default)]
     pub offset: u64,
+    /// Hex BLAKE3 of those bytes.
     #[serde(default)]
     pub prefix_blake3: String,
 }
@@ -292,8 +329,10 @@ impl FileMessage for PutReady {
 /// `put_ok`: an upload is complete, verified and in place.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PutOk {
+    /// Bytes written.
     #[serde(default)]
     pub size: u64,
+    /// Hex BLAKE3 of the file as written, re-read from disk.
     #[serde(default)]
     pub blake3: String,
 }
@@ -308,10 +347,13 @@ pub struct GetData {
     /// The whole file's size.
     #[serde(default)]
     pub size: u64,
+    /// Where the bytes in the body start: the request's offset.
     #[serde(default)]
     pub offset: u64,
+    /// Modification time, in seconds since the Unix epoch, for `-p` to set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime: Option<i64>,
+    /// Permission bits, for `-p` to set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
 }
@@ -323,6 +365,7 @@ impl FileMessage for GetData {
 /// `get_end`: the hash of the whole file, the part the client resumed from included.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GetEnd {
+    /// Hex BLAKE3 of the whole file.
     #[serde(default)]
     pub blake3: String,
 }
@@ -335,13 +378,16 @@ impl FileMessage for GetEnd {
 /// of an `ls` page's body.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
+    /// The name within its directory (for `stat`, the last part of the path).
     pub name: String,
     /// `file`, `dir`, `symlink` or `other`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// Bytes; 0 for a directory.
     pub size: u64,
     /// Seconds since the Unix epoch.
     pub mtime: i64,
+    /// Permission bits.
     pub mode: u32,
 }
 
@@ -353,8 +399,11 @@ impl FileMessage for Entry {
 /// directory holds more, with `next`, the name to send as the next request's `after`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ListPage {
+    /// This page's entries, in name order.
     pub entries: Vec<Entry>,
+    /// More entries follow this page.
     pub more: bool,
+    /// The `after` that asks for the next page, when `more`.
     pub next: Option<String>,
 }
 
@@ -375,6 +424,7 @@ impl ListPage {
         Ok((header, body))
     }
 
+    /// Reads an `ls` reply; a body that is not a list of entries is refused.
     pub fn from_message(header: &Header, body: &[u8]) -> Result<ListPage, BadRequest> {
         let entries = serde_json::from_slice(body).map_err(|e| BadRequest(format!("listing: {e}")))?;
         Ok(ListPage {

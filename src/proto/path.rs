@@ -35,6 +35,7 @@ impl From<BadPath> for RemoteError {
 }
 
 impl RootPath {
+    /// Checks `text` as a path inside the root; the empty text is the root.
     pub fn parse(text: &str) -> Result<RootPath, BadPath> {
         let shown = escape(text);
         let refuse = |why: String| Err(BadPath(format!("path {shown} {why}")));
@@ -72,10 +73,12 @@ impl RootPath {
         Ok(path)
     }
 
+    /// Whether this is the root itself.
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The path's text, `/`-separated, as checked.
     pub fn as_str(&self) -> &str {
         &self.0
     }

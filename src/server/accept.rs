@@ -27,9 +27,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// deadline. Connection tasks run on `tasks`, so shutdown waits for them.
 #[derive(Clone)]
 pub(crate) struct Shutdown {
-    pub stopping: CancellationToken,
-    pub abort: CancellationToken,
-    pub tasks: TaskTracker,
+    pub(crate) stopping: CancellationToken,
+    pub(crate) abort: CancellationToken,
+    pub(crate) tasks: TaskTracker,
 }
 
 /// How many connections of a listener (or of several sharing the slots) are served at once.
@@ -42,17 +42,17 @@ pub(crate) struct Slots {
 }
 
 impl Slots {
-    pub fn new(free: Arc<Semaphore>) -> Slots {
+    pub(crate) fn new(free: Arc<Semaphore>) -> Slots {
         Slots { free, full: None }
     }
 
     /// As many as anyone could open: for a listener whose handler bounds its own connections.
-    pub fn unbounded() -> Slots {
+    pub(crate) fn unbounded() -> Slots {
         Slots::new(Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)))
     }
 
     /// Counts into `full` each time every slot is taken.
-    pub fn counting_full(self, full: Counter) -> Slots {
+    pub(crate) fn counting_full(self, full: Counter) -> Slots {
         Slots {
             full: Some(full),
             ..self
@@ -104,12 +104,12 @@ impl Accept for TcpListener {
 
 /// One listener and how its connections are served.
 pub(crate) struct AcceptLoop<L> {
-    pub listener: L,
+    pub(crate) listener: L,
     /// Named on each connection's span and on accept errors; `None` for the native protocol,
     /// whose sessions reach every native service.
-    pub service: Option<&'static str>,
-    pub slots: Slots,
-    pub shutdown: Shutdown,
+    pub(crate) service: Option<&'static str>,
+    pub(crate) slots: Slots,
+    pub(crate) shutdown: Shutdown,
 }
 
 impl<L: Accept> AcceptLoop<L> {
@@ -117,7 +117,7 @@ impl<L: Accept> AcceptLoop<L> {
     /// connection is accepted (what it does at once, such as counting, happens in order) and
     /// the work it returns runs on the shutdown's tasks, in that span, holding the
     /// connection's slot, until it ends or the shutdown deadline passes.
-    pub async fn run<F, Work>(self, mut serve: F)
+    pub(crate) async fn run<F, Work>(self, mut serve: F)
     where
         F: FnMut(L::Connection, L::Peer) -> Work,
         Work: Future<Output = ()> + Send + 'static,

@@ -11,11 +11,13 @@ use crate::services::ServicesConfig;
 use crate::services::classic::ClassicConfig;
 use crate::wire::DEFAULT_MAX_HEADER_LEN;
 
-/// Everything a [`super::Server`] needs: the [`Settings`] resolved, each field the setting of
-/// the same (or the nearest) name. [`ServerConfig::new`] gives the documented defaults.
+/// Everything a [`super::Server`] needs: the [`super::Settings`] resolved, each field the setting
+/// of the same (or the nearest) name. [`ServerConfig::new`] gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
+    /// Where the framed protocol listens: TCP addresses and Unix sockets.
     pub listen: Vec<ListenAddr>,
+    /// The shared secret clients must know.
     pub secret: Secret,
     /// HMAC-authenticated plaintext sessions instead of encrypted ones.
     pub plaintext: bool,
@@ -35,10 +37,12 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// How long requests in flight may run after SIGINT/SIGTERM.
     pub shutdown_timeout: Duration,
+    /// Largest frame header accepted from a client, in bytes.
     pub max_header_len: usize,
     /// Back-off of a source after its first failed authentication (its attempts are refused
     /// meanwhile); doubles per recent failure, up to 5 s. At 100 ms, at most 10 guesses a second.
     pub auth_backoff: Duration,
+    /// Settings of the native services (chat, exec, files).
     pub services: ServicesConfig,
     /// The course's UDP time service (a strftime format in, the time out).
     pub time_listen: Option<SocketAddr>,
@@ -55,6 +59,7 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The defaults, as documented for each setting; only the secret has none.
     pub fn new(secret: Secret) -> ServerConfig {
         ServerConfig {
             listen: vec![ListenAddr::Tcp(([127, 0, 0, 1], DEFAULT_PORT).into())],

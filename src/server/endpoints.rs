@@ -25,7 +25,9 @@ use crate::services::unframed::{DatagramService, StreamLimits, StreamService, Tr
 pub struct ServiceAddr {
     /// `time`, `daytime`, `rfc868`, `sntp`, or a classic service's log name (`classic-echo`).
     pub service: &'static str,
+    /// TCP or UDP.
     pub transport: Transport,
+    /// The address bound, with the port chosen for port 0.
     pub addr: SocketAddr,
 }
 

@@ -15,7 +15,9 @@ use crate::services::Peer;
 /// Where to listen: `IP:PORT` (port 0 picks a free one) or a Unix socket path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddr {
+    /// A TCP address.
     Tcp(SocketAddr),
+    /// A Unix socket, created at this path.
     Unix(PathBuf),
 }
 
@@ -49,13 +51,13 @@ impl<'de> serde::Deserialize<'de> for ListenAddr {
 }
 
 /// A bound listener.
-pub enum Listener {
+pub(crate) enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
 }
 
 /// An accepted connection.
-pub enum Stream {
+pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
@@ -64,7 +66,7 @@ impl Listener {
     /// Binds with SO_REUSEADDR, so a restarted server never meets "address already in use"
     /// from its predecessor's connections in TIME_WAIT. IPv6 sockets are IPv6-only so that
     /// `[::]:PORT` and `0.0.0.0:PORT` can both be bound.
-    pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
+    pub(crate) fn bind(addr: &ListenAddr) -> io::Result<Listener> {
         match addr {
             ListenAddr::Tcp(addr) => Ok(Listener::Tcp(bind_tcp(*addr)?)),
             ListenAddr::Unix(path) => {
@@ -75,14 +77,14 @@ impl Listener {
     }
 
     /// The address actually bound (with the port the kernel chose for port 0).
-    pub fn local_addr(&self) -> io::Result<ListenAddr> {
+    pub(crate) fn local_addr(&self) -> io::Result<ListenAddr> {
         match self {
             Listener::Tcp(listener) => listener.local_addr().map(ListenAddr::Tcp),
             Listener::Unix(_, path) => Ok(ListenAddr::Unix(path.clone())),
         }
     }
 
-    pub async fn accept(&self) -> io::Result<(Stream, Peer)> {
+    pub(crate) async fn accept(&self) -> io::Result<(Stream, Peer)> {
         match self {
             Listener::Tcp(listener) => {
                 let (stream, addr) = listener.accept().await?;

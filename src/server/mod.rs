@@ -1,14 +1,14 @@
 //! The server runtime: listeners, the accept loop, connection limits and graceful shutdown.
 //!
-//! Each connection runs in its own task ([`session`]), accepted by the one accept loop
-//! ([`accept`]) every listener uses. A semaphore caps how many are served at once; beyond it
+//! Each connection runs in its own task (`session`), accepted by the one accept loop
+//! (`accept`) every listener uses. A semaphore caps how many are served at once; beyond it
 //! the server stops accepting and clients wait in the kernel's backlog, which costs the server
 //! nothing. Shutdown is two-stage: first stop accepting and let every connection finish the
 //! request it is serving, then, past the deadline, drop the rest.
 //!
 //! Beside the native protocol the server runs the unframed services the services' catalog
 //! lists (the course's UDP time service, the standard time protocols, the classic services) on
-//! their own sockets ([`endpoints`], [`udp`], [`stream`]), with the same shutdown; the
+//! their own sockets (`endpoints`, [`udp`], `stream`), with the same shutdown; the
 //! `/metrics` endpoint too. The runtime names no service itself: it runs what the catalog lists.
 
 // The server runs every client's session: a panic on a path a client drives must not exist.
@@ -37,7 +37,8 @@ use tracing::{info, warn};
 
 pub use config::ServerConfig;
 pub use endpoints::ServiceAddr;
-pub use listener::{ListenAddr, Listener, Stream};
+pub use listener::ListenAddr;
+pub(crate) use listener::{Listener, Stream};
 pub use settings::{ServiceListen, Settings, parse_duration};
 
 use self::accept::{AcceptLoop, Shutdown, Slots};
@@ -92,7 +93,7 @@ impl Server {
 
     /// Binds every listen address of `config`, serving `registry`'s services natively and the
     /// unframed services `config` turns on (the classic ones through `backends`).
-    pub async fn bind_with(
+    pub(crate) async fn bind_with(
         config: ServerConfig,
         registry: Registry,
         backends: Backends,

@@ -47,6 +47,10 @@ use crate::services::classic::{ClassicListen, ClassicService};
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 #[cfg_attr(feature = "cli", command(about = None, long_about = None))]
+#[allow(
+    rustdoc::broken_intra_doc_links,
+    reason = "the fields' docs are `sockit serve --help`, written for the terminal: `[IPv6]:PORT`"
+)]
 pub struct Settings {
     /// Listen on IP:PORT, [IPv6]:PORT or a Unix socket path; repeatable; port 0 picks a free
     /// port [default: 127.0.0.1:8080]

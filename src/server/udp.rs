@@ -4,10 +4,10 @@
 //! UDP has no handshake, so a datagram's source address can be forged. A service that answers
 //! anything could then be aimed at a third party (reflection), or at another such service to
 //! make the two answer each other forever. Four defences: every reply datagram costs its
-//! destination a token from a per-source bucket ([`RateLimit`]); datagrams from ports below
+//! destination a token from a per-source bucket (`RateLimit`); datagrams from ports below
 //! 1024, where servers rather than clients live, are ignored unless a service opts in;
 //! datagrams from one of this server's own UDP service ports on a local address are never
-//! answered ([`OwnPorts`]), so no two of its services can be set talking to each other; and
+//! answered (`OwnPorts`), so no two of its services can be set talking to each other; and
 //! services answer with no more than the request needs (see each service).
 
 use std::collections::{HashMap, HashSet};
@@ -29,29 +29,29 @@ use crate::source::source_key;
 /// Replies per second each source may receive, once its burst is spent.
 pub const REPLIES_PER_SECOND: f64 = 20.0;
 /// Replies a quiet source may receive at once.
-pub const REPLY_BURST: f64 = 40.0;
+pub(crate) const REPLY_BURST: f64 = 40.0;
 /// Sources tracked at once; see [`RateLimit`] for what happens beyond.
-pub const MAX_TRACKED_SOURCES: usize = 8192;
+pub(crate) const MAX_TRACKED_SOURCES: usize = 8192;
 
 /// Largest datagram read whole; anything longer is truncated by the kernel.
 const RECEIVE_BUFFER: usize = 65_536;
 
 /// Long answers in progress at once per service; datagrams beyond are dropped.
-pub const MAX_LONG_ANSWERS: usize = 256;
+pub(crate) const MAX_LONG_ANSWERS: usize = 256;
 
 /// The ports this server's UDP services are bound to. A datagram from one of them, on an
 /// address of this machine, is a reply of (or forged to look like one of) our own services:
 /// answering it could start two of them answering each other forever.
 #[derive(Clone, Debug, Default)]
-pub struct OwnPorts(Arc<HashSet<u16>>);
+pub(crate) struct OwnPorts(Arc<HashSet<u16>>);
 
 impl OwnPorts {
-    pub fn new(ports: impl IntoIterator<Item = u16>) -> OwnPorts {
+    pub(crate) fn new(ports: impl IntoIterator<Item = u16>) -> OwnPorts {
         OwnPorts(Arc::new(ports.into_iter().collect()))
     }
 
     /// Whether `from` is one of this server's UDP services.
-    pub fn sent(&self, from: SocketAddr) -> bool {
+    pub(crate) fn sent(&self, from: SocketAddr) -> bool {
         self.0.contains(&from.port()) && is_local(from.ip())
     }
 }
@@ -72,7 +72,7 @@ fn is_local(ip: IpAddr) -> bool {
 /// entries whose buckets have refilled (as good as new) are swept away, at most once per
 /// refill period; if none have, new sources are not answered until some do. Excess datagrams
 /// are dropped silently: dropping is what stops reflection.
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     per_second: f64,
     burst: f64,
     max_sources: usize,
@@ -92,7 +92,7 @@ impl Default for RateLimit {
 }
 
 impl RateLimit {
-    pub fn new(per_second: f64, burst: f64, max_sources: usize) -> RateLimit {
+    pub(crate) fn new(per_second: f64, burst: f64, max_sources: usize) -> RateLimit {
         RateLimit {
             per_second,
             burst,
@@ -103,7 +103,7 @@ impl RateLimit {
     }
 
     /// Takes a token for one reply to `ip`; false if it has none left.
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         let key = source_key(ip);
         if let Some(bucket) = self.buckets.get_mut(&key) {
             bucket.refill(now, self.per_second, self.burst);
@@ -122,8 +122,9 @@ impl RateLimit {
         true
     }
 
-    /// Sources currently tracked.
-    pub fn tracked(&self) -> usize {
+    /// Sources currently tracked (the tests' view of the sweep).
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.buckets.len()
     }
 

@@ -22,7 +22,7 @@ use crate::auth::{FailureThrottle, Secret};
 
 impl Registry {
     /// The native services this build offers.
-    pub fn native(backends: &Backends) -> Registry {
+    pub(crate) fn native(backends: &Backends) -> Registry {
         let mut registry = Registry::default();
         registry.register(echo::Echo);
         registry.register(chat::Chat::new(backends.chat));
@@ -36,38 +36,38 @@ impl Registry {
 /// What the unframed services take from the server's settings.
 pub(crate) struct UnframedSettings<'a> {
     /// The course's UDP time service.
-    pub time: Option<SocketAddr>,
+    pub(crate) time: Option<SocketAddr>,
     /// RFC 867 daytime, over TCP and UDP.
-    pub daytime: Option<SocketAddr>,
+    pub(crate) daytime: Option<SocketAddr>,
     /// RFC 868 time, over TCP and UDP.
-    pub rfc868: Option<SocketAddr>,
+    pub(crate) rfc868: Option<SocketAddr>,
     /// SNTP, over UDP.
-    pub sntp: Option<SocketAddr>,
-    pub classic: &'a ClassicConfig,
+    pub(crate) sntp: Option<SocketAddr>,
+    pub(crate) classic: &'a ClassicConfig,
     /// How long a classic conversation may wait for its client.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// The classic HMAC echo's key.
-    pub secret: &'a Secret,
+    pub(crate) secret: &'a Secret,
     /// How long the classic HMAC echo waits for the answer to its challenge.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Shared with the native handshake: one back-off per source for both.
-    pub throttle: &'a Arc<FailureThrottle>,
+    pub(crate) throttle: &'a Arc<FailureThrottle>,
 }
 
 /// One unframed service the settings turn on: its name, where it listens, how to move it,
 /// and what it speaks there (TCP, UDP or both, on one port).
 pub(crate) struct Unframed {
     /// `time`, `daytime`, `rfc868`, `sntp`, or a classic service's log name (`classic-echo`).
-    pub name: &'static str,
-    pub addr: SocketAddr,
+    pub(crate) name: &'static str,
+    pub(crate) addr: SocketAddr,
     /// The settings that move it or turn it off, for the error when it cannot listen.
-    pub how_to_move: String,
-    pub stream: Option<Arc<dyn StreamService>>,
+    pub(crate) how_to_move: String,
+    pub(crate) stream: Option<Arc<dyn StreamService>>,
     /// How many connections its TCP side serves at once, and for how long each.
-    pub limits: StreamLimits,
-    pub datagram: Option<Arc<dyn DatagramService>>,
+    pub(crate) limits: StreamLimits,
+    pub(crate) datagram: Option<Arc<dyn DatagramService>>,
     /// What anyone who reaches it can do, if it lets anyone in: the server warns about it.
-    pub exposure: Option<&'static str>,
+    pub(crate) exposure: Option<&'static str>,
 }
 
 /// Every unframed service `settings` turn on, in the order they are bound.

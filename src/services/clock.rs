@@ -14,14 +14,14 @@ use super::time::format_at;
 use super::unframed::{DatagramService, ServiceStream, StreamService};
 
 /// Seconds from 1900-01-01 (the epoch of RFC 868 and NTP) to 1970-01-01.
-pub const SECONDS_1900_TO_1970: u64 = 2_208_988_800;
+pub(crate) const SECONDS_1900_TO_1970: u64 = 2_208_988_800;
 
 /// The daytime text's format: what inetd's daytime sends (`ctime`), the de facto standard
 /// since RFC 867 prescribes none.
 const DAYTIME_FORMAT: &str = "%a %b %e %H:%M:%S %Y";
 
 /// RFC 867: the date and time as a line of text.
-pub fn daytime_text<Tz: TimeZone>(now: &DateTime<Tz>) -> String
+pub(crate) fn daytime_text<Tz: TimeZone>(now: &DateTime<Tz>) -> String
 where
     Tz::Offset: std::fmt::Display,
 {
@@ -35,14 +35,14 @@ where
 
 /// RFC 868: seconds since 1900 as a 32-bit big-endian number (it wraps in 2036, as the RFC's
 /// own clients expect).
-pub fn rfc868_time(now: SystemTime) -> [u8; 4] {
+pub(crate) fn rfc868_time(now: SystemTime) -> [u8; 4] {
     let seconds = (ntp_timestamp(now) >> 32) as u32;
     seconds.to_be_bytes()
 }
 
 /// An NTP timestamp: seconds since 1900 in the high 32 bits (wrapping in 2036), the fraction
 /// of a second in the low 32.
-pub fn ntp_timestamp(time: SystemTime) -> u64 {
+pub(crate) fn ntp_timestamp(time: SystemTime) -> u64 {
     let since_1970 = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = (since_1970.as_secs() + SECONDS_1900_TO_1970) & 0xFFFF_FFFF;
     let fraction = (u64::from(since_1970.subsec_nanos()) << 32) / 1_000_000_000;
@@ -50,11 +50,11 @@ pub fn ntp_timestamp(time: SystemTime) -> u64 {
 }
 
 /// Length of an NTP packet without extensions.
-pub const NTP_PACKET_LEN: usize = 48;
+pub(crate) const NTP_PACKET_LEN: usize = 48;
 /// Our stratum: like ntpd's local-clock driver, a clock nobody synchronised us to.
-pub const SNTP_STRATUM: u8 = 10;
+pub(crate) const SNTP_STRATUM: u8 = 10;
 /// The reference identifier of a local clock.
-pub const SNTP_REFERENCE: [u8; 4] = *b"LOCL";
+pub(crate) const SNTP_REFERENCE: [u8; 4] = *b"LOCL";
 /// log2 of the clock's precision in seconds: about a microsecond.
 const SNTP_PRECISION: i8 = -20;
 const MODE_CLIENT: u8 = 3;
@@ -63,7 +63,7 @@ const MODE_SERVER: u8 = 4;
 /// RFC 4330 server mode: the reply to a client request received at `received` and answered
 /// at `transmit`, or `None` for anything that is not a client request (server and broadcast
 /// packets are never answered, so two servers cannot be made to talk to each other).
-pub fn sntp_reply(
+pub(crate) fn sntp_reply(
     request: &[u8],
     received: SystemTime,
     transmit: SystemTime,
@@ -88,7 +88,7 @@ pub fn sntp_reply(
 }
 
 /// RFC 867 daytime: over TCP the text and then close; over UDP the text for any datagram.
-pub struct Daytime;
+pub(crate) struct Daytime;
 
 #[async_trait]
 impl StreamService for Daytime {
@@ -105,7 +105,7 @@ impl DatagramService for Daytime {
 }
 
 /// RFC 868 time: over TCP four bytes and then close; over UDP four bytes for any datagram.
-pub struct Rfc868Time;
+pub(crate) struct Rfc868Time;
 
 #[async_trait]
 impl StreamService for Rfc868Time {
@@ -122,7 +122,7 @@ impl DatagramService for Rfc868Time {
 }
 
 /// The SNTP server (UDP only).
-pub struct Sntp;
+pub(crate) struct Sntp;
 
 #[async_trait]
 impl DatagramService for Sntp {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
 use crate::wire::{DEFAULT_MAX_BODY, Header};
 
-pub struct Echo;
+pub(crate) struct Echo;
 
 const COMMANDS: &[CommandSpec] = &[CommandSpec {
     cmd: "echo",
@@ -35,7 +35,7 @@ impl Service for Echo {
 }
 
 /// Upper-cases text: Unicode-aware for UTF-8, ASCII-only for other bytes.
-pub fn upper(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn upper(bytes: &[u8]) -> Vec<u8> {
     if bytes.is_ascii() {
         return bytes.to_ascii_uppercase();
     }
@@ -48,7 +48,7 @@ pub fn upper(bytes: &[u8]) -> Vec<u8> {
 /// Like [`upper`], but never longer than `bytes`: a character whose upper case takes more
 /// bytes (`ΐ` → `Ϊ́`, 2 bytes → 6; `ȿ` → `Ȿ`, 2 → 3) stays as it is. For replies to datagrams,
 /// whose source may be forged: an echo must not be an amplifier.
-pub fn upper_no_longer(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn upper_no_longer(bytes: &[u8]) -> Vec<u8> {
     if bytes.is_ascii() {
         return bytes.to_ascii_uppercase();
     }

@@ -4,7 +4,7 @@
 //! each may carry) and handles a request on the connection it arrived on. The unframed services
 //! (the time protocols, the classic services) implement the contract in [`unframed`] instead.
 //! Adding a service means writing that file and adding one line to the catalog
-//! ([`Registry::native`] and its neighbours), which lists every service the server runs.
+//! (`Registry::native` and its neighbours), which lists every service the server runs.
 
 // Services answer whatever a client sends: a panic here would drop the client's session or,
 // under a held lock, break the service for everyone. So no unwrap, expect or indexing.
@@ -29,8 +29,8 @@ use crate::wire::{
 pub(crate) mod catalog;
 pub mod chat;
 pub mod classic;
-pub mod clock;
-pub mod echo;
+pub(crate) mod clock;
+pub(crate) mod echo;
 pub mod exec;
 pub mod files;
 #[cfg(feature = "fuzzing")]
@@ -40,7 +40,7 @@ pub mod unframed;
 
 /// How a command's body reaches its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyMode {
+pub(crate) enum BodyMode {
     /// Gathered in memory (bounded by `max_body`) and passed in [`Request::body`].
     Whole,
     /// Left on the connection for the handler to read chunk by chunk.
@@ -49,21 +49,21 @@ pub enum BodyMode {
 
 /// One command a service answers.
 #[derive(Clone, Copy, Debug)]
-pub struct CommandSpec {
-    pub cmd: &'static str,
-    pub max_body: u64,
-    pub body: BodyMode,
+pub(crate) struct CommandSpec {
+    pub(crate) cmd: &'static str,
+    pub(crate) max_body: u64,
+    pub(crate) body: BodyMode,
 }
 
 /// Who is on the other end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Peer {
+pub(crate) enum Peer {
     Tcp(SocketAddr),
     Unix,
 }
 
 impl Peer {
-    pub fn ip(&self) -> Option<IpAddr> {
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
         match self {
             Peer::Tcp(addr) => Some(addr.ip()),
             Peer::Unix => None,
@@ -72,7 +72,7 @@ impl Peer {
 
     /// Who this peer counts as for per-source bounds (see [`crate::source::source_key`]); Unix-socket peers
     /// count together.
-    pub fn source(&self) -> Option<IpAddr> {
+    pub(crate) fn source(&self) -> Option<IpAddr> {
         self.ip().map(source_key)
     }
 }
@@ -88,10 +88,10 @@ impl fmt::Display for Peer {
 
 /// A request as a handler sees it.
 #[derive(Debug)]
-pub struct Request {
-    pub header: Header,
+pub(crate) struct Request {
+    pub(crate) header: Header,
     /// The whole body for [`BodyMode::Whole`] commands; empty for streamed ones.
-    pub body: Bytes,
+    pub(crate) body: Bytes,
 }
 
 /// An authenticated connection as services see it.
@@ -100,10 +100,10 @@ pub struct Request {
 /// cloned into tasks that outlive the handler, such as a running command or a chat
 /// subscription. Per-connection service state lives in [`Session::state`] and is dropped, with
 /// whatever it owns, when the connection ends.
-pub struct Session {
-    pub reader: FrameReader,
-    pub writer: SharedWriter,
-    pub peer: Peer,
+pub(crate) struct Session {
+    pub(crate) reader: FrameReader,
+    pub(crate) writer: SharedWriter,
+    pub(crate) peer: Peer,
     state: HashMap<TypeId, Box<dyn Any + Send>>,
     busy: Busy,
     closer: CancellationToken,
@@ -112,10 +112,10 @@ pub struct Session {
 /// Held by work that runs on behalf of a session (a running command): while any is held, the
 /// session is not idle, however long the client stays silent.
 #[derive(Clone, Default)]
-pub struct Busy(Arc<()>);
+pub(crate) struct Busy(Arc<()>);
 
 impl Session {
-    pub fn new(conn: Connection, peer: Peer) -> Session {
+    pub(crate) fn new(conn: Connection, peer: Peer) -> Session {
         let (reader, writer) = conn.into_shared();
         Session {
             reader,
@@ -128,17 +128,17 @@ impl Session {
     }
 
     /// A token that keeps the session from being reaped as idle while it is held.
-    pub fn busy(&self) -> Busy {
+    pub(crate) fn busy(&self) -> Busy {
         self.busy.clone()
     }
 
     /// Cancelling this token ends the session, whatever it is doing: for work running beside
     /// the handlers (a chat client's event feed) that finds the connection unusable.
-    pub fn closer(&self) -> CancellationToken {
+    pub(crate) fn closer(&self) -> CancellationToken {
         self.closer.clone()
     }
 
-    pub fn is_busy(&self) -> bool {
+    pub(crate) fn is_busy(&self) -> bool {
         Arc::strong_count(&self.busy.0) > 1
     }
 
@@ -147,7 +147,7 @@ impl Session {
         clippy::expect_used,
         reason = "entries are keyed by `TypeId::of::<T>()`, so the one found holds a `T`"
     )]
-    pub fn state<T: Default + Send + 'static>(&mut self) -> &mut T {
+    pub(crate) fn state<T: Default + Send + 'static>(&mut self) -> &mut T {
         self.state
             .entry(TypeId::of::<T>())
             .or_insert_with(|| Box::new(T::default()))
@@ -157,14 +157,14 @@ impl Session {
 }
 
 impl Request {
-    pub fn id(&self) -> Option<u64> {
+    pub(crate) fn id(&self) -> Option<u64> {
         self.header.id()
     }
 }
 
 /// How a handler fails.
 #[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
+pub(crate) enum ServiceError {
     /// The request failed; the client is told and the connection carries on.
     #[error(transparent)]
     Reply(#[from] RemoteError),
@@ -185,13 +185,13 @@ impl From<FrameError> for ServiceError {
 }
 
 impl ServiceError {
-    pub fn bad_request(message: impl Into<String>) -> ServiceError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ServiceError {
         ServiceError::Reply(RemoteError::new(ErrorCode::BadRequest, message))
     }
 }
 
 #[async_trait]
-pub trait Service: Send + Sync {
+pub(crate) trait Service: Send + Sync {
     /// The name announced in the session's `features`.
     fn name(&self) -> &'static str;
     fn commands(&self) -> &[CommandSpec];
@@ -207,7 +207,7 @@ pub trait Service: Send + Sync {
 
 /// Routes commands to services.
 #[derive(Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     by_cmd: HashMap<&'static str, (Arc<dyn Service>, CommandSpec)>,
     names: Vec<&'static str>,
 }
@@ -225,8 +225,11 @@ impl Default for Registry {
 /// Settings of the native services.
 #[derive(Clone, Debug, Default)]
 pub struct ServicesConfig {
+    /// Chat settings.
     pub chat: chat::ChatConfig,
+    /// Exec settings.
     pub exec: exec::ExecConfig,
+    /// File service settings.
     pub files: files::FilesConfig,
 }
 
@@ -234,15 +237,15 @@ pub struct ServicesConfig {
 /// (its slots count every command on the server) and the file store (one upload per path at
 /// a time, whichever protocol writes it).
 #[derive(Clone)]
-pub struct Backends {
-    pub chat: chat::ChatConfig,
-    pub exec: Arc<exec::Runner>,
-    pub files: Arc<files::FileStore>,
+pub(crate) struct Backends {
+    pub(crate) chat: chat::ChatConfig,
+    pub(crate) exec: Arc<exec::Runner>,
+    pub(crate) files: Arc<files::FileStore>,
 }
 
 impl Backends {
     /// Fails if the file root cannot be created.
-    pub fn new(config: &ServicesConfig) -> std::io::Result<Backends> {
+    pub(crate) fn new(config: &ServicesConfig) -> std::io::Result<Backends> {
         let files = files::FileStore::open(&config.files).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -262,11 +265,11 @@ impl Backends {
 /// Answered by the session itself, whatever services the server runs: the cheapest first
 /// request, for a client that has nothing to ask yet but must confirm its session. Announced in
 /// `features` so that clients know they may send it without waiting for an answer.
-pub const PING: &str = "ping";
+pub(crate) const PING: &str = "ping";
 
 impl Registry {
     /// Adds a service. Two services claiming one command is a programming error.
-    pub fn register(&mut self, service: impl Service + 'static) -> &mut Registry {
+    pub(crate) fn register(&mut self, service: impl Service + 'static) -> &mut Registry {
         let service: Arc<dyn Service> = Arc::new(service);
         for spec in service.commands() {
             let previous = self.by_cmd.insert(spec.cmd, (service.clone(), *spec));
@@ -276,18 +279,18 @@ impl Registry {
         self
     }
 
-    pub fn lookup(&self, cmd: &str) -> Option<(&Arc<dyn Service>, &CommandSpec)> {
+    pub(crate) fn lookup(&self, cmd: &str) -> Option<(&Arc<dyn Service>, &CommandSpec)> {
         self.by_cmd.get(cmd).map(|(service, spec)| (service, spec))
     }
 
     /// `base` with each command's body limit added.
-    pub fn limits(&self, base: Limits) -> Limits {
+    pub(crate) fn limits(&self, base: Limits) -> Limits {
         self.by_cmd.values().fold(base, |limits, (_, spec)| {
             limits.with_body_limit(spec.cmd, spec.max_body)
         })
     }
 
-    pub fn features(&self) -> &[&'static str] {
+    pub(crate) fn features(&self) -> &[&'static str] {
         &self.names
     }
 }

@@ -14,7 +14,7 @@
 //! `%t` is refused (its text would be the request itself), and a non-empty datagram with no
 //! `%` at all is not a format and gets no reply. Every reply holds no `%` but those of `%%`,
 //! so what another service sends back gets fewer answers each round and soon none. No reply
-//! is more than [`MAX_REPLY_GROWTH`] bytes longer than its request.
+//! is more than `MAX_REPLY_GROWTH` bytes longer than its request.
 //!
 //! Native: `{"cmd":"time","id":N,"format":"..."}` (format optional) is answered with
 //! `{"cmd":"time","id":N,"time":"...","unix_ms":...}`, or a `bad_request` error.
@@ -32,21 +32,21 @@ use super::{BodyMode, CommandSpec, Request, Service, ServiceError, Session};
 use crate::proto::time::{TIME, TimeReply, TimeRequest};
 
 /// The course's format, used when a request names none.
-pub const DEFAULT_FORMAT: &str = "%Y-%m-%d %X";
+pub(crate) const DEFAULT_FORMAT: &str = "%Y-%m-%d %X";
 /// Longest format accepted, in bytes.
 pub const MAX_FORMAT_LEN: usize = 256;
 /// Longest time text sent, in bytes: the course client reads replies with `recv(1024)`.
-pub const MAX_REPLY_LEN: usize = 1024;
+pub(crate) const MAX_REPLY_LEN: usize = 1024;
 /// What every UDP error reply begins with.
 pub const ERROR_PREFIX: &str = "error: ";
 /// A UDP reply is at most this many bytes longer than its request: the course's default
 /// text answers an empty datagram, and `%c` (2 bytes) gives 24.
-pub const MAX_REPLY_GROWTH: usize = 64;
+pub(crate) const MAX_REPLY_GROWTH: usize = 64;
 
 /// Why a format gives no time text. The messages are short: they are UDP error replies, and
 /// a reply to a small request should be small too.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TimeFormatError {
+pub(crate) enum TimeFormatError {
     #[error("format longer than {MAX_FORMAT_LEN} bytes")]
     TooLong,
     #[error("format is not UTF-8")]
@@ -70,12 +70,12 @@ pub enum TimeFormatError {
 pub const MAX_ERROR_REPLY_LEN: usize = 48;
 
 /// The server's local time now, in `format` (empty means [`DEFAULT_FORMAT`]).
-pub fn format_time(format: &str) -> Result<String, TimeFormatError> {
+pub(crate) fn format_time(format: &str) -> Result<String, TimeFormatError> {
     format_at(&Local::now(), format)
 }
 
 /// `time` in `format` (empty means [`DEFAULT_FORMAT`]), never longer than [`MAX_REPLY_LEN`].
-pub fn format_at<Tz: TimeZone>(time: &DateTime<Tz>, format: &str) -> Result<String, TimeFormatError>
+pub(crate) fn format_at<Tz: TimeZone>(time: &DateTime<Tz>, format: &str) -> Result<String, TimeFormatError>
 where
     Tz::Offset: std::fmt::Display,
 {
@@ -134,7 +134,7 @@ pub fn is_answered(request: &[u8]) -> bool {
 
 /// The UDP reply to one datagram: the time text, or an error reply; none for a datagram
 /// that is not [`is_answered`].
-pub fn datagram_reply(request: &[u8]) -> Option<Bytes> {
+pub(crate) fn datagram_reply(request: &[u8]) -> Option<Bytes> {
     if !is_answered(request) {
         return None;
     }
@@ -169,7 +169,7 @@ pub fn parse_datagram_reply(reply: &[u8]) -> Result<String, String> {
 }
 
 /// The course's time server over UDP.
-pub struct TimeDatagrams;
+pub(crate) struct TimeDatagrams;
 
 #[async_trait]
 impl DatagramService for TimeDatagrams {
@@ -179,7 +179,7 @@ impl DatagramService for TimeDatagrams {
 }
 
 /// The native `time` command.
-pub struct Time;
+pub(crate) struct Time;
 
 const COMMANDS: &[CommandSpec] = &[CommandSpec {
     cmd: TIME,

@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 /// What an unframed service listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
+    /// Over TCP.
     Tcp,
+    /// Over UDP.
     Udp,
 }
 
@@ -36,7 +38,7 @@ impl fmt::Display for Transport {
 
 /// A service that talks raw bytes over a TCP connection, with no sockit framing or session.
 #[async_trait]
-pub trait StreamService: Send + Sync {
+pub(crate) trait StreamService: Send + Sync {
     /// Serves one connection; dropping `stream` closes it. The error, if the connection
     /// failed, is logged once by the runtime. It runs in the connection's span, which names
     /// the service and the peer, so its own log lines need not.
@@ -45,15 +47,15 @@ pub trait StreamService: Send + Sync {
 
 /// How many connections a stream service serves at once, and for how long each.
 #[derive(Clone, Copy, Debug)]
-pub struct StreamLimits {
+pub(crate) struct StreamLimits {
     /// Beyond this the service stops accepting and clients wait in the listen backlog.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// A connection still open after this is closed, whatever it is doing: for one-shot
     /// services, so a client that never reads cannot hold a slot forever.
-    pub max_duration: Option<Duration>,
+    pub(crate) max_duration: Option<Duration>,
     /// A read or a write that waits this long fails with `TimedOut`: for interactive
     /// services, where a connection may rightly last hours but a silent one should not.
-    pub idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl Default for StreamLimits {
@@ -68,7 +70,7 @@ impl Default for StreamLimits {
 
 impl StreamLimits {
     /// For a conversation: no total duration, but at most `idle` waiting for the peer.
-    pub fn interactive(idle: Duration) -> StreamLimits {
+    pub(crate) fn interactive(idle: Duration) -> StreamLimits {
         StreamLimits {
             max_duration: None,
             idle_timeout: Some(idle),
@@ -79,7 +81,7 @@ impl StreamLimits {
 
 /// A service that answers datagrams.
 #[async_trait]
-pub trait DatagramService: Send + Sync {
+pub(crate) trait DatagramService: Send + Sync {
     /// The reply datagrams for one request: none, one or several.
     async fn answer(&self, request: &[u8], from: SocketAddr) -> Vec<Bytes>;
 
@@ -101,7 +103,7 @@ pub trait DatagramService: Send + Sync {
 /// An accepted connection of a stream service, with its service's idle timeout: a read or
 /// a write that waits longer fails with [`io::ErrorKind::TimedOut`]. The clock runs only while
 /// waiting for the peer, so time the service spends working (running a command) never counts.
-pub struct ServiceStream {
+pub(crate) struct ServiceStream {
     inner: TcpStream,
     reading: IdleClock,
     writing: IdleClock,
@@ -111,7 +113,11 @@ pub struct ServiceStream {
 impl ServiceStream {
     /// `idle` is the service's idle timeout; `stopping` is the server's, cancelled when
     /// shutdown begins (see [`ServiceStream::read_request`]).
-    pub fn new(inner: TcpStream, idle: Option<Duration>, stopping: CancellationToken) -> ServiceStream {
+    pub(crate) fn new(
+        inner: TcpStream,
+        idle: Option<Duration>,
+        stopping: CancellationToken,
+    ) -> ServiceStream {
         ServiceStream {
             inner,
             reading: IdleClock::new(idle),
@@ -124,7 +130,7 @@ impl ServiceStream {
     /// shutting down it returns `Ok(0)` (as if the client had closed): a connection waiting
     /// between requests has nothing in flight, so shutdown need not wait for it.
     /// The bytes are appended to `buf` (a `BytesMut`, or a `&mut [u8]` that advances past them).
-    pub async fn read_request(&mut self, buf: &mut impl BufMut) -> io::Result<usize> {
+    pub(crate) async fn read_request(&mut self, buf: &mut impl BufMut) -> io::Result<usize> {
         let stopping = self.stopping.clone();
         tokio::select! {
             read = self.read_buf(buf) => read,
@@ -136,7 +142,7 @@ impl ServiceStream {
     /// never while the client may still be waiting for an answer. Data the client sent ahead
     /// stays unread; once some is waiting, the client's intent cannot be told and this never
     /// completes.
-    pub async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         let mut probe = [0u8; 1];
         match self.inner.peek(&mut probe).await {
             Ok(0) | Err(_) => {}

@@ -60,11 +60,13 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Sets the largest header accepted, in bytes.
     pub fn with_max_header_len(mut self, max: usize) -> Limits {
         self.max_header_len = max;
         self
     }
 
+    /// Sets the largest body for a `cmd` with no limit of its own.
     pub fn with_default_body_limit(mut self, max: u64) -> Limits {
         self.default_max_body = max;
         self
@@ -76,10 +78,12 @@ impl Limits {
         self
     }
 
+    /// The largest header accepted, in bytes.
     pub fn max_header_len(&self) -> usize {
         self.max_header_len
     }
 
+    /// The largest body a frame with this `cmd` may declare.
     pub fn body_limit(&self, cmd: &str) -> u64 {
         self.max_body.get(cmd).copied().unwrap_or(self.default_max_body)
     }
@@ -88,7 +92,9 @@ impl Limits {
 /// One item of the decoded stream: a header, then its body in one or more chunks.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
+    /// A frame's header, always first.
     Header(Header),
+    /// A chunk of the body the header announced; an empty body yields none.
     Body(Bytes),
 }
 
@@ -100,6 +106,7 @@ pub struct FrameCodec {
 }
 
 impl FrameCodec {
+    /// A decoder and encoder enforcing `limits`.
     pub fn new(limits: Limits) -> FrameCodec {
         FrameCodec {
             limits,
@@ -107,6 +114,7 @@ impl FrameCodec {
         }
     }
 
+    /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

@@ -30,23 +30,28 @@ const WRITE_HIGH_WATER: usize = 128 * 1024;
 /// A header together with its whole body, for messages small enough to hold in memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Message {
+    /// The frame's header.
     pub header: Header,
+    /// Its whole body.
     pub body: Bytes,
 }
 
 /// Both halves of a connection.
 pub struct Connection {
+    /// Reads frames; a half of its own so that one task can read while another writes.
     pub reader: FrameReader,
+    /// Writes frames.
     pub writer: FrameWriter,
 }
 
 impl Connection {
+    /// A connection over TCP, plaintext until the handshake encrypts it.
     pub fn tcp(stream: TcpStream, limits: Limits) -> Connection {
         let (read, write) = stream.into_split();
         Connection::new(ReadIo::Tcp(read), Box::new(write), limits)
     }
 
-    pub fn unix(stream: UnixStream, limits: Limits) -> Connection {
+    pub(crate) fn unix(stream: UnixStream, limits: Limits) -> Connection {
         let (read, write) = stream.into_split();
         Connection::new(ReadIo::Unix(read), Box::new(write), limits)
     }
@@ -85,7 +90,7 @@ impl Connection {
 
     /// Replaces the size limits of both directions, for instance once a peer has
     /// authenticated and may send (and be sent) full-size headers.
-    pub fn set_limits(&mut self, limits: Limits) {
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
         self.writer.max_header_len = limits.max_header_len();
         self.reader.set_limits(limits);
     }
@@ -93,7 +98,7 @@ impl Connection {
     /// Switches both directions to encrypted records, after a completed Noise handshake.
     /// Frames queued before this call still go out in the clear, in the same write as the
     /// first encrypted ones.
-    pub fn encrypt(&mut self, transport: StatelessTransportState) {
+    pub(crate) fn encrypt(&mut self, transport: StatelessTransportState) {
         let (sealer, opener) = record::split(transport);
         self.writer.clear_len = self.writer.out.len();
         self.writer.sealer = Some(sealer);
@@ -102,33 +107,33 @@ impl Connection {
 
     /// Adds every byte read from and written to the socket (ciphertext in an encrypted
     /// session) to these counters: the server's traffic metrics.
-    pub fn count_bytes(&mut self, received: Counter, sent: Counter) {
+    pub(crate) fn count_bytes(&mut self, received: Counter, sent: Counter) {
         self.reader.received = Some(received);
         self.writer.sent = Some(sent);
     }
 
+    /// Whether the handshake has turned encryption on.
     pub fn is_encrypted(&self) -> bool {
         self.writer.sealer.is_some()
     }
 
+    /// The next header or body chunk; `None` at a clean end between frames.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         self.reader.read_frame().await
     }
 
+    /// The next message with its whole body; `None` at a clean end between frames.
     pub async fn read_message(&mut self) -> Result<Option<Message>, FrameError> {
         self.reader.read_message().await
     }
 
+    /// Sends one frame.
     pub async fn send(&mut self, header: Header, body: &[u8]) -> Result<(), FrameError> {
         self.writer.send(header, body).await
     }
 
-    pub async fn send_error(&mut self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
-        self.writer.send_error(id, error).await
-    }
-
     /// The reader, and a writer that many tasks can share (what a server session uses).
-    pub fn into_shared(self) -> (FrameReader, SharedWriter) {
+    pub(crate) fn into_shared(self) -> (FrameReader, SharedWriter) {
         (self.reader, SharedWriter(Arc::new(Mutex::new(self.writer))))
     }
 }
@@ -193,7 +198,7 @@ impl FrameReader {
     }
 
     /// The rest of the current frame's body, gathered in memory.
-    pub async fn read_whole_body(&mut self) -> Result<Bytes, FrameError> {
+    pub(crate) async fn read_whole_body(&mut self) -> Result<Bytes, FrameError> {
         let Some(first) = self.read_body_chunk().await? else {
             return Ok(Bytes::new());
         };
@@ -211,14 +216,14 @@ impl FrameReader {
     }
 
     /// Whether bytes of a further frame have already arrived (so the peer is pipelining).
-    pub fn has_buffered_input(&self) -> bool {
+    pub(crate) fn has_buffered_input(&self) -> bool {
         !self.plain.is_empty() || !self.sealed.is_empty()
     }
 
     /// Ends the read with [`FrameError::Stalled`] when a peer that has sent part of a frame
     /// (a header, a body, a record) sends nothing more for `limit`: an idle timeout that
     /// cannot be dodged by stopping in the middle of a request.
-    pub fn set_stall_timeout(&mut self, limit: Option<Duration>) {
+    pub(crate) fn set_stall_timeout(&mut self, limit: Option<Duration>) {
         self.stall_timeout = limit;
     }
 
@@ -228,13 +233,8 @@ impl FrameReader {
     }
 
     /// Replaces the size limits, for instance once a peer has authenticated.
-    pub fn set_limits(&mut self, limits: Limits) {
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
         self.codec = FrameCodec::new(limits);
-    }
-
-    /// Body bytes of the current frame not yet read.
-    pub fn body_remaining(&self) -> u64 {
-        self.codec.body_remaining()
     }
 
     fn start_decrypting(&mut self, opener: Opener) {
@@ -313,7 +313,11 @@ impl FrameWriter {
     /// Sends an error frame. One whose message makes it too large to send (it quotes what a
     /// peer sent, say) goes out with the message cut short instead, so that answering a bad
     /// request never ends the session.
-    pub async fn send_error(&mut self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
+    pub(crate) async fn send_error(
+        &mut self,
+        id: Option<u64>,
+        error: &RemoteError,
+    ) -> Result<(), FrameError> {
         match self.queue(error.to_header(id), b"") {
             Err(unsent) if unsent.is_unsent() => self.queue(error.shortened().to_header(id), b"")?,
             queued => queued?,
@@ -323,7 +327,7 @@ impl FrameWriter {
 
     /// Sends a header as it is, with the body it declares left to [`FrameWriter::send_body`]
     /// (none for a bodyless message): for one message shared by many connections.
-    pub async fn send_header(&mut self, header: &Header) -> Result<(), FrameError> {
+    pub(crate) async fn send_header(&mut self, header: &Header) -> Result<(), FrameError> {
         self.queue_header(header)?;
         self.flush().await
     }
@@ -389,24 +393,24 @@ impl FrameWriter {
 /// replies). Whoever holds the lock writes whole frames, so frames never interleave; a task
 /// streaming a long body holds [`SharedWriter::lock`] for the whole body.
 #[derive(Clone)]
-pub struct SharedWriter(Arc<Mutex<FrameWriter>>);
+pub(crate) struct SharedWriter(Arc<Mutex<FrameWriter>>);
 
 impl SharedWriter {
-    pub async fn send(&self, header: Header, body: &[u8]) -> Result<(), FrameError> {
+    pub(crate) async fn send(&self, header: Header, body: &[u8]) -> Result<(), FrameError> {
         self.0.lock().await.send(header, body).await
     }
 
-    pub async fn send_error(&self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
+    pub(crate) async fn send_error(&self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
         self.0.lock().await.send_error(id, error).await
     }
 
     /// [`FrameWriter::send_header`].
-    pub async fn send_header(&self, header: &Header) -> Result<(), FrameError> {
+    pub(crate) async fn send_header(&self, header: &Header) -> Result<(), FrameError> {
         self.0.lock().await.send_header(header).await
     }
 
     /// Exclusive use of the writer until the guard drops.
-    pub async fn lock(&self) -> MutexGuard<'_, FrameWriter> {
+    pub(crate) async fn lock(&self) -> MutexGuard<'_, FrameWriter> {
         self.0.lock().await
     }
 }

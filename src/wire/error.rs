@@ -14,24 +14,31 @@ use super::header::Header;
 pub enum ErrorCode {
     /// The bytes did not form a frame: bad length, bad JSON, missing `cmd`.
     BadFrame,
+    /// A header longer than the server accepts.
     HeaderTooLarge,
+    /// A body longer than its `cmd` may carry.
     BodyTooLarge,
+    /// No service answers this `cmd`.
     UnknownCmd,
     /// A request's fields were missing or of the wrong type.
     BadRequest,
+    /// The client speaks a protocol version the server does not.
     VersionMismatch,
     /// The client asked for a plaintext session and the server requires encryption.
     PlaintextRefused,
     /// The client asked for an encrypted session and the server runs with `--plaintext`.
     EncryptionUnavailable,
+    /// The client does not know the secret.
     AuthFailed,
     /// Recent failed authentications from the client's address: it must wait before trying again.
     AuthThrottled,
     /// A server limit (connections, handshakes, commands) is reached; try again later.
     Busy,
+    /// Something took longer than the server allows.
     Timeout,
     /// The service is disabled on this server (for example exec without `--allow-exec`).
     Disabled,
+    /// A fault on the server's side; the message says what, never a secret.
     Internal,
     // The services' own codes (docs/protocol.md section 3), one block per service.
     // The files service's codes.
@@ -76,6 +83,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it travels on the wire, as `not_found`.
     pub fn as_str(&self) -> &str {
         match self {
             ErrorCode::Other(code) => code,
@@ -86,7 +94,7 @@ impl ErrorCode {
     /// The name of a code this program chose, defined here or by a service; `None` for a code
     /// read from a peer. Metrics label errors with it (and `other` for `None`), so the label
     /// values are the names compiled into the server, whatever peers send.
-    pub fn static_name(&self) -> Option<&'static str> {
+    pub(crate) fn static_name(&self) -> Option<&'static str> {
         Some(match self {
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::HeaderTooLarge => "header_too_large",
@@ -126,6 +134,7 @@ impl ErrorCode {
         })
     }
 
+    /// Reads a code from the wire; one this build does not define is kept as [`ErrorCode::Other`].
     pub fn parse(code: &str) -> ErrorCode {
         const KNOWN: &[ErrorCode] = &[
             ErrorCode::BadFrame,
@@ -184,11 +193,14 @@ const SHORTENED_CHARS: usize = 64;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message} ({code})")]
 pub struct RemoteError {
+    /// What kind of error, for programs to match on.
     pub code: ErrorCode,
+    /// The sentence for a person.
     pub message: String,
 }
 
 impl RemoteError {
+    /// An error to send, with its code and sentence.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> RemoteError {
         RemoteError {
             code,
@@ -196,9 +208,9 @@ impl RemoteError {
         }
     }
 
-    /// The same error with its message cut to its first [`SHORTENED_CHARS`] characters, for
+    /// The same error with its message cut to its first `SHORTENED_CHARS` characters, for
     /// when the whole one is too large to send.
-    pub fn shortened(&self) -> RemoteError {
+    pub(crate) fn shortened(&self) -> RemoteError {
         let mut message: String = self.message.chars().take(SHORTENED_CHARS).collect();
         message.push_str(" [...]");
         RemoteError::new(self.code.clone(), message)
@@ -224,6 +236,7 @@ impl RemoteError {
 /// A reason the byte stream cannot be read as frames. Every variant but `Io` is the peer's
 /// fault, and the peer is told which before the connection closes.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs, reason = "each variant's #[error] text says what it means")]
 pub enum FrameError {
     #[error("header of {len} bytes exceeds the limit of {max}")]
     HeaderTooLarge { len: u64, max: usize },
@@ -248,7 +261,7 @@ pub enum FrameError {
 
 impl FrameError {
     /// The error frame to send the peer, or `None` when the peer cannot be told (I/O failed).
-    pub fn to_remote(&self) -> Option<RemoteError> {
+    pub(crate) fn to_remote(&self) -> Option<RemoteError> {
         let code = match self {
             FrameError::HeaderTooLarge { .. } | FrameError::TooLargeToSend { .. } => {
                 ErrorCode::HeaderTooLarge
@@ -263,7 +276,7 @@ impl FrameError {
 
     /// Whether the connection is still usable after this error: only a message that was
     /// never sent leaves it so.
-    pub fn is_unsent(&self) -> bool {
+    pub(crate) fn is_unsent(&self) -> bool {
         matches!(self, FrameError::TooLargeToSend { .. })
     }
 }

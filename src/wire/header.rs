@@ -45,11 +45,13 @@ impl Header {
         header
     }
 
+    /// Sets the request id its answers will carry; `None` for a message that needs no answer.
     pub fn with_id(mut self, id: Option<u64>) -> Header {
         self.id = id;
         self
     }
 
+    /// Sets how many body bytes follow the header.
     pub fn with_body_len(mut self, body_len: u64) -> Header {
         self.body_len = body_len;
         self
@@ -63,18 +65,22 @@ impl Header {
         self
     }
 
+    /// The command: what the frame asks or answers.
     pub fn cmd(&self) -> &str {
         &self.cmd
     }
 
+    /// The request id, when the sender set one.
     pub fn id(&self) -> Option<u64> {
         self.id
     }
 
+    /// Body bytes that follow the header.
     pub fn body_len(&self) -> u64 {
         self.body_len
     }
 
+    /// The message's own fields, the reserved ones (`cmd`, `id`, `body_len`) left out.
     pub fn fields(&self) -> &Map<String, Value> {
         &self.fields
     }

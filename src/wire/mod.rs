@@ -15,9 +15,10 @@ mod header;
 pub mod record;
 
 pub use codec::{DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER_LEN, Frame, FrameCodec, Limits, encode_header};
-pub use connection::{Connection, FrameReader, FrameWriter, Message, SharedWriter};
+pub(crate) use connection::SharedWriter;
+pub use connection::{Connection, FrameReader, FrameWriter, Message};
 pub use error::{ErrorCode, FrameError, RemoteError};
 pub use header::Header;
 
 /// The protocol version this build speaks, sent in `hello`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 1;

@@ -12,10 +12,10 @@ use bytes::{Buf, BufMut, BytesMut};
 use snow::StatelessTransportState;
 
 /// The largest Noise message, tag included.
-pub const MAX_RECORD: usize = 65535;
+pub(crate) const MAX_RECORD: usize = 65535;
 const TAG_LEN: usize = 16;
 /// The most plaintext one record carries.
-pub const MAX_RECORD_PLAINTEXT: usize = MAX_RECORD - TAG_LEN;
+pub(crate) const MAX_RECORD_PLAINTEXT: usize = MAX_RECORD - TAG_LEN;
 
 /// A record failed authentication: the bytes were altered, reordered or not ours.
 #[derive(Debug, thiserror::Error)]

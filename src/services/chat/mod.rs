@@ -41,20 +41,22 @@ mod refusals;
 #[cfg(test)]
 mod tests;
 
+// What a member's queue carries: named by the hub's tests and the fuzz hooks that drive a hub.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use feed::Event;
 pub(crate) use hub::{Hub, MemberId};
 
 /// Bytes of history kept for all rooms together unless configured otherwise.
-pub const DEFAULT_HISTORY_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_HISTORY_BYTES: u64 = 16 * 1024 * 1024;
 /// Events a client may have waiting before it counts as stuck and is dropped.
-pub const QUEUE_LEN: usize = 256;
+pub(crate) const QUEUE_LEN: usize = 256;
 /// Departures from one room announced one by one; more at once are announced as the room's
 /// new member list.
-pub const LEAVE_NOTICES_MAX: usize = 16;
+pub(crate) const LEAVE_NOTICES_MAX: usize = 16;
 /// Members a room may have and still hear of each arrival and departure. Each notice goes to
 /// every member, so a crowd of n arriving costs n² writes; in a larger room, as in a large
 /// channel of any chat service, members come and go silently and `chat_who` lists them.
-pub const PRESENCE_MAX: usize = 256;
+pub(crate) const PRESENCE_MAX: usize = 256;
 
 /// Settings of the chat service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,12 +92,12 @@ const COMMANDS: &[CommandSpec] = &[
 ];
 
 #[derive(Default)]
-pub struct Chat {
+pub(crate) struct Chat {
     hub: SharedHub,
 }
 
 impl Chat {
-    pub fn new(config: ChatConfig) -> Chat {
+    pub(crate) fn new(config: ChatConfig) -> Chat {
         Chat {
             hub: SharedHub(Arc::new(Mutex::new(Hub::new(config)))),
         }

@@ -48,7 +48,7 @@ enum Refusal {
 }
 
 /// The course's TCP upper echo (8081).
-pub struct UpperEcho;
+pub(crate) struct UpperEcho;
 
 #[async_trait]
 impl StreamService for UpperEcho {
@@ -70,7 +70,7 @@ async fn echo_upper(stream: &mut ServiceStream) -> std::io::Result<()> {
 }
 
 /// The course's UDP upper echo (9001).
-pub struct UdpUpperEcho;
+pub(crate) struct UdpUpperEcho;
 
 #[async_trait]
 impl DatagramService for UdpUpperEcho {
@@ -80,9 +80,9 @@ impl DatagramService for UdpUpperEcho {
 }
 
 /// Bytes of the challenge, as the course's `os.urandom(32)`.
-pub const CHALLENGE_LEN: usize = 32;
+pub(crate) const CHALLENGE_LEN: usize = 32;
 /// Bytes of the answer: an HMAC-MD5 digest.
-pub const DIGEST_LEN: usize = 16;
+pub(crate) const DIGEST_LEN: usize = 16;
 
 /// The course's HMAC-authenticated upper echo (9999).
 ///
@@ -90,7 +90,7 @@ pub const DIGEST_LEN: usize = 16;
 /// `SOCKIT_SECRET`'s) text with surrounding whitespace removed, as UTF-8 bytes. For a secret
 /// made by `sockit keygen` that is its 64 hex characters, so a course client's
 /// `secret_key=open(path,'rb').read().strip()` is the same key.
-pub struct HmacEcho {
+pub(crate) struct HmacEcho {
     secret: Secret,
     /// How long the client has to answer the challenge.
     answer_timeout: Duration,
@@ -99,7 +99,7 @@ pub struct HmacEcho {
 }
 
 impl HmacEcho {
-    pub fn new(secret: Secret, answer_timeout: Duration, throttle: Arc<FailureThrottle>) -> HmacEcho {
+    pub(crate) fn new(secret: Secret, answer_timeout: Duration, throttle: Arc<FailureThrottle>) -> HmacEcho {
         HmacEcho {
             secret,
             answer_timeout,
@@ -108,7 +108,7 @@ impl HmacEcho {
     }
 
     /// The digest a client holding the secret answers to `challenge`.
-    pub fn expected(&self, challenge: &[u8]) -> Hmac<Md5> {
+    pub(crate) fn expected(&self, challenge: &[u8]) -> Hmac<Md5> {
         #[allow(
             clippy::expect_used,
             reason = "HMAC takes a key of any length, so this never fails"

@@ -44,27 +44,27 @@ use crate::services::exec::{CollectLimits, Collected, Runner};
 use crate::services::unframed::{DatagramService, ServiceStream, StreamService};
 
 /// How long a classic command may run before it is stopped.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of stdout, and of stderr, kept for a TCP reply.
-pub const TCP_MAX_OUTPUT: usize = 8 * 1024 * 1024;
+pub(crate) const TCP_MAX_OUTPUT: usize = 8 * 1024 * 1024;
 /// Bytes of stdout, and of stderr, of a TCP reply held in memory; the rest is spilled to a
 /// temporary file.
-pub const TCP_IN_MEMORY: usize = 64 * 1024;
+pub(crate) const TCP_IN_MEMORY: usize = 64 * 1024;
 
 /// The header of a TCP reply, in both spellings the course uses.
 #[derive(Serialize)]
-pub struct ExecReplyHeader {
-    pub data_size: usize,
-    pub msg_length: usize,
+pub(crate) struct ExecReplyHeader {
+    pub(crate) data_size: usize,
+    pub(crate) msg_length: usize,
 }
 
 /// The course's remote shell over TCP (8082).
-pub struct TcpExec {
+pub(crate) struct TcpExec {
     runner: Arc<Runner>,
 }
 
 impl TcpExec {
-    pub fn new(runner: Arc<Runner>) -> TcpExec {
+    pub(crate) fn new(runner: Arc<Runner>) -> TcpExec {
         TcpExec { runner }
     }
 
@@ -115,13 +115,13 @@ impl StreamService for TcpExec {
 }
 
 /// The course's remote shell over UDP (9003).
-pub struct UdpExec {
+pub(crate) struct UdpExec {
     runner: Arc<Runner>,
     any_source: bool,
 }
 
 impl UdpExec {
-    pub fn new(runner: Arc<Runner>, any_source: bool) -> UdpExec {
+    pub(crate) fn new(runner: Arc<Runner>, any_source: bool) -> UdpExec {
         UdpExec { runner, any_source }
     }
 }

@@ -48,12 +48,12 @@ struct FtpRequest {
 
 /// The answer to `get`.
 #[derive(Serialize)]
-pub struct GetReply<'a> {
-    pub cmd: &'static str,
-    pub filename: &'a str,
-    pub filesize: u64,
+pub(crate) struct GetReply<'a> {
+    pub(crate) cmd: &'static str,
+    pub(crate) filename: &'a str,
+    pub(crate) filesize: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// Why a connection was closed.
@@ -73,12 +73,12 @@ enum Refusal {
     Io(#[from] io::Error),
 }
 
-pub struct Ftp {
+pub(crate) struct Ftp {
     store: Arc<FileStore>,
 }
 
 impl Ftp {
-    pub fn new(store: Arc<FileStore>) -> Ftp {
+    pub(crate) fn new(store: Arc<FileStore>) -> Ftp {
         Ftp { store }
     }
 
@@ -232,7 +232,7 @@ impl StreamService for Ftp {
 
 /// The name an upload is stored under: the base name of what the client sent, checked as any
 /// path in the file root is.
-pub fn base_name(filename: &str) -> Result<RootPath, String> {
+pub(crate) fn base_name(filename: &str) -> Result<RootPath, String> {
     let base = filename.rsplit('/').next().unwrap_or(filename);
     let path = RootPath::parse(base).map_err(|refused| refused.to_string())?;
     if path.is_root() || base == "." {

@@ -17,9 +17,9 @@ use tokio::io::AsyncWriteExt;
 use super::READ_CHUNK;
 use crate::services::unframed::{ServiceStream, StreamService};
 
-pub const WELCOME: &[u8] = b"Welcome!";
+pub(crate) const WELCOME: &[u8] = b"Welcome!";
 
-pub struct Greeting;
+pub(crate) struct Greeting;
 
 #[async_trait]
 impl StreamService for Greeting {
@@ -42,7 +42,7 @@ async fn converse(stream: &mut ServiceStream) -> std::io::Result<()> {
 }
 
 /// The answer to one message: `Hello, NAME!`, or `None` to end (`exit`, or the client closed).
-pub fn greet(message: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn greet(message: &[u8]) -> Option<Vec<u8>> {
     let (name, ending) = split_line_ending(message);
     if message.is_empty() || name == b"exit" {
         return None;

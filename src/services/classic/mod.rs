@@ -4,14 +4,14 @@
 //!
 //! | port | proto | service (log name) | file |
 //! |---|---|---|---|
-//! | 8081 | tcp | upper echo (`classic-echo`) | [`echo`] |
-//! | 8082 | tcp | remote exec, struct + JSON header (`classic-exec`) | [`exec`] |
-//! | 8083 | tcp | the FTP homework's file server (`classic-ftp`) | [`ftp`] |
-//! | 9999 | tcp | HMAC-authenticated upper echo (`classic-hmac-echo`) | [`echo`] |
-//! | 9998 | tcp | greeting server (`classic-greeting`) | [`greeting`] |
+//! | 8081 | tcp | upper echo (`classic-echo`) | `echo` |
+//! | 8082 | tcp | remote exec, struct + JSON header (`classic-exec`) | `exec` |
+//! | 8083 | tcp | the FTP homework's file server (`classic-ftp`) | `ftp` |
+//! | 9999 | tcp | HMAC-authenticated upper echo (`classic-hmac-echo`) | `echo` |
+//! | 9998 | tcp | greeting server (`classic-greeting`) | `greeting` |
 //! | 9000 | udp | time: the native server's `time` service, listed, not repeated | `services::time` |
-//! | 9001 | udp | upper echo of each datagram (`classic-udp-echo`) | [`echo`] |
-//! | 9003 | udp | remote exec, stderr then stdout (`classic-udp-exec`) | [`exec`] |
+//! | 9001 | udp | upper echo of each datagram (`classic-udp-echo`) | `echo` |
+//! | 9003 | udp | remote exec, stderr then stdout (`classic-udp-exec`) | `exec` |
 //!
 //! They keep the course's wire formats and its weaknesses (no encryption, no authentication
 //! but 9999's), so they listen on loopback unless configured otherwise and the server warns
@@ -20,12 +20,12 @@
 //! clients at once, limits on everything a client declares, and no client input that can stop
 //! a service.
 
-pub mod echo;
-pub mod exec;
-pub mod ftp;
+pub(crate) mod echo;
+pub(crate) mod exec;
+pub(crate) mod ftp;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod greeting;
+pub(crate) mod greeting;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,27 +40,34 @@ use tokio::io::AsyncReadExt;
 use crate::services::unframed::{ServiceStream, Transport};
 
 /// Largest JSON header accepted after the course's 4-byte length.
-pub const MAX_HEADER_LEN: usize = 64 * 1024;
+pub(crate) const MAX_HEADER_LEN: usize = 64 * 1024;
 /// Bytes read at once where the course reads `recv(1024)`: one read is one message, as in
 /// the course, but a longer message is not cut in pieces.
-pub const READ_CHUNK: usize = 64 * 1024;
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// The largest UDP payload over IPv4; longer replies are cut to it.
-pub const MAX_DATAGRAM: usize = 65_507;
+pub(crate) const MAX_DATAGRAM: usize = 65_507;
 
 /// One classic service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ClassicService {
+    /// Upper-case echo (8081, `classic-echo`).
     Echo,
+    /// Remote exec with the struct and JSON header (8082, `classic-exec`).
     Exec,
+    /// The FTP homework's file server, over the file root (8083, `classic-ftp`).
     Ftp,
+    /// HMAC-authenticated upper-case echo (9999, `classic-hmac-echo`).
     HmacEcho,
+    /// Greeting server (9998, `classic-greeting`).
     Greeting,
+    /// Upper-case echo of each datagram (UDP 9001, `classic-udp-echo`).
     UdpEcho,
+    /// Remote exec, stderr then stdout (UDP 9003, `classic-udp-exec`).
     UdpExec,
 }
 
 impl ClassicService {
-    pub const ALL: [ClassicService; 7] = [
+    pub(crate) const ALL: [ClassicService; 7] = [
         ClassicService::Echo,
         ClassicService::Exec,
         ClassicService::Ftp,
@@ -71,7 +78,7 @@ impl ClassicService {
     ];
 
     /// Its name in the config file's `[classic_listen]` table and in `--classic-listen`.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             ClassicService::Echo => "echo",
             ClassicService::Exec => "exec",
@@ -84,7 +91,7 @@ impl ClassicService {
     }
 
     /// Its name in the log (`classic-echo service on tcp 127.0.0.1:8081`).
-    pub fn log_name(self) -> &'static str {
+    pub(crate) fn log_name(self) -> &'static str {
         match self {
             ClassicService::Echo => "classic-echo",
             ClassicService::Exec => "classic-exec",
@@ -97,7 +104,7 @@ impl ClassicService {
     }
 
     /// The course's port.
-    pub fn default_port(self) -> u16 {
+    pub(crate) fn default_port(self) -> u16 {
         match self {
             ClassicService::Echo => 8081,
             ClassicService::Exec => 8082,
@@ -109,11 +116,11 @@ impl ClassicService {
         }
     }
 
-    pub fn default_addr(self) -> SocketAddr {
+    pub(crate) fn default_addr(self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.default_port()))
     }
 
-    pub fn transport(self) -> Transport {
+    pub(crate) fn transport(self) -> Transport {
         match self {
             ClassicService::UdpEcho | ClassicService::UdpExec => Transport::Udp,
             _ => Transport::Tcp,
@@ -121,13 +128,13 @@ impl ClassicService {
     }
 
     /// Whether it runs commands (and so needs `--allow-exec` as well).
-    pub fn runs_commands(self) -> bool {
+    pub(crate) fn runs_commands(self) -> bool {
         matches!(self, ClassicService::Exec | ClassicService::UdpExec)
     }
 
     /// What anyone who can reach it may do, for the warning `serve` logs; `None` for the
     /// HMAC-authenticated echo.
-    pub fn exposure(self) -> Option<&'static str> {
+    pub(crate) fn exposure(self) -> Option<&'static str> {
         match self {
             ClassicService::Exec | ClassicService::UdpExec => {
                 Some("runs any command it is sent, as this user")
@@ -140,7 +147,7 @@ impl ClassicService {
         }
     }
 
-    pub fn from_key(key: &str) -> Option<ClassicService> {
+    pub(crate) fn from_key(key: &str) -> Option<ClassicService> {
         ClassicService::ALL
             .into_iter()
             .find(|service| service.key() == key)
@@ -179,7 +186,7 @@ pub struct ClassicConfig {
 
 impl ClassicConfig {
     /// Where `service` listens, if at all.
-    pub fn addr(&self, service: ClassicService) -> Option<SocketAddr> {
+    pub(crate) fn addr(&self, service: ClassicService) -> Option<SocketAddr> {
         match self.listen.get(&service) {
             Some(addr) => *addr,
             None => self.enabled.then(|| service.default_addr()),
@@ -190,7 +197,9 @@ impl ClassicConfig {
 /// `NAME=ADDR` or `NAME=off`: one classic service's address, as `--classic-listen` takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClassicListen {
+    /// Which service.
     pub service: ClassicService,
+    /// Where it listens; `None` turns it off.
     pub addr: Option<SocketAddr>,
 }
 
@@ -214,13 +223,13 @@ impl FromStr for ClassicListen {
 }
 
 /// Whether a source counts as this machine: loopback, also as an IPv4-mapped IPv6 address.
-pub fn is_loopback(ip: IpAddr) -> bool {
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
 /// Why a course-style header was not read.
 #[derive(Debug, thiserror::Error)]
-pub enum HeaderError {
+pub(crate) enum HeaderError {
     #[error("header length {0} is not between 1 and {MAX_HEADER_LEN}")]
     Length(i32),
     #[error("the client left in the middle of a header")]
@@ -243,7 +252,9 @@ impl From<io::Error> for HeaderError {
 /// Reads the course's header: `struct.pack('i', len)` (4 bytes, little-endian, signed) and
 /// `len` bytes of JSON. The length is checked before anything is allocated for it. `Ok(None)`
 /// when the client closed (or the server is stopping) before a new header began.
-pub async fn read_header<T: DeserializeOwned>(stream: &mut ServiceStream) -> Result<Option<T>, HeaderError> {
+pub(crate) async fn read_header<T: DeserializeOwned>(
+    stream: &mut ServiceStream,
+) -> Result<Option<T>, HeaderError> {
     let mut prefix = [0u8; 4];
     let mut unread = prefix.as_mut_slice();
     if stream.read_request(&mut unread).await? == 0 {
@@ -263,7 +274,7 @@ pub async fn read_header<T: DeserializeOwned>(stream: &mut ServiceStream) -> Res
 /// The course's header for `fields`: `struct.pack('i', len(header))` followed by the JSON
 /// exactly as Python's `json.dumps` writes it.
 /// An error only for a header too long for the prefix or one that does not serialize.
-pub fn header_bytes(fields: &impl Serialize) -> io::Result<Vec<u8>> {
+pub(crate) fn header_bytes(fields: &impl Serialize) -> io::Result<Vec<u8>> {
     let json = python_json(fields)?;
     let len = i32::try_from(json.len()).map_err(|_| {
         io::Error::new(
@@ -278,7 +289,7 @@ pub fn header_bytes(fields: &impl Serialize) -> io::Result<Vec<u8>> {
 
 /// JSON as Python's `json.dumps` writes it by default: `", "` and `": "` separators and every
 /// character outside printable ASCII escaped as `\uXXXX` (`ensure_ascii`).
-pub fn python_json(value: &impl Serialize) -> serde_json::Result<Vec<u8>> {
+pub(crate) fn python_json(value: &impl Serialize) -> serde_json::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
     value.serialize(&mut serializer)?;
@@ -320,7 +331,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
 
 /// Bytes as they may appear in a log line: lossy UTF-8, control characters escaped, at most
 /// 200 characters.
-pub fn shown(bytes: &[u8]) -> String {
+pub(crate) fn shown(bytes: &[u8]) -> String {
     crate::text::escape_at_most(&String::from_utf8_lossy(bytes), 200)
 }
 

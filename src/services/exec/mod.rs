@@ -4,17 +4,17 @@
 //! streams, byte for byte (never decoded), however long; the exit status or the killing signal
 //! comes last; and a client that vanishes never leaves a process behind.
 //!
-//! The frames are in [`crate::proto::exec`]. Here: the service and the [`Runner`] that the
+//! The frames are in [`crate::proto::exec`]. Here: the service and the `Runner` that the
 //! classic remote shells share with it (this file), the connection's handle on its commands
 //! (`control.rs`), the supervisor that watches one command (`supervisor.rs`) and where its
 //! output goes (`sink.rs`), the process-group system calls (`process.rs`), the orphan
-//! [`reaper`], and the [`spill`] buffers gathered output waits in.
+//! `reaper`, and the `spill` buffers gathered output waits in.
 //!
 //! Each command runs in its own process group. When it exits, times out, or its client goes
 //! away, the whole group gets SIGTERM and, after a grace period, SIGKILL; the server is a child
 //! subreaper, so every process of the group is reaped, not left as a zombie or an orphan. A
 //! process that left its command's group (`setsid`) is stopped when it reaches the server as
-//! an orphan, and reaped (see [`reaper`]).
+//! an orphan, and reaped (see `reaper`).
 
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -35,9 +35,9 @@ use crate::wire::{ErrorCode, RemoteError};
 
 mod control;
 mod process;
-pub mod reaper;
+pub(crate) mod reaper;
 mod sink;
-pub mod spill;
+pub(crate) mod spill;
 mod supervisor;
 
 const COMMANDS: &[CommandSpec] = &[
@@ -63,7 +63,9 @@ const COMMANDS: &[CommandSpec] = &[
 pub struct ExecConfig {
     /// Off unless the operator asks (`--allow-exec`).
     pub enabled: bool,
+    /// Commands one connection may run at once.
     pub max_per_connection: usize,
+    /// Commands the server runs at once, every connection and protocol counted.
     pub max_total: usize,
     /// Between SIGTERM and SIGKILL when a command is stopped.
     pub grace: Duration,
@@ -82,7 +84,7 @@ impl Default for ExecConfig {
 
 /// Runs commands for every service allowed to (the native `exec` and the classic remote
 /// shells): one pool of slots, so the server-wide limit counts every command, whoever asked.
-pub struct Runner {
+pub(crate) struct Runner {
     config: ExecConfig,
     slots: Arc<Semaphore>,
     /// The groups of the commands running now, which the orphan sweeps leave alone.
@@ -94,7 +96,7 @@ pub struct Runner {
 impl Runner {
     /// With exec enabled, makes this process a child subreaper and starts sweeping its
     /// orphans (so call it inside the runtime the server runs on).
-    pub fn new(config: ExecConfig) -> Runner {
+    pub(crate) fn new(config: ExecConfig) -> Runner {
         let supervised = Arc::new(Supervised::default());
         if config.enabled {
             // Orphans of our commands are reparented to us, so we can stop and reap them.
@@ -111,7 +113,7 @@ impl Runner {
     }
 
     /// Whether the operator allowed remote execution (`--allow-exec`).
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.config.enabled
     }
 
@@ -143,7 +145,11 @@ impl Runner {
     /// output. Past `limits.timeout` the command is stopped; past `limits.max_output` bytes on
     /// either stream it is stopped and the output cut. If this future is dropped (its client
     /// went away) the command's group is stopped and reaped all the same.
-    pub async fn run_collected(&self, line: &str, limits: CollectLimits) -> Result<Collected, RemoteError> {
+    pub(crate) async fn run_collected(
+        &self,
+        line: &str,
+        limits: CollectLimits,
+    ) -> Result<Collected, RemoteError> {
         self.check_enabled()?;
         let permit = self.slot()?;
         let spec = ExecRequest {
@@ -177,36 +183,36 @@ impl Runner {
 
 /// Limits of a command whose output is gathered whole.
 #[derive(Clone, Copy, Debug)]
-pub struct CollectLimits {
+pub(crate) struct CollectLimits {
     /// Bytes kept of each of stdout and stderr; a command that writes more is stopped.
-    pub max_output: usize,
+    pub(crate) max_output: usize,
     /// Bytes of each stream kept in memory; the rest waits in a temporary file.
-    pub in_memory: usize,
-    pub timeout: Duration,
+    pub(crate) in_memory: usize,
+    pub(crate) timeout: Duration,
 }
 
 /// A command's gathered output and how it ended.
 #[derive(Debug, Default)]
-pub struct Collected {
-    pub stdout: SpillBuffer,
-    pub stderr: SpillBuffer,
+pub(crate) struct Collected {
+    pub(crate) stdout: SpillBuffer,
+    pub(crate) stderr: SpillBuffer,
     /// `None` when the command was stopped for writing too much.
-    pub status: Option<ExitStatus>,
-    pub timed_out: bool,
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) timed_out: bool,
     /// Output went past the limit: what is here is its beginning.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
     /// Why the output could not be stored (the temporary directory full, say), if it could
     /// not: the command was stopped and what is here is its beginning.
-    pub not_stored: Option<String>,
+    pub(crate) not_stored: Option<String>,
 }
 
 /// The native `exec`, `stdin` and `signal` commands.
-pub struct Exec {
+pub(crate) struct Exec {
     runner: Arc<Runner>,
 }
 
 impl Exec {
-    pub fn new(runner: Arc<Runner>) -> Exec {
+    pub(crate) fn new(runner: Arc<Runner>) -> Exec {
         Exec { runner }
     }
 }

@@ -94,7 +94,7 @@ pub(super) async fn reap_group(group: Option<Pid>, limit: Duration) {
 }
 
 /// `INT`, `SIGINT` or `2`.
-pub fn parse_signal(name: &str) -> Option<Signal> {
+pub(crate) fn parse_signal(name: &str) -> Option<Signal> {
     if let Ok(number) = name.parse::<i32>() {
         return Signal::from_named_raw(number);
     }
@@ -104,7 +104,7 @@ pub fn parse_signal(name: &str) -> Option<Signal> {
         .map(|(_, signal)| *signal)
 }
 
-pub fn signal_name(number: i32) -> Option<&'static str> {
+pub(crate) fn signal_name(number: i32) -> Option<&'static str> {
     SIGNALS
         .iter()
         .find(|(_, signal)| signal.as_raw() == number)

@@ -25,17 +25,17 @@ use tracing::{debug, info, warn};
 
 /// How often the children are looked at even without a SIGCHLD (a live orphan sends none
 /// when it is reparented).
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The process groups of the commands being supervised (each command leads its own group,
 /// so its group id is its pid).
 #[derive(Default)]
-pub struct Supervised {
+pub(crate) struct Supervised {
     groups: Mutex<HashSet<i32>>,
 }
 
 /// Keeps a command's group out of the sweeps until it is dropped (its supervisor is done).
-pub struct SupervisedGroup {
+pub(crate) struct SupervisedGroup {
     supervised: Arc<Supervised>,
     group: i32,
 }
@@ -55,7 +55,10 @@ impl Supervised {
 
     /// Spawns `command` (which must start a process group of its own) and keeps its group
     /// out of the sweeps until the returned guard drops.
-    pub fn spawn(self: &Arc<Self>, command: &mut Command) -> io::Result<(Child, Option<SupervisedGroup>)> {
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        command: &mut Command,
+    ) -> io::Result<(Child, Option<SupervisedGroup>)> {
         let mut groups = self.lock();
         let child = command.spawn()?;
         let guard = child.id().and_then(|pid| i32::try_from(pid).ok()).map(|group| {
@@ -71,7 +74,7 @@ impl Supervised {
 
 /// Starts sweeping in the background (if called inside a tokio runtime; otherwise nothing
 /// is spawned and orphans are left to whoever reaps them).
-pub fn start(supervised: Arc<Supervised>) {
+pub(crate) fn start(supervised: Arc<Supervised>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -105,16 +108,16 @@ async fn watch(supervised: Arc<Supervised>) {
 
 /// What one sweep did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Swept {
+pub(crate) struct Swept {
     /// Live orphans sent SIGKILL.
-    pub killed: usize,
+    pub(crate) killed: usize,
     /// Zombies reaped.
-    pub reaped: usize,
+    pub(crate) reaped: usize,
 }
 
 /// One pass over the server's children: kills live orphans, reaps dead ones, and leaves the
 /// supervised groups alone.
-pub fn sweep(supervised: &Supervised) -> Swept {
+pub(crate) fn sweep(supervised: &Supervised) -> Swept {
     let our_group = rustix::process::getpgrp();
     // Listed under the lock: no command starts meanwhile, and a pid read as an untracked
     // child stays ours until we reap it, so it cannot be reused by a stranger before the kill.
@@ -146,18 +149,18 @@ pub fn sweep(supervised: &Supervised) -> Swept {
 
 /// A child process, as `/proc/PID/stat` describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcStat {
-    pub pid: i32,
-    pub name: String,
-    pub state: char,
-    pub parent: i32,
-    pub group: i32,
+pub(crate) struct ProcStat {
+    pub(crate) pid: i32,
+    pub(crate) name: String,
+    pub(crate) state: char,
+    pub(crate) parent: i32,
+    pub(crate) group: i32,
 }
 
 impl ProcStat {
     /// Parses `PID (NAME) STATE PPID PGRP ...`; the name may hold spaces and parentheses,
     /// so the fields are found after its last `)`.
-    pub fn parse(stat: &str) -> Option<ProcStat> {
+    pub(crate) fn parse(stat: &str) -> Option<ProcStat> {
         let (head, rest) = stat.rsplit_once(')')?;
         let (pid, name) = head.split_once(" (")?;
         let mut fields = rest.split_whitespace();
@@ -174,7 +177,7 @@ impl ProcStat {
     }
 
     /// Exited, waiting to be reaped.
-    pub fn is_zombie(&self) -> bool {
+    pub(crate) fn is_zombie(&self) -> bool {
         matches!(self.state, 'Z' | 'X')
     }
 }

@@ -11,17 +11,17 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Bytes in temporary files a server holds at most, all buffers together, by default.
-pub const DEFAULT_SPILL_BUDGET: usize = 256 * 1024 * 1024;
+pub(crate) const DEFAULT_SPILL_BUDGET: usize = 256 * 1024 * 1024;
 
 /// The bytes all the spill files of a server may hold together.
 #[derive(Clone, Debug)]
-pub struct SpillBudget {
+pub(crate) struct SpillBudget {
     bytes: Arc<Semaphore>,
     total: usize,
 }
 
 impl SpillBudget {
-    pub fn new(total: usize) -> SpillBudget {
+    pub(crate) fn new(total: usize) -> SpillBudget {
         let total = total.min(Semaphore::MAX_PERMITS);
         SpillBudget {
             bytes: Arc::new(Semaphore::new(total)),
@@ -57,7 +57,7 @@ impl Default for SpillBudget {
 /// Bytes in memory up to `in_memory`, the rest in a temporary file that has no name (it is
 /// gone when this is dropped, whatever happens to the server), within a [`SpillBudget`].
 #[derive(Debug, Default)]
-pub struct SpillBuffer {
+pub(crate) struct SpillBuffer {
     memory: Vec<u8>,
     file: Option<File>,
     len: u64,
@@ -69,7 +69,7 @@ pub struct SpillBuffer {
 
 impl SpillBuffer {
     /// Keeps at most `in_memory` bytes in memory, and the rest in a file within `budget`.
-    pub fn new(in_memory: usize, budget: SpillBudget) -> SpillBuffer {
+    pub(crate) fn new(in_memory: usize, budget: SpillBudget) -> SpillBuffer {
         SpillBuffer {
             in_memory,
             budget: Some(budget),
@@ -78,7 +78,7 @@ impl SpillBuffer {
     }
 
     /// All the bytes, in memory (for short texts made by the server itself).
-    pub fn from_bytes(bytes: Vec<u8>) -> SpillBuffer {
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> SpillBuffer {
         SpillBuffer {
             len: bytes.len() as u64,
             in_memory: bytes.len(),
@@ -88,26 +88,29 @@ impl SpillBuffer {
     }
 
     /// Bytes held, in memory and on disk.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Whether some of the bytes are in the temporary file.
-    pub fn is_spilled(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_spilled(&self) -> bool {
         self.file.is_some()
     }
 
     /// Bytes held in memory.
-    pub fn in_memory(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_memory(&self) -> usize {
         self.memory.len()
     }
 
     /// Adds `bytes` at the end: to memory while they fit, then (and from then on) to the file.
-    pub async fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) async fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.file.is_none() && self.memory.len() + bytes.len() <= self.in_memory {
             self.memory.extend_from_slice(bytes);
         } else {
@@ -145,7 +148,7 @@ impl SpillBuffer {
     }
 
     /// Writes every byte, in order, to `out`.
-    pub async fn write_to<W: AsyncWrite + Unpin + ?Sized>(self, out: &mut W) -> io::Result<()> {
+    pub(crate) async fn write_to<W: AsyncWrite + Unpin + ?Sized>(self, out: &mut W) -> io::Result<()> {
         out.write_all(&self.memory).await?;
         if let Some(mut file) = self.file {
             file.flush().await?;
@@ -156,7 +159,7 @@ impl SpillBuffer {
     }
 
     /// The first `max` bytes, in memory.
-    pub async fn first(self, max: usize) -> io::Result<Vec<u8>> {
+    pub(crate) async fn first(self, max: usize) -> io::Result<Vec<u8>> {
         let mut bytes = self.memory;
         bytes.truncate(max);
         if let Some(mut file) = self.file

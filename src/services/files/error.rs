@@ -9,7 +9,7 @@ use crate::proto::path::RootPath;
 use crate::wire::{ErrorCode, RemoteError};
 
 /// A file-system failure as the client should see it, naming the path.
-pub fn io_error(path: &RootPath, error: io::Error) -> RemoteError {
+pub(crate) fn io_error(path: &RootPath, error: io::Error) -> RemoteError {
     let code = match error.kind() {
         io::ErrorKind::NotFound => ErrorCode::NotFound,
         io::ErrorKind::AlreadyExists => ErrorCode::Exists,

@@ -38,8 +38,9 @@ mod tree;
 mod upload;
 
 pub(crate) use error::io_error;
-pub use root::FileRoot;
-pub use store::{Claim, DownloadSlot, FileStore, FilesConfig, MAX_DOWNLOADS_PER_SOURCE, MAX_DOWNLOADS_TOTAL};
+pub(crate) use root::FileRoot;
+pub(crate) use store::{Claim, FileStore};
+pub use store::{FilesConfig, MAX_DOWNLOADS_PER_SOURCE};
 
 const fn spec(cmd: &'static str, max_body: u64, body: BodyMode) -> CommandSpec {
     CommandSpec { cmd, max_body, body }
@@ -58,12 +59,12 @@ const COMMANDS: &[CommandSpec] = &[
 ];
 
 /// The native file commands.
-pub struct Files {
+pub(crate) struct Files {
     store: Arc<FileStore>,
 }
 
 impl Files {
-    pub fn new(store: Arc<FileStore>) -> Files {
+    pub(crate) fn new(store: Arc<FileStore>) -> Files {
         Files { store }
     }
 }

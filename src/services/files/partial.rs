@@ -19,7 +19,7 @@ use crate::proto::path::{PARTIAL_SUFFIX, RootPath, partial_name};
 
 impl FileRoot {
     /// The partial file of an upload to `path`: created if absent, kept (for resuming) if present.
-    pub fn open_partial(&self, path: &RootPath) -> io::Result<File> {
+    pub(crate) fn open_partial(&self, path: &RootPath) -> io::Result<File> {
         let (dir, name) = self.parent(path)?;
         let partial = partial_name(name);
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -32,13 +32,13 @@ impl FileRoot {
     }
 
     /// Who the partial file of an upload to `path` is (device, inode), if there is one.
-    pub fn partial_identity(&self, path: &RootPath) -> io::Result<(u64, u64)> {
+    pub(crate) fn partial_identity(&self, path: &RootPath) -> io::Result<(u64, u64)> {
         let (dir, name) = self.parent(path)?;
         let stat = rustix::fs::statat(&dir, partial_name(name).as_str(), AtFlags::SYMLINK_NOFOLLOW)?;
         Ok((stat.st_dev, stat.st_ino))
     }
 
-    pub fn remove_partial(&self, path: &RootPath) -> io::Result<()> {
+    pub(crate) fn remove_partial(&self, path: &RootPath) -> io::Result<()> {
         let (dir, name) = self.parent(path)?;
         Ok(rustix::fs::unlinkat(
             &dir,
@@ -48,14 +48,14 @@ impl FileRoot {
     }
 
     /// Makes a complete, verified partial the file at `path`: fsync, rename, fsync the directory.
-    pub fn commit_partial(&self, path: &RootPath, file: &File, force: bool) -> io::Result<()> {
+    pub(crate) fn commit_partial(&self, path: &RootPath, file: &File, force: bool) -> io::Result<()> {
         file.sync_all()?;
         self.rename_partial(path, force)?;
         self.sync_dir(path.parent())
     }
 
     /// Renames a partial (already on stable storage) over its target.
-    pub fn rename_partial(&self, path: &RootPath, force: bool) -> io::Result<()> {
+    pub(crate) fn rename_partial(&self, path: &RootPath, force: bool) -> io::Result<()> {
         let (dir, name) = self.parent(path)?;
         Ok(rustix::fs::renameat_with(
             &dir,
@@ -70,7 +70,7 @@ impl FileRoot {
     /// an upload holds (asked as each is found, since a walk may take a while and an upload
     /// may resume an old partial meanwhile); returns how many went. The change time, not the
     /// modification time: `-p` sets a partial's mtime to the sender's, however old, before it is renamed.
-    pub fn expire_partials(
+    pub(crate) fn expire_partials(
         &self,
         cutoff: SystemTime,
         in_use: &dyn Fn((u64, u64)) -> bool,

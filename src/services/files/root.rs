@@ -12,7 +12,7 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Stat};
 
@@ -23,31 +23,23 @@ use crate::proto::path::{PARTIAL_SUFFIX, RootPath};
 /// What [`FileRoot::open_file`] refuses: a FIFO, a socket or a device.
 #[derive(Debug, thiserror::Error)]
 #[error("not a regular file (a FIFO, a socket or a device is never served)")]
-pub struct NotAFile;
+pub(crate) struct NotAFile;
 
 /// The root directory, held open: every path is resolved beneath this descriptor.
-pub struct FileRoot {
+pub(crate) struct FileRoot {
     dir: OwnedFd,
-    path: PathBuf,
 }
 
 impl FileRoot {
     /// Opens (creating if needed) the root directory.
-    pub fn open(path: &Path) -> io::Result<FileRoot> {
+    pub(crate) fn open(path: &Path) -> io::Result<FileRoot> {
         std::fs::create_dir_all(path)?;
         let dir = rustix::fs::open(
             path,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(FileRoot {
-            dir,
-            path: path.to_owned(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(FileRoot { dir })
     }
 
     /// Opens `path` beneath the root; the kernel refuses any escape.
@@ -79,7 +71,7 @@ impl FileRoot {
 
     /// Opens a regular file for reading. `O_NONBLOCK`, so that a FIFO or a device in the root
     /// cannot hold the opening thread; anything but a regular file is then refused.
-    pub fn open_file(&self, path: &RootPath) -> io::Result<File> {
+    pub(crate) fn open_file(&self, path: &RootPath) -> io::Result<File> {
         let fd = self.open_beneath(path.as_str(), OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())?;
         let file = File::from(fd);
         let kind = file.metadata()?.file_type();
@@ -92,7 +84,7 @@ impl FileRoot {
         Ok(file)
     }
 
-    pub fn stat(&self, path: &RootPath) -> io::Result<Entry> {
+    pub(crate) fn stat(&self, path: &RootPath) -> io::Result<Entry> {
         let fd = self.open_beneath(path.as_str(), OFlags::PATH, Mode::empty())?;
         Ok(entry(path.name(), &rustix::fs::fstat(&fd)?))
     }
@@ -100,7 +92,7 @@ impl FileRoot {
     /// One page of a directory's entries: at most `limit`, sorted by name, the first after
     /// `after`, without sockit's partial files; and whether more follow. However large the
     /// directory, only one page of names is held and only its entries are examined.
-    pub fn list(&self, path: &RootPath, after: &str, limit: usize) -> io::Result<(Vec<Entry>, bool)> {
+    pub(crate) fn list(&self, path: &RootPath, after: &str, limit: usize) -> io::Result<(Vec<Entry>, bool)> {
         let fd = self.open_beneath(path.as_str(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
         let mut smallest = BinaryHeap::new();
         for item in rustix::fs::Dir::read_from(&fd)? {
@@ -129,7 +121,7 @@ impl FileRoot {
         Ok((entries, more))
     }
 
-    pub fn mkdir(&self, path: &RootPath, parents: bool) -> io::Result<()> {
+    pub(crate) fn mkdir(&self, path: &RootPath, parents: bool) -> io::Result<()> {
         if parents {
             for ancestor in path.ancestry() {
                 match self.mkdir(&ancestor, false) {
@@ -145,7 +137,7 @@ impl FileRoot {
 
     /// Removes a file or an empty directory; with `recursive`, a directory and everything in
     /// it, partial uploads included, however deep (see `tree.rs`).
-    pub fn remove(&self, path: &RootPath, recursive: bool) -> io::Result<()> {
+    pub(crate) fn remove(&self, path: &RootPath, recursive: bool) -> io::Result<()> {
         let (dir, name) = self.parent(path)?;
         let stat = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
         if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Directory {
@@ -162,7 +154,7 @@ impl FileRoot {
     }
 
     /// Renames within the root; refuses to replace an existing target unless `force`.
-    pub fn rename(&self, from: &RootPath, to: &RootPath, force: bool) -> io::Result<()> {
+    pub(crate) fn rename(&self, from: &RootPath, to: &RootPath, force: bool) -> io::Result<()> {
         let (from_dir, from_name) = self.parent(from)?;
         let (to_dir, to_name) = self.parent(to)?;
         Ok(rustix::fs::renameat_with(
@@ -175,30 +167,30 @@ impl FileRoot {
     }
 
     /// Makes renames in a directory durable.
-    pub fn sync_dir(&self, dir: &str) -> io::Result<()> {
+    pub(crate) fn sync_dir(&self, dir: &str) -> io::Result<()> {
         let dir = self.open_beneath(dir, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
         Ok(rustix::fs::fsync(&dir)?)
     }
 
     /// Flushes everything written on the root's filesystem: one call for many small files.
-    pub fn sync_filesystem(&self) -> io::Result<()> {
+    pub(crate) fn sync_filesystem(&self) -> io::Result<()> {
         Ok(rustix::fs::syncfs(self.top()?)?)
     }
 
     /// Whether something exists at `path`.
-    pub fn exists(&self, path: &RootPath) -> bool {
+    pub(crate) fn exists(&self, path: &RootPath) -> bool {
         self.stat(path).is_ok()
     }
 
     /// Bytes free for an unprivileged user on the root's filesystem.
-    pub fn free_space(&self) -> io::Result<u64> {
+    pub(crate) fn free_space(&self) -> io::Result<u64> {
         let stat = rustix::fs::fstatvfs(&self.dir)?;
         Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// Total size of the files in the root, partial uploads included, except the partial
     /// files in `skip` (by device and inode: uploads in progress, counted by what they reserved).
-    pub fn usage(&self, skip: &HashSet<(u64, u64)>) -> io::Result<u64> {
+    pub(crate) fn usage(&self, skip: &HashSet<(u64, u64)>) -> io::Result<u64> {
         let mut usage = Usage { skip, total: 0 };
         tree::walk(self.top()?, &mut usage)?;
         Ok(usage.total)

@@ -26,6 +26,7 @@ use crate::wire::{ErrorCode, RemoteError};
 /// File service settings.
 #[derive(Clone, Debug)]
 pub struct FilesConfig {
+    /// The directory served; created if missing.
     pub root: PathBuf,
     /// Most bytes the root may hold, partial uploads included; uploads beyond it are refused
     /// up front.
@@ -59,7 +60,7 @@ impl Default for FilesConfig {
 /// space each running upload has reserved, the paths with an upload in progress (a second
 /// upload to one path, by any protocol, is refused instead of writing into the same partial
 /// file), and the count of open uploads.
-pub struct FileStore {
+pub(crate) struct FileStore {
     root: FileRoot,
     config: FilesConfig,
     uploads: Arc<Mutex<InProgress>>,
@@ -75,10 +76,10 @@ pub struct FileStore {
 /// Downloads one source (IPv4 address, IPv6 /64) may run at once.
 pub const MAX_DOWNLOADS_PER_SOURCE: usize = 32;
 /// Downloads the server runs at once.
-pub const MAX_DOWNLOADS_TOTAL: usize = 128;
+pub(crate) const MAX_DOWNLOADS_TOTAL: usize = 128;
 
 /// A running download's place among the bounded ones, given back when dropped.
-pub struct DownloadSlot {
+pub(crate) struct DownloadSlot {
     _source: Option<SourceSlot>,
     _total: OwnedSemaphorePermit,
 }
@@ -131,7 +132,7 @@ impl InProgress {
 }
 
 impl FileStore {
-    pub fn open(config: &FilesConfig) -> io::Result<FileStore> {
+    pub(crate) fn open(config: &FilesConfig) -> io::Result<FileStore> {
         Ok(FileStore {
             root: FileRoot::open(&config.root)?,
             config: config.clone(),
@@ -144,7 +145,7 @@ impl FileStore {
 
     /// A place for one more download from `source` (`None`: a Unix-socket peer, counted in
     /// all only); `busy` at either bound.
-    pub fn download_slot(&self, source: Option<IpAddr>) -> Result<DownloadSlot, RemoteError> {
+    pub(crate) fn download_slot(&self, source: Option<IpAddr>) -> Result<DownloadSlot, RemoteError> {
         let busy = |what: String| RemoteError::new(ErrorCode::Busy, format!("{what}; try again later"));
         let by_source = match source {
             Some(ip) => Some(self.downloads_by_source.try_acquire(ip).ok_or_else(|| {
@@ -165,11 +166,11 @@ impl FileStore {
         })
     }
 
-    pub fn root(&self) -> &FileRoot {
+    pub(crate) fn root(&self) -> &FileRoot {
         &self.root
     }
 
-    pub fn config(&self) -> &FilesConfig {
+    pub(crate) fn config(&self) -> &FilesConfig {
         &self.config
     }
 
@@ -179,7 +180,7 @@ impl FileStore {
 
     /// Runs `work` on the blocking pool: every filesystem call of the file services goes
     /// through here, so a slow disk or a FIFO never holds an async worker.
-    pub async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&FileStore) -> Result<T, RemoteError> + Send + 'static,
     ) -> Result<T, RemoteError> {
@@ -198,7 +199,7 @@ impl FileStore {
     /// claim is dropped. Refused (before any byte is written) if something is at `path` and
     /// not `replace`, if another upload holds the path (`busy`), or if the disk or the quota
     /// cannot take `size` more bytes. Blocking.
-    pub fn reserve(&self, path: &RootPath, size: u64, replace: bool) -> Result<Claim, RemoteError> {
+    pub(crate) fn reserve(&self, path: &RootPath, size: u64, replace: bool) -> Result<Claim, RemoteError> {
         if !replace && self.root.exists(path) {
             return Err(RemoteError::new(
                 ErrorCode::Exists,
@@ -264,7 +265,7 @@ impl FileStore {
 
     /// Opens the partial file of a claimed upload (kept, for resuming, if present), within the
     /// bounds on open uploads from one source and on the server (`busy` at a bound). Blocking.
-    pub fn open_upload(
+    pub(crate) fn open_upload(
         &self,
         claim: &mut Claim,
         source: Option<IpAddr>,
@@ -282,7 +283,7 @@ impl FileStore {
 
     /// Removes the partial files of abandoned uploads (not written for `partial_max_age`).
     /// Blocking.
-    pub fn expire_partials(&self) -> io::Result<u64> {
+    pub(crate) fn expire_partials(&self) -> io::Result<u64> {
         let cutoff = SystemTime::now()
             .checked_sub(self.config.partial_max_age)
             .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -293,7 +294,7 @@ impl FileStore {
     /// Expires abandoned partial files now and then every quarter of their maximum age
     /// (between 100 ms and an hour), on the blocking pool, for as long as the store lives.
     /// Does nothing outside a Tokio runtime.
-    pub fn start_expiry(self: &Arc<Self>) {
+    pub(crate) fn start_expiry(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -317,7 +318,7 @@ impl FileStore {
 
 /// An upload's hold on its path, its reserved bytes, its partial file and its slot among the
 /// server's open uploads; all released when dropped.
-pub struct Claim {
+pub(crate) struct Claim {
     path: RootPath,
     reserved: u64,
     partial: Option<(u64, u64)>,
@@ -333,7 +334,7 @@ impl Claim {
         self.reserved = size;
     }
 
-    pub fn path(&self) -> &RootPath {
+    pub(crate) fn path(&self) -> &RootPath {
         &self.path
     }
 }

@@ -15,7 +15,7 @@ use std::os::fd::OwnedFd;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 /// What a walk does with what it finds.
-pub trait Visitor {
+pub(crate) trait Visitor {
     /// Something that is not a directory, in `dir`.
     fn entry(&mut self, dir: &OwnedFd, name: &CStr, stat: &Stat) -> io::Result<()>;
     /// A subdirectory of `parent`, once everything under it has been visited.
@@ -33,7 +33,7 @@ struct Level {
 }
 
 /// Visits everything under the directory `top` (open for reading), depth first.
-pub fn walk(top: OwnedFd, visitor: &mut impl Visitor) -> io::Result<()> {
+pub(crate) fn walk(top: OwnedFd, visitor: &mut impl Visitor) -> io::Result<()> {
     let mut dir = top;
     let mut levels = vec![Level {
         name: None,
@@ -113,7 +113,7 @@ fn identity(dir: &OwnedFd) -> io::Result<(u64, u64)> {
 }
 
 /// Empties a tree: unlinks every file, then each directory once it is empty.
-pub struct Remover;
+pub(crate) struct Remover;
 
 impl Visitor for Remover {
     fn entry(&mut self, dir: &OwnedFd, name: &CStr, _stat: &Stat) -> io::Result<()> {
