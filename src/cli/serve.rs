@@ -35,12 +35,28 @@ enum LogFormat {
     Json,
 }
 
+/// Transfer and read-ahead buffers of a few hundred KiB come and go by the thousand. glibc
+/// maps the first such buffer on its own, but once one is freed it raises its mmap threshold
+/// and serves the next ones from its per-thread heap arenas, which keep what they free: a
+/// server that once ran many transfers at once stays that large (issue 12's soak: 111 MiB
+/// after a minute, against 44 MiB with the threshold held at 64 KiB). Holding it keeps every
+/// large buffer mapped on its own and returned to the system when freed.
+fn keep_large_buffers_out_of_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt sets one parameter of glibc's allocator and touches no memory of ours;
+    // it runs before the runtime starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let flags = args.settings;
     let file = match &flags.config {
         Some(path) => Settings::load(path).map_err(anyhow::Error::msg)?,
         None => Settings::default(),
     };
+    keep_large_buffers_out_of_the_heap();
     init_logging(log_format(&flags, &file)?);
     raise_fd_limit();
 
