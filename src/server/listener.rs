@@ -109,9 +109,17 @@ pub(super) fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
+
+/// Connections the kernel may hold completed for us before we accept them: as many as it
+/// allows (`net.core.somaxconn`, 4096 on current Linux; the kernel caps the number). A flood of
+/// connections fills a short queue faster than one accept loop empties it, and the kernel then
+/// drops everyone's handshakes alike, a normal client's too, which tries again only after a
+/// second (issue 12's soak saw fresh sessions take 1-3 s so). Accepted, a flood's connections
+/// are refused by the per-address bounds without touching anyone else's.
+const LISTEN_BACKLOG: i32 = i32::MAX;
 
 /// A UDP socket, IPv6-only for IPv6 addresses like TCP listeners. No SO_REUSEADDR: for UDP
 /// it would let two servers bind one port and silently split its datagrams.
