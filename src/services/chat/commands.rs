@@ -54,6 +54,10 @@ impl Hub {
         if member.rooms.len() >= MAX_ROOMS_PER_MEMBER {
             return Err(refusals::too_many_rooms_joined());
         }
+        let source = member.source;
+        if !self.may_join_from(source) {
+            return Err(refusals::too_many_rooms_from_source());
+        }
         if !self.rooms.contains_key(room_name) && self.rooms.len() >= MAX_ROOMS {
             return Err(refusals::too_many_rooms());
         }
@@ -68,6 +72,7 @@ impl Hub {
         if let Some(member) = self.members.get_mut(&me) {
             member.rooms.insert(room_name.to_owned());
         }
+        self.count_memberships(source, 1, true);
         let joined = ChatEvent::Join {
             room: room_name.to_owned(),
             name,
@@ -88,7 +93,8 @@ impl Hub {
         if !member.rooms.remove(room_name) {
             return Err(refusals::not_in_room(room_name));
         }
-        let name = member.name.clone();
+        let (name, source) = (member.name.clone(), member.source);
+        self.count_memberships(source, 1, false);
         if let Some(room) = self.rooms.get_mut(room_name) {
             room.members.remove(&me);
         }

@@ -9,6 +9,7 @@
 //! would end chat for everyone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::feed::Event;
 use super::history::{History, Posted};
 use super::refusals;
-use super::{ChatConfig, LEAVE_NOTICES_MAX, PRESENCE_MAX};
+use super::{ChatConfig, LEAVE_NOTICES_MAX, MEMBERSHIPS_PER_SOURCE, PRESENCE_MAX};
 use crate::metrics::metrics;
 use crate::proto::chat::ChatEvent;
 use crate::text::escape;
@@ -40,6 +41,8 @@ pub(crate) struct Hub {
     /// Members whose queue overflowed during the current request, to be dropped before the
     /// lock is released.
     pub(super) stuck: Vec<MemberId>,
+    /// Room memberships held by each address's clients, for [`MEMBERSHIPS_PER_SOURCE`].
+    pub(super) memberships: HashMap<IpAddr, usize>,
 }
 
 pub(super) struct Member {
@@ -47,6 +50,8 @@ pub(super) struct Member {
     outbox: mpsc::Sender<Event>,
     kick: CancellationToken,
     pub(super) rooms: BTreeSet<String>,
+    /// The address it counts as for per-address bounds (`None`: a Unix-socket peer).
+    pub(super) source: Option<IpAddr>,
     /// Its queue overflowed: it is sent nothing more and is about to be dropped.
     stuck: bool,
 }
@@ -73,6 +78,17 @@ impl Hub {
         outbox: mpsc::Sender<Event>,
         kick: CancellationToken,
     ) -> Result<MemberId, RemoteError> {
+        self.login_from(name, outbox, kick, None)
+    }
+
+    /// [`Hub::login`] for a client that counts as `source` for per-address bounds.
+    pub(crate) fn login_from(
+        &mut self,
+        name: &str,
+        outbox: mpsc::Sender<Event>,
+        kick: CancellationToken,
+        source: Option<IpAddr>,
+    ) -> Result<MemberId, RemoteError> {
         if self.by_name.contains_key(name) {
             return Err(refusals::name_taken(name));
         }
@@ -86,6 +102,7 @@ impl Hub {
                 outbox,
                 kick,
                 rooms: BTreeSet::new(),
+                source,
                 stuck: false,
             },
         );
@@ -96,6 +113,26 @@ impl Hub {
     pub(crate) fn logout(&mut self, member: MemberId) {
         self.remove(&[member], None);
         self.drop_stuck();
+    }
+
+    /// Whether `source`'s clients may join one room more.
+    pub(super) fn may_join_from(&self, source: Option<IpAddr>) -> bool {
+        source
+            .is_none_or(|source| self.memberships.get(&source).copied().unwrap_or(0) < MEMBERSHIPS_PER_SOURCE)
+    }
+
+    /// Counts `n` memberships of `source`'s clients in (`joined`) or out.
+    pub(super) fn count_memberships(&mut self, source: Option<IpAddr>, n: usize, joined: bool) {
+        let Some(source) = source else { return };
+        let held = self.memberships.entry(source).or_default();
+        *held = if joined {
+            held.saturating_add(n)
+        } else {
+            held.saturating_sub(n)
+        };
+        if *held == 0 {
+            self.memberships.remove(&source);
+        }
     }
 
     /// Tells a room that `names` left it; a room left empty expires with its history. Past
@@ -149,6 +186,7 @@ impl Hub {
             metrics().chat_online.dec();
             self.by_name.remove(&member.name);
             member.kick.cancel();
+            self.count_memberships(member.source, member.rooms.len(), false);
             for room_name in member.rooms {
                 if let Some(room) = self.rooms.get_mut(&room_name) {
                     room.members.remove(id);

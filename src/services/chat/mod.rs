@@ -57,6 +57,10 @@ pub(crate) const LEAVE_NOTICES_MAX: usize = 16;
 /// every member, so a crowd of n arriving costs n² writes; in a larger room, as in a large
 /// channel of any chat service, members come and go silently and `chat_who` lists them.
 pub(crate) const PRESENCE_MAX: usize = 256;
+/// Rooms the clients of one address (IPv6: one /64) may be in, all together. With 64 rooms a
+/// client and 1024 connections an address, one address could otherwise make every room the
+/// server keeps; past this its joins are `busy`, and everyone else's go on.
+pub(crate) const MEMBERSHIPS_PER_SOURCE: usize = 1024;
 
 /// Settings of the chat service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +155,10 @@ impl Chat {
         let name = name.to_owned();
         let (outbox, queue) = mpsc::channel(QUEUE_LEN);
         let kick = CancellationToken::new();
-        let member = self.hub.lock().login(&name, outbox, kick.clone())?;
+        let member = self
+            .hub
+            .lock()
+            .login_from(&name, outbox, kick.clone(), session.peer.source())?;
         let forwarder = tokio::spawn(feed::forward(
             queue,
             session.writer.clone(),

@@ -2,6 +2,7 @@
 //! ([`ErrorCode`]) and a message a person can read, quoting names only as
 //! `proto::chat::shown` quotes them so that no refusal outgrows a header.
 
+use super::MEMBERSHIPS_PER_SOURCE;
 use crate::proto::chat::{MAX_ROOMS, MAX_ROOMS_PER_MEMBER, shown};
 use crate::wire::{ErrorCode, RemoteError};
 
@@ -51,6 +52,14 @@ pub(super) fn too_many_rooms_joined() -> RemoteError {
     RemoteError::new(
         ErrorCode::Busy,
         format!("you are in {MAX_ROOMS_PER_MEMBER} rooms already; leave one first"),
+    )
+}
+
+/// A join from an address whose clients are in as many rooms as one address may be.
+pub(super) fn too_many_rooms_from_source() -> RemoteError {
+    RemoteError::new(
+        ErrorCode::Busy,
+        format!("clients from your address are in {MEMBERSHIPS_PER_SOURCE} rooms already; leave one first"),
     )
 }
 

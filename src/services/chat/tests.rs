@@ -237,3 +237,45 @@ fn only_rooms_below_the_presence_bound_hear_who_comes_and_goes() {
         "the room is below the bound again once `late` left"
     );
 }
+
+/// Issue 12: rooms are bounded per client and per server, and per address too, or one
+/// address's 1,024 connections could make every room the server keeps.
+#[test]
+fn one_address_is_in_a_bounded_number_of_rooms() {
+    let mut hub = Hub::default();
+    let here: std::net::IpAddr = [127, 0, 0, 9].into();
+    let mut clients = Vec::new();
+    let mut joined = 0;
+    'filling: for n in 0.. {
+        let (outbox, feed) = mpsc::channel(4 * MAX_ROOMS_PER_MEMBER);
+        let id = hub
+            .login_from(&format!("c{n}"), outbox, CancellationToken::new(), Some(here))
+            .unwrap();
+        clients.push((id, feed));
+        for room in 0..MAX_ROOMS_PER_MEMBER {
+            if joined == MEMBERSHIPS_PER_SOURCE {
+                break 'filling;
+            }
+            hub.apply(id, None, join(&format!("r{n}-{room}"))).unwrap();
+            joined += 1;
+        }
+    }
+    let (outbox, _newcomer_feed) = mpsc::channel(16);
+    let newcomer = hub
+        .login_from("newcomer", outbox, CancellationToken::new(), Some(here))
+        .unwrap();
+    let refused = hub.apply(newcomer, None, join("one-more")).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Busy);
+    assert!(refused.message.contains("your address"), "{}", refused.message);
+    let (elsewhere, _feed) = member(&mut hub, "elsewhere", 16);
+    hub.apply(elsewhere, None, join("one-more")).unwrap();
+    // Leaving one room, or a client's going, gives the address its rooms back.
+    let (first, _) = clients.first().unwrap();
+    hub.apply(*first, None, leave("r0-0")).unwrap();
+    hub.apply(newcomer, None, join("one-more")).unwrap();
+    hub.logout(*first);
+    assert_eq!(
+        hub.memberships.get(&here).copied(),
+        Some(MEMBERSHIPS_PER_SOURCE - MAX_ROOMS_PER_MEMBER + 1)
+    );
+}
