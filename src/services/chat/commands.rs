@@ -72,7 +72,7 @@ impl Hub {
         if let Some(member) = self.members.get_mut(&me) {
             member.rooms.insert(room_name.to_owned());
         }
-        self.count_memberships(source, 1, true);
+        self.add_memberships(source, 1);
         let joined = ChatEvent::Join {
             room: room_name.to_owned(),
             name,
@@ -94,7 +94,7 @@ impl Hub {
             return Err(refusals::not_in_room(room_name));
         }
         let (name, source) = (member.name.clone(), member.source);
-        self.count_memberships(source, 1, false);
+        self.drop_memberships(source, 1);
         if let Some(room) = self.rooms.get_mut(room_name) {
             room.members.remove(&me);
         }

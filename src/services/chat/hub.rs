@@ -121,17 +121,23 @@ impl Hub {
             .is_none_or(|source| self.memberships.get(&source).copied().unwrap_or(0) < MEMBERSHIPS_PER_SOURCE)
     }
 
-    /// Counts `n` memberships of `source`'s clients in (`joined`) or out.
-    pub(super) fn count_memberships(&mut self, source: Option<IpAddr>, n: usize, joined: bool) {
+    /// Counts `n` more room memberships for `source`'s clients.
+    pub(super) fn add_memberships(&mut self, source: Option<IpAddr>, n: usize) {
+        if let Some(source) = source {
+            let held = self.memberships.entry(source).or_default();
+            *held = held.saturating_add(n);
+        }
+    }
+
+    /// Counts `n` fewer room memberships for `source`'s clients; an address holding none is
+    /// forgotten, so the map holds only addresses with clients in rooms.
+    pub(super) fn drop_memberships(&mut self, source: Option<IpAddr>, n: usize) {
         let Some(source) = source else { return };
-        let held = self.memberships.entry(source).or_default();
-        *held = if joined {
-            held.saturating_add(n)
-        } else {
-            held.saturating_sub(n)
-        };
-        if *held == 0 {
-            self.memberships.remove(&source);
+        if let Some(held) = self.memberships.get_mut(&source) {
+            *held = held.saturating_sub(n);
+            if *held == 0 {
+                self.memberships.remove(&source);
+            }
         }
     }
 
@@ -186,7 +192,7 @@ impl Hub {
             metrics().chat_online.dec();
             self.by_name.remove(&member.name);
             member.kick.cancel();
-            self.count_memberships(member.source, member.rooms.len(), false);
+            self.drop_memberships(member.source, member.rooms.len());
             for room_name in member.rooms {
                 if let Some(room) = self.rooms.get_mut(&room_name) {
                     room.members.remove(id);
