@@ -72,6 +72,8 @@ impl Hub {
         }
     }
 
+    /// [`Hub::login_from`] with no address, for the hub's tests and fuzzing.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn login(
         &mut self,
         name: &str,
@@ -81,7 +83,8 @@ impl Hub {
         self.login_from(name, outbox, kick, None)
     }
 
-    /// [`Hub::login`] for a client that counts as `source` for per-address bounds.
+    /// Logs a client in as `name` (refused `name_taken` if someone online has it); it counts as
+    /// `source` for per-address bounds.
     pub(crate) fn login_from(
         &mut self,
         name: &str,
