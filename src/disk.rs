@@ -10,33 +10,48 @@
 
 use std::io;
 
-use bytes::Bytes;
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
 use crate::proto::files::PRESERVED_MODE_BITS;
 
-/// Bytes read or hashed at a time.
-const CHUNK: usize = 256 * 1024;
+/// Bytes read, written or hashed at a time: large enough for BLAKE3's widest SIMD (16 KiB)
+/// many times over and for few system calls; no larger than the connection writer's
+/// high-water mark, so a chunk sent goes out through buffers that keep their size (a 256 KiB
+/// chunk grew the encrypted buffer past the size the writer keeps, to be mapped and dropped
+/// again for every chunk).
+const CHUNK: usize = 128 * 1024;
+/// Full buffers waiting between the connection and the disk thread, in either direction.
+const QUEUED: usize = 8;
 
 /// Reads and hashes a transfer's data on a thread of its own, a few chunks ahead of the
 /// connection's thread that encrypts and sends them: the client's uploads and the server's
 /// downloads. A file that ends early gives an `UnexpectedEof` error.
+///
+/// The buffers go round: the connection hands each back ([`DiskReader::recycle`]) once sent,
+/// and the thread reads into it again, so a transfer allocates (and zero-fills) its buffers
+/// once rather than a fresh mapping per chunk. At most `QUEUED + 2` buffers of [`CHUNK`]
+/// bytes exist per transfer (the queue, the one being read, the one being sent): 1.25 MiB.
 pub(crate) struct DiskReader {
     chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
     done: tokio::task::JoinHandle<blake3::Hasher>,
 }
 
 impl DiskReader {
     /// Reads `len` bytes of `file` from its current offset, each fed to `hasher`.
     pub(crate) fn spawn(mut file: std::fs::File, mut hasher: blake3::Hasher, len: u64) -> DiskReader {
-        let (sender, chunks) = mpsc::channel(8);
+        let (sender, chunks) = mpsc::channel(QUEUED);
+        let (spent, returned) = std::sync::mpsc::channel::<Vec<u8>>();
         let done = tokio::task::spawn_blocking(move || {
             let mut remaining = len;
             while remaining > 0 {
-                let chunk_len = remaining.min(CHUNK as u64);
-                let mut chunk = vec![0u8; chunk_len as usize];
+                let want = remaining.min(CHUNK as u64) as usize;
+                // A returned buffer is already CHUNK bytes long: nothing is zeroed again.
+                let mut chunk = returned.try_recv().unwrap_or_default();
+                chunk.resize(CHUNK, 0);
+                chunk.truncate(want);
                 let read = std::io::Read::read_exact(&mut file, &mut chunk).map(|()| {
                     hasher.update(&chunk);
                     chunk
@@ -45,16 +60,22 @@ impl DiskReader {
                 if sender.blocking_send(read).is_err() || failed {
                     break;
                 }
-                remaining -= chunk_len;
+                remaining -= want as u64;
             }
             hasher
         });
-        DiskReader { chunks, done }
+        DiskReader { chunks, spent, done }
     }
 
     /// The next chunk; `None` once every byte has come (or after an error).
     pub(crate) async fn next(&mut self) -> Option<io::Result<Vec<u8>>> {
         self.chunks.recv().await
+    }
+
+    /// Gives a chunk from [`DiskReader::next`] back, once its bytes are sent, to be read into
+    /// again.
+    pub(crate) fn recycle(&self, chunk: Vec<u8>) {
+        let _ = self.spent.send(chunk);
     }
 
     /// The hash of everything read, once `next` has returned `None`.
@@ -66,31 +87,75 @@ impl DiskReader {
 /// Writes and hashes a transfer's data on a thread of its own, so the disk and the hash work
 /// while the connection's thread decrypts the next chunks (instead of one hop to the blocking
 /// pool per chunk): the server's uploads and the client's downloads.
+///
+/// What arrives is copied into buffers of [`CHUNK`] bytes that go round between the two
+/// threads, rather than handed over as it came: the pieces a connection decrypts come in any
+/// size (a few KiB at the start), and while one is held its whole read buffer is, so the
+/// connection would map a fresh one for every read. Copying lets that buffer be reused at
+/// once, and the disk thread writes and hashes whole chunks. At most `QUEUED + 2` buffers
+/// exist per transfer (the queue, the one being written, the one being filled): 1.25 MiB.
 pub(crate) struct DiskWriter {
-    chunks: mpsc::Sender<Bytes>,
+    filling: Vec<u8>,
+    full: mpsc::Sender<Vec<u8>>,
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
     done: tokio::task::JoinHandle<std::io::Result<(std::fs::File, blake3::Hasher)>>,
 }
 
 impl DiskWriter {
     pub(crate) fn spawn(mut file: std::fs::File, mut hasher: blake3::Hasher) -> DiskWriter {
-        let (chunks, mut queue) = mpsc::channel::<Bytes>(16);
+        let (full, mut queue) = mpsc::channel::<Vec<u8>>(QUEUED);
+        let (returned, spent) = std::sync::mpsc::channel();
         let done = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = queue.blocking_recv() {
                 std::io::Write::write_all(&mut file, &chunk)?;
                 hasher.update(&chunk);
+                let _ = returned.send(chunk);
             }
             Ok((file, hasher))
         });
-        DiskWriter { chunks, done }
+        DiskWriter {
+            filling: Vec::with_capacity(CHUNK),
+            full,
+            spent,
+            done,
+        }
     }
 
-    /// Queues a chunk; `false` if the writer has stopped (its error comes from `finish`).
-    pub(crate) async fn write(&self, chunk: Bytes) -> bool {
-        self.chunks.send(chunk).await.is_ok()
+    /// Queues `bytes` to be written; `false` if the writer has stopped (its error comes from
+    /// `finish`).
+    pub(crate) async fn write(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            let room = CHUNK - self.filling.len();
+            let (now, later) = bytes.split_at(room.min(bytes.len()));
+            self.filling.extend_from_slice(now);
+            bytes = later;
+            if self.filling.len() == CHUNK && !self.hand_over().await {
+                return false;
+            }
+        }
+        true
     }
 
-    pub(crate) async fn finish(self) -> std::io::Result<(std::fs::File, blake3::Hasher)> {
-        drop(self.chunks);
+    /// Sends the buffer being filled to the disk thread and takes a spent one to fill next.
+    async fn hand_over(&mut self) -> bool {
+        let full = std::mem::take(&mut self.filling);
+        if self.full.send(full).await.is_err() {
+            return false;
+        }
+        self.filling = self
+            .spent
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        self.filling.clear();
+        true
+    }
+
+    /// Writes what is still queued; the file and the hash of everything written.
+    pub(crate) async fn finish(mut self) -> std::io::Result<(std::fs::File, blake3::Hasher)> {
+        if !self.filling.is_empty() {
+            self.hand_over().await;
+        }
+        drop(self.full);
         self.done.await.map_err(std::io::Error::other)?
     }
 }

@@ -162,6 +162,7 @@ impl Client {
             })?;
             writer.send_body(&chunk).await?;
             progress(chunk.len() as u64);
+            disk.recycle(chunk);
         }
         let hasher = disk.finish().await.map_err(|e| local_error(local, e))?;
         let end = PutEnd {
@@ -316,10 +317,10 @@ impl Client {
             .await
             .map_err(|e| local_error(&partial, e))?;
         progress(have);
-        let disk = DiskWriter::spawn(file.into_std().await, hasher);
+        let mut disk = DiskWriter::spawn(file.into_std().await, hasher);
         while let Some(chunk) = reader.read_body_chunk().await? {
             let len = chunk.len() as u64;
-            if !disk.write(chunk).await {
+            if !disk.write(&chunk).await {
                 break;
             }
             progress(len);
