@@ -216,6 +216,15 @@ impl FrameReader {
         Ok(body.freeze())
     }
 
+    /// The next header or body chunk if it has already arrived whole; never waits. A session
+    /// that finds none flushes its replies before it waits for the peer.
+    pub(crate) fn buffered_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if let Some(opener) = &mut self.opener {
+            opener.open(&mut self.sealed, &mut self.plain)?;
+        }
+        self.codec.decode(&mut self.plain)
+    }
+
     /// Whether bytes of a further frame have already arrived (so the peer is pipelining).
     pub(crate) fn has_buffered_input(&self) -> bool {
         !self.plain.is_empty() || !self.sealed.is_empty()
@@ -325,11 +334,30 @@ impl FrameWriter {
         id: Option<u64>,
         error: &RemoteError,
     ) -> Result<(), FrameError> {
-        match self.queue(error.to_header(id), b"") {
-            Err(unsent) if unsent.is_unsent() => self.queue(error.shortened().to_header(id), b"")?,
-            queued => queued?,
-        }
+        self.queue_error(id, error)?;
         self.flush().await
+    }
+
+    /// Queues an error frame, cut short if it is too large to send (see [`FrameWriter::send_error`]).
+    fn queue_error(&mut self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
+        match self.queue(error.to_header(id), b"") {
+            Err(unsent) if unsent.is_unsent() => self.queue(error.shortened().to_header(id), b""),
+            queued => queued,
+        }
+    }
+
+    /// Queues a whole message, writing out only once enough has gathered: for replies, which
+    /// the session flushes before it next waits for its peer.
+    async fn queue_reply(&mut self, header: Header, body: &[u8]) -> Result<(), FrameError> {
+        self.queue(header, body)?;
+        self.flush_if_full().await
+    }
+
+    async fn flush_if_full(&mut self) -> Result<(), FrameError> {
+        if self.out.len() >= WRITE_HIGH_WATER {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Sends a header as it is, with the body it declares left to [`FrameWriter::send_body`]
@@ -362,10 +390,7 @@ impl FrameWriter {
     /// Queues body bytes, writing out once enough has gathered.
     pub async fn send_body(&mut self, chunk: &[u8]) -> Result<(), FrameError> {
         self.append(chunk)?;
-        if self.out.len() >= WRITE_HIGH_WATER {
-            self.flush().await?;
-        }
-        Ok(())
+        self.flush_if_full().await
     }
 
     /// Queues bytes: into the records being filled once encrypted, each sealed as it fills.
@@ -431,6 +456,32 @@ impl SharedWriter {
 
     pub(crate) async fn send_error(&self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
         self.0.lock().await.send_error(id, error).await
+    }
+
+    /// Answers a request: the frame is queued, and goes out with the next flush (the session
+    /// flushes before it waits for the next request), or at once if much is queued. Replies to
+    /// requests that arrived together so leave in one write. A handler that then waits for its
+    /// client must [`SharedWriter::send`] instead, or the client may wait for the reply.
+    pub(crate) async fn reply(&self, header: Header, body: &[u8]) -> Result<(), FrameError> {
+        self.0.lock().await.queue_reply(header, body).await
+    }
+
+    /// [`SharedWriter::reply`] with an error frame.
+    pub(crate) async fn reply_error(&self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
+        let mut writer = self.0.lock().await;
+        writer.queue_error(id, error)?;
+        writer.flush_if_full().await
+    }
+
+    /// Writes out whatever replies are queued, unless another task holds the writer: every
+    /// holder but a [`SharedWriter::reply`] ends with a flush, which takes the replies along.
+    /// So a session never waits here behind a chat feed blocked on a peer that stopped
+    /// reading, and goes on reading the requests that will find it too slow.
+    pub(crate) async fn flush(&self) -> Result<(), FrameError> {
+        match self.0.try_lock() {
+            Ok(mut writer) => writer.flush().await,
+            Err(_) => Ok(()),
+        }
     }
 
     /// [`FrameWriter::send_header`].
