@@ -15,6 +15,7 @@ pub mod proto;
 pub mod server;
 pub mod services;
 pub(crate) mod source;
+pub(crate) mod stop;
 pub mod text;
 pub mod wire;
 

@@ -131,7 +131,7 @@ fn noise_pair() -> (record::Sealer, record::Opener) {
     responder.read_message(&a[..n], &mut b).unwrap();
     let n = responder.write_message(&[], &mut a).unwrap();
     initiator.read_message(&a[..n], &mut b).unwrap();
-    let (sealer, _) = record::split(initiator.into_stateless_transport_mode().unwrap());
-    let (_, opener) = record::split(responder.into_stateless_transport_mode().unwrap());
+    let (sealer, _) = record::split(initiator).unwrap();
+    let (_, opener) = record::split(responder).unwrap();
     (sealer, opener)
 }

@@ -272,7 +272,7 @@ fn accept_noise(conn: &mut Connection, keys: &SessionKeys, message: &[u8]) -> Re
     })?;
     let reply = write_noise_message(&mut noise)?;
     conn.writer.queue(hello_header(AuthMode::Noise), &reply)?;
-    conn.encrypt(noise.into_stateless_transport_mode().map_err(noise_bug)?);
+    conn.encrypt(noise).map_err(noise_bug)?;
     Ok(())
 }
 
@@ -327,7 +327,7 @@ async fn connect_noise(conn: &mut Connection, keys: &SessionKeys) -> Result<(), 
     noise
         .read_message(&answer.body, &mut payload)
         .map_err(|_| HandshakeError::AuthFailed("the server could not prove it holds our secret".into()))?;
-    conn.encrypt(noise.into_stateless_transport_mode().map_err(noise_bug)?);
+    conn.encrypt(noise).map_err(noise_bug)?;
     Ok(())
 }
 

@@ -128,15 +128,23 @@ fn write_ready_file(path: &Path, server: &Server) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write the ready file {}", path.display()))
 }
 
+/// Logs at `info` and above, or as `RUST_LOG` says. Only a `RUST_LOG` filter is an
+/// `EnvFilter`: it may select by span, so it looks every span up as a connection's task is
+/// polled, a lock shared by every connection that the plain level filter does without.
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let by_env =
+        std::env::var_os(EnvFilter::DEFAULT_ENV).and_then(|_| EnvFilter::try_from_default_env().ok());
+    let by_level = by_env.is_none().then_some(LevelFilter::INFO);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(by_env).with(by_level);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
     }
 }
 

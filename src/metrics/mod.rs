@@ -287,9 +287,15 @@ impl Metrics {
     /// Counts a request. Labels come from the registry's own names, never from what a client
     /// sent, so a client cannot grow the label set.
     pub(crate) fn request(&self, service: &'static str, command: &'static str) {
+        self.request_counter(service, command).inc();
+    }
+
+    /// The counter [`Metrics::request`] adds to, for a caller that counts one command often
+    /// (the service registry keeps one per command, so a request costs one atomic add).
+    pub(crate) fn request_counter(&self, service: &'static str, command: &'static str) -> Counter {
         self.requests
             .get_or_create(&ServiceCommand { service, command })
-            .inc();
+            .clone()
     }
 
     /// Counts an error frame sent. Its label is a code compiled into the server, or `other`:

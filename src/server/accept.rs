@@ -147,7 +147,7 @@ impl<L: Accept> AcceptLoop<L> {
             let connection = async move {
                 tokio::select! {
                     () = work => {}
-                    () = abort.cancelled() => {}
+                    () = crate::stop::cancelled(&abort) => {}
                 }
                 drop(slot);
             };

@@ -12,6 +12,7 @@ use super::{Shared, Stream};
 use crate::auth;
 use crate::metrics::{Handshake, metrics};
 use crate::source::SourceSlot;
+use crate::stop;
 use std::sync::Arc;
 
 use crate::services::{BodyMode, Peer, Request, Service, ServiceError, Session};
@@ -58,7 +59,11 @@ pub(super) async fn serve(stream: Stream, peer: Peer, shared: &Shared) {
     let mut session = Session::new(conn, peer);
     debug!("session open");
     match serve_requests(&mut session, first, shared).await {
-        Ok(()) => debug!("session closed"),
+        Ok(()) => {
+            // Replies queued when the session was told to end still go out, briefly.
+            let _ = timeout(PARTING_GRACE, session.writer.flush()).await;
+            debug!("session closed");
+        }
         Err(error) => {
             info!(%error, "closing connection");
             if let Some(remote) = error.to_remote() {
@@ -173,6 +178,10 @@ async fn refuse(conn: &mut Connection, error: &auth::HandshakeError) {
 }
 
 /// Serves `first` (read during the handshake), then every request after it.
+///
+/// The whole request path runs in this one task: a request is read, handled and answered
+/// here, and replies to requests that arrived together go out together, in one write, once
+/// no further request is waiting in what was read.
 async fn serve_requests(session: &mut Session, first: Header, shared: &Shared) -> Result<(), FrameError> {
     let idle = shared.config.idle_timeout;
     // One timer for the session, re-armed only when it fires early: a busy session pays no
@@ -180,35 +189,47 @@ async fn serve_requests(session: &mut Session, first: Header, shared: &Shared) -
     let mut last_request = Instant::now();
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
-    let mut last_service: Option<Arc<dyn Service>> = None;
+    // Made once for the session, and polled without the tokens' locks (see `stop`): a fresh
+    // wait per request would take them several times a request.
     let closer = session.closer();
+    let closed = stop::cancelled(&closer);
+    let stopping = stop::cancelled(&shared.stopping);
+    tokio::pin!(closed, stopping);
+    let mut last_service: Option<Arc<dyn Service>> = None;
     let mut read_ahead = Some(first);
     loop {
         if let Some(header) = read_ahead.take() {
             tokio::select! {
+                biased;
+                () = &mut closed => return Ok(()),
                 dispatched = dispatch(header, session, shared, &mut last_service) => dispatched?,
-                () = closer.cancelled() => return Ok(()),
             }
             last_request = Instant::now();
         }
-        let frame = tokio::select! {
-            biased;
-            () = shared.stopping.cancelled() => return Ok(()),
-            () = closer.cancelled() => return Ok(()),
-            () = &mut idle_timer => {
-                if session.is_busy() {
-                    last_request = Instant::now();
+        let frame = match session.reader.buffered_frame()? {
+            Some(frame) if !shared.stopping.is_cancelled() => Some(frame),
+            _ => {
+                session.writer.flush().await?;
+                tokio::select! {
+                    biased;
+                    () = &mut stopping => return Ok(()),
+                    () = &mut closed => return Ok(()),
+                    () = &mut idle_timer => {
+                        if session.is_busy() {
+                            last_request = Instant::now();
+                        }
+                        if last_request.elapsed() < idle {
+                            idle_timer.as_mut().reset((last_request + idle).into());
+                            continue;
+                        }
+                        debug!("idle for {idle:?}");
+                        let remote = RemoteError::new(ErrorCode::Timeout, format!("idle for {idle:?}"));
+                        part_shared(&session.writer, &remote).await;
+                        return Ok(());
+                    }
+                    frame = session.reader.read_frame() => frame?,
                 }
-                if last_request.elapsed() < idle {
-                    idle_timer.as_mut().reset((last_request + idle).into());
-                    continue;
-                }
-                debug!("idle for {idle:?}");
-                let remote = RemoteError::new(ErrorCode::Timeout, format!("idle for {idle:?}"));
-                part_shared(&session.writer, &remote).await;
-                return Ok(());
             }
-            frame = session.reader.read_frame() => frame?,
         };
         read_ahead = match frame {
             None => return Ok(()),
@@ -229,7 +250,7 @@ async fn dispatch(
     let id = header.id();
     let found = shared.registry.lookup(header.cmd());
     if let Some(previous) = last_service.take()
-        && !found.is_some_and(|(service, _)| Arc::ptr_eq(service, &previous))
+        && !found.is_some_and(|route| Arc::ptr_eq(&route.service, &previous))
         && let Err(ServiceError::Connection(error)) = previous.flush(session).await
     {
         return Err(error);
@@ -242,13 +263,13 @@ async fn dispatch(
             Some(id) => {
                 session
                     .writer
-                    .send(Header::new("pong").with_id(Some(id)), b"")
+                    .reply(Header::new("pong").with_id(Some(id)), b"")
                     .await
             }
             None => Ok(()),
         };
     }
-    let Some((service, spec)) = found else {
+    let Some(route) = found else {
         skip_body(&mut session.reader).await?;
         let offered = shared.registry.features().join(", ");
         let error = RemoteError::new(
@@ -260,13 +281,13 @@ async fn dispatch(
         );
         return send_error(&session.writer, id, &error).await;
     };
-    let body = match spec.body {
+    let body = match route.spec.body {
         BodyMode::Whole => session.reader.read_whole_body().await?,
         BodyMode::Stream => Bytes::new(),
     };
-    *last_service = Some(service.clone());
-    metrics().request(service.name(), spec.cmd);
-    match service.handle(Request { header, body }, session).await {
+    *last_service = Some(route.service.clone());
+    route.requests.inc();
+    match route.service.handle(Request { header, body }, session).await {
         Ok(()) => skip_body(&mut session.reader).await,
         Err(ServiceError::Reply(error)) => {
             skip_body(&mut session.reader).await?;
@@ -282,10 +303,10 @@ async fn skip_body(reader: &mut FrameReader) -> Result<(), FrameError> {
     Ok(())
 }
 
-/// Answers a request with an error frame.
+/// Answers a request with an error frame, which goes out with the session's next flush.
 async fn send_error(writer: &SharedWriter, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
     metrics().error_sent(&error.code);
-    writer.send_error(id, error).await
+    writer.reply_error(id, error).await
 }
 
 /// Sends a last error frame if the peer is still reading; never waits long.

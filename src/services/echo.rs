@@ -29,7 +29,7 @@ impl Service for Echo {
 
     async fn handle(&self, request: Request, session: &mut Session) -> Result<(), ServiceError> {
         let reply = Header::new("echo").with_id(request.id());
-        session.writer.send(reply, &upper(&request.body)).await?;
+        session.writer.reply(reply, &upper(&request.body)).await?;
         Ok(())
     }
 }

@@ -15,11 +15,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::metrics::metrics;
 use crate::source::source_key;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
 use crate::wire::{
@@ -208,8 +210,17 @@ pub(crate) trait Service: Send + Sync {
 /// Routes commands to services.
 #[derive(Clone)]
 pub(crate) struct Registry {
-    by_cmd: HashMap<&'static str, (Arc<dyn Service>, CommandSpec)>,
+    by_cmd: HashMap<&'static str, Route>,
     names: Vec<&'static str>,
+}
+
+/// Where one command goes, and the counter of its requests (kept here so that counting a
+/// request is one atomic add, not a lookup of its labels).
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub(crate) service: Arc<dyn Service>,
+    pub(crate) spec: CommandSpec,
+    pub(crate) requests: Counter,
 }
 
 /// Every session answers [`PING`], whatever services it routes to, so every registry announces it.
@@ -272,21 +283,26 @@ impl Registry {
     pub(crate) fn register(&mut self, service: impl Service + 'static) -> &mut Registry {
         let service: Arc<dyn Service> = Arc::new(service);
         for spec in service.commands() {
-            let previous = self.by_cmd.insert(spec.cmd, (service.clone(), *spec));
+            let route = Route {
+                service: service.clone(),
+                spec: *spec,
+                requests: metrics().request_counter(service.name(), spec.cmd),
+            };
+            let previous = self.by_cmd.insert(spec.cmd, route);
             assert!(previous.is_none(), "command `{}` registered twice", spec.cmd);
         }
         self.names.push(service.name());
         self
     }
 
-    pub(crate) fn lookup(&self, cmd: &str) -> Option<(&Arc<dyn Service>, &CommandSpec)> {
-        self.by_cmd.get(cmd).map(|(service, spec)| (service, spec))
+    pub(crate) fn lookup(&self, cmd: &str) -> Option<&Route> {
+        self.by_cmd.get(cmd)
     }
 
     /// `base` with each command's body limit added.
     pub(crate) fn limits(&self, base: Limits) -> Limits {
-        self.by_cmd.values().fold(base, |limits, (_, spec)| {
-            limits.with_body_limit(spec.cmd, spec.max_body)
+        self.by_cmd.values().fold(base, |limits, route| {
+            limits.with_body_limit(route.spec.cmd, route.spec.max_body)
         })
     }
 

@@ -206,7 +206,7 @@ impl Service for Time {
             time,
             unix_ms: now.timestamp_millis(),
         };
-        session.writer.send(reply.to_header(request.id()), &[]).await?;
+        session.writer.reply(reply.to_header(request.id()), &[]).await?;
         Ok(())
     }
 }

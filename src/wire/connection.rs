@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
-use snow::StatelessTransportState;
+use snow::HandshakeState;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream, tcp, unix};
 use tokio::sync::{Mutex, MutexGuard};
@@ -79,9 +79,9 @@ impl Connection {
             writer: FrameWriter {
                 io: write,
                 out: BytesMut::new(),
-                sealed: BytesMut::new(),
+                open_record: None,
                 sealer: None,
-                clear_len: 0,
+                scratch: BytesMut::new(),
                 max_header_len,
                 sent: None,
             },
@@ -97,12 +97,13 @@ impl Connection {
 
     /// Switches both directions to encrypted records, after a completed Noise handshake.
     /// Frames queued before this call still go out in the clear, in the same write as the
-    /// first encrypted ones.
-    pub(crate) fn encrypt(&mut self, transport: StatelessTransportState) {
-        let (sealer, opener) = record::split(transport);
-        self.writer.clear_len = self.writer.out.len();
+    /// first encrypted ones. Fails if the handshake is not finished.
+    pub(crate) fn encrypt(&mut self, noise: HandshakeState) -> Result<(), snow::Error> {
+        let (sealer, opener) = record::split(noise)?;
+        self.writer.open_record = None;
         self.writer.sealer = Some(sealer);
         self.reader.start_decrypting(opener);
+        Ok(())
     }
 
     /// Adds every byte read from and written to the socket (ciphertext in an encrypted
@@ -215,6 +216,15 @@ impl FrameReader {
         Ok(body.freeze())
     }
 
+    /// The next header or body chunk if it has already arrived whole; never waits. A session
+    /// that finds none flushes its replies before it waits for the peer.
+    pub(crate) fn buffered_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if let Some(opener) = &mut self.opener {
+            opener.open(&mut self.sealed, &mut self.plain)?;
+        }
+        self.codec.decode(&mut self.plain)
+    }
+
     /// Whether bytes of a further frame have already arrived (so the peer is pipelining).
     pub(crate) fn has_buffered_input(&self) -> bool {
         !self.plain.is_empty() || !self.sealed.is_empty()
@@ -291,14 +301,20 @@ impl FrameReader {
 
 /// The writing half: frames go out in as few writes as possible (one per small message), which
 /// with TCP_NODELAY avoids the course's 40 ms Nagle/delayed-ACK stall.
+///
+/// In an encrypted session, queued bytes are written straight into the record that will carry
+/// them and sealed where they lie: a body is copied once, from its source into this buffer.
 pub struct FrameWriter {
     io: BoxWrite,
-    /// Plaintext frames waiting to be written.
+    /// What the next flush writes: bytes queued in the clear (before the handshake turned
+    /// encryption on), then sealed records, then the record being filled.
     out: BytesMut,
-    sealed: BytesMut,
+    /// Where the record being filled starts in `out` (at its length prefix); `None` when the
+    /// next byte starts a new record, or the session is not encrypted.
+    open_record: Option<usize>,
     sealer: Option<Sealer>,
-    /// Queued bytes at the front of `out` that predate encryption.
-    clear_len: usize,
+    /// A header being encoded, before it goes into a record.
+    scratch: BytesMut,
     max_header_len: usize,
     sent: Option<Counter>,
 }
@@ -318,11 +334,30 @@ impl FrameWriter {
         id: Option<u64>,
         error: &RemoteError,
     ) -> Result<(), FrameError> {
-        match self.queue(error.to_header(id), b"") {
-            Err(unsent) if unsent.is_unsent() => self.queue(error.shortened().to_header(id), b"")?,
-            queued => queued?,
-        }
+        self.queue_error(id, error)?;
         self.flush().await
+    }
+
+    /// Queues an error frame, cut short if it is too large to send (see [`FrameWriter::send_error`]).
+    fn queue_error(&mut self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
+        match self.queue(error.to_header(id), b"") {
+            Err(unsent) if unsent.is_unsent() => self.queue(error.shortened().to_header(id), b""),
+            queued => queued,
+        }
+    }
+
+    /// Queues a whole message, writing out only once enough has gathered: for replies, which
+    /// the session flushes before it next waits for its peer.
+    async fn queue_reply(&mut self, header: Header, body: &[u8]) -> Result<(), FrameError> {
+        self.queue(header, body)?;
+        self.flush_if_full().await
+    }
+
+    async fn flush_if_full(&mut self) -> Result<(), FrameError> {
+        if self.out.len() >= WRITE_HIGH_WATER {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Sends a header as it is, with the body it declares left to [`FrameWriter::send_body`]
@@ -335,51 +370,70 @@ impl FrameWriter {
     /// Queues a whole message to go out with the next flush.
     pub fn queue(&mut self, header: Header, body: &[u8]) -> Result<(), FrameError> {
         self.queue_header(&header.with_body_len(body.len() as u64))?;
-        self.out.extend_from_slice(body);
-        Ok(())
+        self.append(body)
     }
 
-    /// Queues a header whose body will follow through [`FrameWriter::send_body`].
+    /// Queues a header whose body will follow through [`FrameWriter::send_body`]. A header too
+    /// large to send leaves nothing queued.
     pub fn queue_header(&mut self, header: &Header) -> Result<(), FrameError> {
-        encode_header(header, &mut self.out, self.max_header_len)
+        if self.sealer.is_none() {
+            return encode_header(header, &mut self.out, self.max_header_len);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let queued =
+            encode_header(header, &mut scratch, self.max_header_len).and_then(|()| self.append(&scratch));
+        self.scratch = scratch;
+        queued
     }
 
     /// Queues body bytes, writing out once enough has gathered.
     pub async fn send_body(&mut self, chunk: &[u8]) -> Result<(), FrameError> {
-        self.out.extend_from_slice(chunk);
-        if self.out.len() >= WRITE_HIGH_WATER {
-            self.flush().await?;
+        self.append(chunk)?;
+        self.flush_if_full().await
+    }
+
+    /// Queues bytes: into the records being filled once encrypted, each sealed as it fills.
+    fn append(&mut self, mut bytes: &[u8]) -> Result<(), FrameError> {
+        let Some(sealer) = &mut self.sealer else {
+            self.out.extend_from_slice(bytes);
+            return Ok(());
+        };
+        while !bytes.is_empty() {
+            let start = *self.open_record.get_or_insert_with(|| {
+                let start = self.out.len();
+                self.out.extend_from_slice(&[0; record::PREFIX_LEN]);
+                start
+            });
+            let filled = self.out.len() - start - record::PREFIX_LEN;
+            let (now, later) = bytes.split_at(bytes.len().min(record::MAX_RECORD_PLAINTEXT - filled));
+            self.out.extend_from_slice(now);
+            bytes = later;
+            if filled + now.len() == record::MAX_RECORD_PLAINTEXT {
+                self.open_record = None;
+                sealer
+                    .seal_in_place(&mut self.out, start)
+                    .map_err(io::Error::other)?;
+            }
         }
         Ok(())
     }
 
     /// Writes out everything queued.
     pub async fn flush(&mut self) -> Result<(), FrameError> {
+        if let (Some(start), Some(sealer)) = (self.open_record.take(), &mut self.sealer) {
+            sealer
+                .seal_in_place(&mut self.out, start)
+                .map_err(io::Error::other)?;
+        }
         if self.out.is_empty() {
             return Ok(());
         }
-        match &mut self.sealer {
-            Some(sealer) => {
-                // `clear_len` never exceeds what is queued; were it to, everything would be
-                // sealed, the safe side.
-                let clear = std::mem::take(&mut self.clear_len);
-                let (in_clear, to_seal) = self.out.split_at_checked(clear).unwrap_or((&[], &self.out));
-                self.sealed.extend_from_slice(in_clear);
-                sealer.seal(to_seal, &mut self.sealed)?;
-                self.out.clear();
-                self.io.write_all(&self.sealed).await?;
-                count(&self.sent, self.sealed.len());
-                self.sealed.clear();
-            }
-            None => {
-                self.io.write_all(&self.out).await?;
-                count(&self.sent, self.out.len());
-                self.out.clear();
-            }
-        }
+        self.io.write_all(&self.out).await?;
+        count(&self.sent, self.out.len());
+        self.out.clear();
         self.io.flush().await?;
         release_if_large(&mut self.out);
-        release_if_large(&mut self.sealed);
         Ok(())
     }
 
@@ -402,6 +456,32 @@ impl SharedWriter {
 
     pub(crate) async fn send_error(&self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
         self.0.lock().await.send_error(id, error).await
+    }
+
+    /// Answers a request: the frame is queued, and goes out with the next flush (the session
+    /// flushes before it waits for the next request), or at once if much is queued. Replies to
+    /// requests that arrived together so leave in one write. A handler that then waits for its
+    /// client must [`SharedWriter::send`] instead, or the client may wait for the reply.
+    pub(crate) async fn reply(&self, header: Header, body: &[u8]) -> Result<(), FrameError> {
+        self.0.lock().await.queue_reply(header, body).await
+    }
+
+    /// [`SharedWriter::reply`] with an error frame.
+    pub(crate) async fn reply_error(&self, id: Option<u64>, error: &RemoteError) -> Result<(), FrameError> {
+        let mut writer = self.0.lock().await;
+        writer.queue_error(id, error)?;
+        writer.flush_if_full().await
+    }
+
+    /// Writes out whatever replies are queued, unless another task holds the writer: every
+    /// holder but a [`SharedWriter::reply`] ends with a flush, which takes the replies along.
+    /// So a session never waits here behind a chat feed blocked on a peer that stopped
+    /// reading, and goes on reading the requests that will find it too slow.
+    pub(crate) async fn flush(&self) -> Result<(), FrameError> {
+        match self.0.try_lock() {
+            Ok(mut writer) => writer.flush().await,
+            Err(_) => Ok(()),
+        }
     }
 
     /// [`FrameWriter::send_header`].
@@ -489,6 +569,34 @@ mod tests {
         let message = receiver.read_message().await.unwrap().unwrap();
         assert_eq!((message.header.cmd(), message.header.id()), ("echo", Some(2)));
         assert_eq!(&message.body[..], b"ok");
+    }
+
+    /// Many messages queued at once fill records back to back, headers and bodies crossing
+    /// record boundaries, and arrive whole and in order; a body larger than a record too.
+    #[tokio::test]
+    async fn encrypted_messages_cross_record_boundaries_intact() {
+        let (near, far) = tokio::io::duplex(8 << 20);
+        let (initiator, responder) = super::super::record::tests::handshake();
+        let mut sender = Connection::from_io(near, Limits::default());
+        let mut receiver = Connection::from_io(far, Limits::default());
+        sender.encrypt(initiator).unwrap();
+        receiver.encrypt(responder).unwrap();
+        let body = |i: usize| vec![i as u8; 997 + i % 7];
+        for i in 0..300 {
+            sender
+                .writer
+                .queue(Header::new("echo").with_id(Some(i as u64)), &body(i))
+                .unwrap();
+        }
+        sender.send(Header::new("big"), &[9; 200_000]).await.unwrap();
+        for i in 0..300 {
+            let message = receiver.read_message().await.unwrap().unwrap();
+            assert_eq!(message.header.id(), Some(i as u64));
+            assert_eq!(&message.body[..], &body(i)[..]);
+        }
+        let big = receiver.read_message().await.unwrap().unwrap();
+        assert_eq!((big.header.cmd(), big.body.len()), ("big", 200_000));
+        assert!(big.body.iter().all(|&b| b == 9));
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //! body bytes follow. Every other key belongs to the message and is kept as JSON, so a service
 //! can read it as a typed struct and a newer peer can add fields an older one ignores.
 
+use std::borrow::Cow;
+use std::fmt;
+
 use bytes::{BufMut, BytesMut};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::FrameError;
@@ -103,20 +106,20 @@ impl Header {
 
     /// Parses the bytes between the length prefix and the body.
     pub fn from_json(bytes: &[u8]) -> Result<Header, FrameError> {
-        let mut fields: Map<String, Value> = serde_json::from_slice(bytes)
+        let raw: RawHeader = serde_json::from_slice(bytes)
             .map_err(|e| FrameError::BadHeader(format!("header is not a JSON object: {e}")))?;
-        let cmd = match fields.remove("cmd") {
+        let cmd = match raw.cmd {
             Some(Value::String(cmd)) if !cmd.is_empty() => cmd,
             Some(_) => return Err(bad_field("cmd", "a non-empty string")),
             None => return Err(FrameError::BadHeader("header has no `cmd`".into())),
         };
-        let id = optional_u64(fields.remove("id"), "id")?;
-        let body_len = optional_u64(fields.remove("body_len"), "body_len")?.unwrap_or(0);
+        let id = optional_u64(raw.id, "id")?;
+        let body_len = optional_u64(raw.body_len, "body_len")?.unwrap_or(0);
         Ok(Header {
             cmd,
             id,
             body_len,
-            fields,
+            fields: raw.fields,
         })
     }
 
@@ -126,7 +129,7 @@ impl Header {
         write_value(out, &self.cmd);
         if let Some(id) = self.id {
             out.extend_from_slice(b",\"id\":");
-            out.extend_from_slice(id.to_string().as_bytes());
+            write_u64(out, id);
         }
         for (key, value) in &self.fields {
             out.put_u8(b',');
@@ -136,10 +139,87 @@ impl Header {
         }
         if self.body_len > 0 {
             out.extend_from_slice(b",\"body_len\":");
-            out.extend_from_slice(self.body_len.to_string().as_bytes());
+            write_u64(out, self.body_len);
         }
         out.put_u8(b'}');
     }
+}
+
+/// A header as it arrives: the frame's own keys taken out as they are read, so they never go
+/// into (and come back out of) the map of message fields.
+struct RawHeader {
+    cmd: Option<Value>,
+    id: Option<Value>,
+    body_len: Option<Value>,
+    fields: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for RawHeader {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RawHeader, D::Error> {
+        deserializer.deserialize_map(RawHeaderVisitor)
+    }
+}
+
+struct RawHeaderVisitor;
+
+impl<'de> Visitor<'de> for RawHeaderVisitor {
+    type Value = RawHeader;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
+        let mut raw = RawHeader {
+            cmd: None,
+            id: None,
+            body_len: None,
+            fields: Map::new(),
+        };
+        // As in a JSON object read into a map, a key given twice keeps its last value.
+        while let Some(Key(key)) = map.next_key()? {
+            match &*key {
+                "cmd" => raw.cmd = Some(map.next_value()?),
+                "id" => raw.id = Some(map.next_value()?),
+                "body_len" => raw.body_len = Some(map.next_value()?),
+                _ => {
+                    raw.fields.insert(key.into_owned(), map.next_value()?);
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
+
+/// An object key, borrowed from the input when it holds no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Key<'de>, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, key: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Appends a number in decimal, without the string `to_string` would allocate.
+fn write_u64(out: &mut BytesMut, n: u64) {
+    use std::fmt::Write;
+    let _ = write!(out, "{n}");
 }
 
 fn is_reserved(key: &str) -> bool {
@@ -213,6 +293,22 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    /// The frame's keys are found wherever they are, escaped or not, the last of a repeated
+    /// key wins, and the other keys (escaped ones too) stay the message's.
+    #[test]
+    fn reserved_keys_are_read_in_any_order_and_spelling() {
+        let header =
+            Header::from_json(br#"{"b\u006fdy_len":3,"x":1,"id":1,"\u0063md":"put","id":9,"k\"q":"v"}"#)
+                .unwrap();
+        assert_eq!(
+            (header.cmd(), header.id(), header.body_len()),
+            ("put", Some(9), 3)
+        );
+        assert_eq!(header.u64("x"), Some(1));
+        assert_eq!(header.str("k\"q"), Some("v"));
+        assert_eq!(header.fields().len(), 2);
     }
 
     #[test]

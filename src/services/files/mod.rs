@@ -107,7 +107,7 @@ impl Files {
                 let entry = self
                     .on_root(move |root| root.stat(&path).map_err(|e| io_error(&path, e)))
                     .await?;
-                Ok(session.writer.send(entry.to_header().with_id(id), b"").await?)
+                Ok(session.writer.reply(entry.to_header().with_id(id), b"").await?)
             }
             FileRequest::Mkdir(Mkdir { path, parents }) => {
                 let path = inside(&path)?;
@@ -149,7 +149,7 @@ impl Files {
         id: Option<u64>,
         session: &mut Session,
     ) -> Result<(), ServiceError> {
-        Ok(session.writer.send(Header::new(cmd).with_id(id), b"").await?)
+        Ok(session.writer.reply(Header::new(cmd).with_id(id), b"").await?)
     }
 
     /// One page of a directory listing, in the body; `more` (with `next`, the cursor for the
@@ -166,7 +166,7 @@ impl Files {
         let (reply, body) = ListPage::new(entries, more)
             .to_message()
             .map_err(|e| RemoteError::new(ErrorCode::Io, e.to_string()))?;
-        Ok(session.writer.send(reply.with_id(id), &body).await?)
+        Ok(session.writer.reply(reply.with_id(id), &body).await?)
     }
 }
 
