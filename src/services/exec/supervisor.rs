@@ -31,6 +31,9 @@ const MIN_OUTPUT_READ: usize = 64 * 1024;
 /// see `process::enlarge_pipe`) lets it run ahead of the supervisor by as much. A stream holds
 /// at most this much in the supervisor's buffer.
 pub(super) const MAX_OUTPUT_READ: usize = 1024 * 1024;
+/// How many turns of the scheduler a short read may wait for more (each a few microseconds;
+/// it stops at the first turn that finds the pipe empty).
+const TOP_UP_TURNS: usize = 16;
 
 /// Watches one running command: passes its output to its sink, applies signals and the
 /// timeout, and cleans up its process group whatever happens.
@@ -160,6 +163,7 @@ impl<S: Sink> Supervisor<S> {
             output.pipe = None;
             return true;
         }
+        output.top_up().await;
         let send = self.sink.output(output.stream, &output.buf);
         tokio::pin!(send);
         loop {
@@ -257,4 +261,24 @@ impl Output {
         }
         Ok(n)
     }
+
+    /// After a short read, lets the command write on for a few turns of the scheduler and
+    /// takes what it wrote, without waiting for more: a command writing 4 KiB at a time
+    /// otherwise costs a frame, a wake-up and a write to the socket per 4 KiB.
+    async fn top_up(&mut self) {
+        let Some(pipe) = &mut self.pipe else { return };
+        for _ in 0..TOP_UP_TURNS {
+            if self.buf.len() >= MIN_OUTPUT_READ || self.buf.len() >= self.read_size {
+                return;
+            }
+            tokio::task::yield_now().await;
+            let wanted = self.read_size - self.buf.len();
+            let mut room = (&mut self.buf).limit(wanted);
+            match tokio::time::timeout(Duration::ZERO, pipe.read_buf(&mut room)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
 }
+
