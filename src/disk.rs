@@ -199,3 +199,62 @@ pub(crate) fn apply_metadata(file: &std::fs::File, mode: Option<u32>, mtime: Opt
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// Pieces of every awkward size (empty, one byte, across and beyond a chunk) arrive on
+    /// disk whole and in order, hashed as one.
+    #[tokio::test]
+    async fn the_writer_writes_and_hashes_pieces_of_any_size_in_order() {
+        let data = pattern(5 * CHUNK + 12_345);
+        let sizes = [0, 1, CHUNK - 1, 2, CHUNK, CHUNK + 1, 3 * CHUNK];
+        let file = tempfile::tempfile().unwrap();
+        let mut disk = DiskWriter::spawn(file, blake3::Hasher::new());
+        let (mut rest, mut turn) = (&data[..], 0);
+        while !rest.is_empty() {
+            let (piece, later) = rest.split_at(sizes[turn % sizes.len()].min(rest.len()));
+            assert!(disk.write(piece).await);
+            (rest, turn) = (later, turn + 1);
+        }
+        let (mut file, hasher) = disk.finish().await.unwrap();
+        assert_eq!(hasher.finalize(), blake3::hash(&data));
+        let mut written = Vec::new();
+        std::io::Seek::rewind(&mut file).unwrap();
+        std::io::Read::read_to_end(&mut file, &mut written).unwrap();
+        assert!(written == data, "{} bytes written, differently", written.len());
+    }
+
+    /// Chunks handed back are read into again, and what comes out is still the file, from
+    /// its offset, with a short last chunk; a file shorter than promised is an error.
+    #[tokio::test]
+    async fn the_reader_reads_into_recycled_buffers_exactly() {
+        let data = pattern(3 * CHUNK + 777);
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &data).unwrap();
+        std::io::Seek::seek(&mut file, io::SeekFrom::Start(5)).unwrap();
+        let mut disk = DiskReader::spawn(file, blake3::Hasher::new(), data.len() as u64 - 5);
+        let mut read = Vec::new();
+        while let Some(chunk) = disk.next().await {
+            let chunk = chunk.unwrap();
+            read.extend_from_slice(&chunk);
+            disk.recycle(chunk);
+        }
+        assert!(read[..] == data[5..], "{} bytes read, differently", read.len());
+        assert_eq!(disk.finish().await.unwrap().finalize(), blake3::hash(&data[5..]));
+
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &data[..CHUNK + 1]).unwrap();
+        std::io::Seek::rewind(&mut file).unwrap();
+        let mut disk = DiskReader::spawn(file, blake3::Hasher::new(), data.len() as u64);
+        let first = disk.next().await.unwrap().unwrap();
+        disk.recycle(first);
+        let error = disk.next().await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
