@@ -3,10 +3,12 @@
 # sockit against OpenSSH on a loopback sshd (with and without ControlMaster), the course's
 # Python exec server, and a local fork+exec of `sh -c true`, all in one run.
 #
-# Usage: bench/exec.sh   (about 3 minutes; installs openssh-server and hyperfine if missing)
+# Usage: bench/exec.sh [ROUNDS]   (default 3 rounds of the 1 GiB runs, interleaved; about 4
+# minutes; installs openssh-server and hyperfine if missing)
 # Rewrites the exec section of BENCHMARKS.md and leaves raw JSON in bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+rounds=${1:-3}
 . bench/lib.sh
 setup sshd=openssh-server ssh=openssh-client hyperfine=hyperfine
 
@@ -42,13 +44,12 @@ $sockit bench exec --local --count 1000 \
 python3 bench/exec_latency.py course "${course_addr%:*}" "${course_addr##*:}" 1000 \
   | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'name':'course_session','p50_us':r['p50_us'],'p99_us':r['p99_us']}))" >>"$out"
 
-echo "exec throughput (1 GiB of output)" >&2
-through() { # NAME COMMAND: seconds to move 1 GiB of /dev/zero to /dev/null
-  hyperfine -N --runs 3 --export-json "$work/$1.json" "$2" >/dev/null 2>&1
-  echo "{\"name\":\"$1\",\"seconds\":$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['results'][0]['median'],3))" "$work/$1.json")}"
-}
-through sockit_1g "$sockit exec -n --secret-file $work/secret $sockit_addr 'head -c 1073741824 /dev/zero'" >>"$out"
-through ssh_1g "ssh ${ssh_opts[*]} -o ControlMaster=no -c aes128-gcm@openssh.com 127.0.0.1 'head -c 1073741824 /dev/zero'" >>"$out"
-through local_1g "sh -c 'head -c 1073741824 /dev/zero'" >>"$out"
+echo "exec throughput (1 GiB of output), $rounds rounds" >&2
+gib=1073741824
+for round in $(seq "$rounds"); do
+  python3 bench/measure.py sockit_1g $gib "$sockit exec -n --secret-file $work/secret $sockit_addr 'head -c $gib /dev/zero'" >>"$out"
+  python3 bench/measure.py ssh_1g $gib "ssh ${ssh_opts[*]} -o ControlMaster=no -c aes128-gcm@openssh.com 127.0.0.1 'head -c $gib /dev/zero'" >>"$out"
+  python3 bench/measure.py local_1g $gib "sh -c 'head -c $gib /dev/zero'" >>"$out"
+done
 
-python3 bench/report.py exec "$results" "bench/exec.sh"
+python3 bench/report.py exec "$results" "bench/exec.sh $rounds"

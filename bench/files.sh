@@ -4,11 +4,13 @@
 # ceiling) and the course's Python upload server; then a tree of 10,000 files of 4 KiB with
 # sockit put -r, scp -r and tar | nc. Peak memory of clients and servers is recorded.
 #
-# Usage: bench/files.sh   (about 4 minutes; installs openssh-server, socat and netcat if
-# missing; needs root for the tmpfs mount). Rewrites the files section of BENCHMARKS.md.
+# Usage: bench/files.sh [ROUNDS]   (default 3: every tool in turn, round after round; about 12
+# minutes; installs openssh-server, socat and netcat if missing; needs root for the tmpfs
+# mount). Rewrites the files section of BENCHMARKS.md.
 # PARTS="tree" bench/files.sh runs only the small-file part (no report is written).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+rounds=${1:-3}
 . bench/lib.sh
 setup sshd=openssh-server ssh=openssh-client socat=socat nc=netcat-openbsd
 
@@ -32,10 +34,11 @@ measure() {
 }
 
 parts=${PARTS:-big tree}
+for round in $(seq "$rounds"); do
 for place in tmpfs disk; do
   [[ $parts == *big* ]] || break
   dest=$work/$place
-  echo "1 GiB to and from $place" >&2
+  echo "1 GiB to and from $place, round $round" >&2
   start "sockit-$place" $sockit serve --listen 127.0.0.1:0 --time-listen off "${secret[@]}" --root "$dest/sockit"
   enc=$addr enc_pid=$last_pid
   start "plain-$place" $sockit serve --listen 127.0.0.1:0 --time-listen off "${secret[@]}" --plaintext --root "$dest/plain"
@@ -72,6 +75,7 @@ for place in tmpfs disk; do
   done
   rm -rf "$dest"/*
 done
+done
 
 echo "10,000 files of 4 KiB" >&2
 python3 - "$work/tree" <<'EOF'
@@ -88,13 +92,17 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 for place in tmpfs disk; do
   dest=$work/$place
   start "sockit-tree-$place" $sockit serve --listen 127.0.0.1:0 --time-listen off "${secret[@]}" --root "$dest/sockit"
-  measure "tree_sockit_$place" $tree_bytes "$sockit put -r ${secret[*]} $addr $work/tree"
-  measure "tree_scp_$place" $tree_bytes "scp -r ${ssh_port_opt[*]} $work/tree 127.0.0.1:$dest/scp-tree"
-  mkdir -p "$dest/nc-tree"
-  measure "tree_tar_nc_$place" $tree_bytes "nc -l 127.0.0.1 $port | tar -x -C $dest/nc-tree & sleep 0.2; tar -c -C $work tree | nc -N 127.0.0.1 $port; wait"
-  diff -r "$work/tree" "$dest/sockit/tree" >/dev/null
-  diff -r "$work/tree" "$dest/scp-tree" >/dev/null
+  for round in $(seq "$rounds"); do
+    echo "tree to $place, round $round" >&2
+    rm -rf "$dest/sockit/tree" "$dest/scp-tree" "$dest/nc-tree"
+    measure "tree_sockit_$place" $tree_bytes "$sockit put -r ${secret[*]} $addr $work/tree"
+    measure "tree_scp_$place" $tree_bytes "scp -r ${ssh_port_opt[*]} $work/tree 127.0.0.1:$dest/scp-tree"
+    mkdir -p "$dest/nc-tree"
+    measure "tree_tar_nc_$place" $tree_bytes "nc -l 127.0.0.1 $port | tar -x -C $dest/nc-tree & sleep 0.2; tar -c -C $work tree | nc -N 127.0.0.1 $port; wait"
+    diff -r "$work/tree" "$dest/sockit/tree" >/dev/null
+    diff -r "$work/tree" "$dest/scp-tree" >/dev/null
+  done
 done
 
 [[ $parts == *big* ]] || { cat "$out"; exit 0; }
-python3 bench/report.py files "$results" "bench/files.sh"
+python3 bench/report.py files "$results" "bench/files.sh $rounds"

@@ -3,8 +3,8 @@
 //!
 //! The rule, as README's "Where things are" draws it: `proto` -> `wire`; `client` -> `proto`,
 //! `wire`, `auth`; `services` -> `proto`, `wire`, `auth`, `metrics`; `server` -> `services`
-//! and below. `text` and `source` are leaf helpers (they import nothing of the crate) that any
-//! layer may use; `fuzzing` modules are test hooks and may reach into what they exercise.
+//! and below. `text`, `source` and `stop` are leaf helpers (they import nothing of the crate)
+//! that any layer may use; `fuzzing` modules are test hooks and may reach into what they exercise.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 const ALLOWED: &[(&str, &[&str])] = &[
     ("text", &[]),
     ("source", &[]),
+    ("stop", &[]),
     ("wire", &["text"]),
     ("proto", &["wire", "text"]),
     ("auth", &["wire", "text", "source"]),
@@ -27,7 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "server",
         &[
-            "services", "proto", "wire", "auth", "metrics", "disk", "text", "source",
+            "services", "proto", "wire", "auth", "metrics", "disk", "text", "source", "stop",
         ],
     ),
 ];

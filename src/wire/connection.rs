@@ -257,15 +257,26 @@ impl FrameReader {
     /// Reads once from the socket into the buffer that reading fills: the ciphertext once
     /// encrypted, the plaintext before.
     async fn read_some(&mut self) -> io::Result<usize> {
-        let buf = if self.opener.is_some() {
+        let encrypted = self.opener.is_some();
+        if self.sealed.is_empty() && (encrypted || self.plain.is_empty()) {
+            let ready = self.io.ready();
+            tokio::pin!(ready);
+            if let std::task::Poll::Ready(ready) = futures_util::poll!(&mut ready) {
+                ready?;
+            } else {
+                // Idle connections wait here without holding a read buffer.
+                if self.plain.is_empty() {
+                    self.plain = BytesMut::new();
+                }
+                self.sealed = BytesMut::new();
+                ready.await?;
+            }
+        }
+        let buf = if encrypted {
             &mut self.sealed
         } else {
             &mut self.plain
         };
-        if buf.is_empty() {
-            // Idle connections wait here without holding a read buffer.
-            self.io.ready().await?;
-        }
         buf.reserve(self.read_size);
         self.io.read_buf(buf).await
     }
