@@ -317,10 +317,10 @@ impl Client {
             .await
             .map_err(|e| local_error(&partial, e))?;
         progress(have);
-        let mut disk = DiskWriter::spawn(file.into_std().await, hasher);
+        let disk = DiskWriter::spawn(file.into_std().await, hasher);
         while let Some(chunk) = reader.read_body_chunk().await? {
             let len = chunk.len() as u64;
-            if !disk.write(&chunk).await {
+            if !disk.write(chunk).await {
                 break;
             }
             progress(len);

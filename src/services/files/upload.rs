@@ -227,7 +227,7 @@ async fn restart(upload: &mut Upload) -> Result<(), RemoteError> {
 async fn receive_body(upload: &mut Upload, session: &mut Session) -> Result<(), ServiceError> {
     let path = upload.path.clone();
     let handle = upload.file.try_clone().await.map_err(|e| io_error(&path, e))?;
-    let mut disk = DiskWriter::spawn(handle.into_std().await, std::mem::take(&mut upload.hasher));
+    let disk = DiskWriter::spawn(handle.into_std().await, std::mem::take(&mut upload.hasher));
     let received = metrics().transfer_bytes(Transfer::Upload);
     let mut outcome = Ok(());
     while let Some(chunk) = session.reader.read_body_chunk().await? {
@@ -237,7 +237,7 @@ async fn receive_body(upload: &mut Upload, session: &mut Session) -> Result<(), 
                 Err(bad_request(format!("{path}: more than the declared {} bytes", upload.size)).into());
             break;
         }
-        if !disk.write(&chunk).await {
+        if !disk.write(chunk).await {
             break;
         }
         upload.written += len;
