@@ -20,6 +20,7 @@ pub(crate) fn cancelled(token: &CancellationToken) -> Cancelled<'_> {
     Cancelled {
         wait: Box::pin(token.cancelled()),
         relay: Arc::new(Relay::default()),
+        task: None,
         registered: false,
     }
 }
@@ -28,6 +29,8 @@ pub(crate) fn cancelled(token: &CancellationToken) -> Cancelled<'_> {
 pub(crate) struct Cancelled<'a> {
     wait: Pin<Box<WaitForCancellationFuture<'a>>>,
     relay: Arc<Relay>,
+    /// The task waker last given to the relay, to give it again only when it changes.
+    task: Option<Waker>,
     /// Whether `wait` holds the relay's waker in the token's list.
     registered: bool,
 }
@@ -55,8 +58,13 @@ impl Future for Cancelled<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         // Registered before the check, so a wake between the two is not lost.
-        self.relay.task.register(cx.waker());
-        if self.registered && !self.relay.woken.swap(false, Ordering::AcqRel) {
+        if !self.task.as_ref().is_some_and(|task| task.will_wake(cx.waker())) {
+            self.relay.task.register(cx.waker());
+            self.task = Some(cx.waker().clone());
+        }
+        if self.registered
+            && !(self.relay.woken.load(Ordering::Acquire) && self.relay.woken.swap(false, Ordering::AcqRel))
+        {
             return Poll::Pending;
         }
         let waker = Waker::from(self.relay.clone());

@@ -3,11 +3,12 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use sockit::auth::{SecretSource, check_server_secret, resolve_secret};
-use sockit::server::Settings;
+use sockit::server::{Settings, Workers};
 use sockit::{Server, ServerConfig};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -74,10 +75,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     file.apply(&mut config);
     flags.apply(&mut config);
 
-    let runtime = tokio::runtime::Runtime::new()?;
+    // Connections run on one single-threaded runtime per core (see `Workers`); this runtime
+    // accepts them and runs the datagram services, the metrics endpoint and the timers.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = Arc::new(Workers::start(cores)?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        let server = Server::bind(config).await?;
+        let server = Server::bind(config).await?.on_workers(workers.clone());
         if let Some(path) = &args.ready_file {
             write_ready_file(path, &server)?;
         }
@@ -88,6 +95,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(())
     })?;
+    drop(workers);
     Ok(ExitCode::SUCCESS)
 }
 
