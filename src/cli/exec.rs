@@ -1,19 +1,22 @@
 //! `sockit exec`: run a command on one server, or on many at once.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::Bytes;
 use clap::Args;
 use serde_json::json;
 use sockit::client::{CommandInput, ExecEvent, RemoteCommand};
-use sockit::proto::exec::{ExecRequest, ExitReport};
+use sockit::proto::exec::{ExecRequest, ExitReport, Stream};
 use sockit::server::parse_duration;
 use sockit::{Client, ClientConfig};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -139,15 +142,17 @@ pub async fn run_attached(
     } = client.exec(request).await?;
     let done = CancellationToken::new();
     let show = async {
-        let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
+        let terminal = Terminal::start();
         let result = loop {
             match output.next_event().await {
-                Ok(ExecEvent::Stdout(bytes)) => write_through(&mut stdout, &bytes).await,
-                Ok(ExecEvent::Stderr(bytes)) => write_through(&mut stderr, &bytes).await,
+                Ok(ExecEvent::Stdout(bytes)) => terminal.write(Stream::Stdout, bytes).await,
+                Ok(ExecEvent::Stderr(bytes)) => terminal.write(Stream::Stderr, bytes).await,
                 Ok(ExecEvent::Exit(report)) => break Ok(report),
                 Err(error) => break Err(error),
             }
         };
+        // Every byte is out before the exit status is told or the program ends.
+        terminal.finish().await;
         done.cancel();
         result
     };
@@ -157,11 +162,70 @@ pub async fn run_attached(
     Ok(report)
 }
 
-/// Writes to our stdout or stderr; a reader that went away (`| head`) is not an error of ours.
-async fn write_through(out: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]) {
-    if out.write_all(bytes).await.is_ok() {
-        let _ = out.flush().await;
+/// Our stdout and stderr, written by a thread of their own: the connection's thread decrypts
+/// the next pieces of output while this one writes the last, each piece handed over as it
+/// came (no copy) and written straight to the descriptor (no line scan, no buffer). Output
+/// keeps its order across the two streams. A reader that stops reading stops the thread,
+/// the queue, the connection and so the command (its pipe fills): memory stays at
+/// [`Terminal::QUEUED`] pieces.
+struct Terminal {
+    pieces: mpsc::Sender<(Stream, Bytes)>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Terminal {
+    /// Pieces waiting for the writer; each is at most one read of the connection.
+    const QUEUED: usize = 8;
+
+    fn start() -> Terminal {
+        let (pieces, mut queue) = mpsc::channel::<(Stream, Bytes)>(Terminal::QUEUED);
+        let writer = tokio::task::spawn_blocking(move || {
+            // Anything printed before, through the standard library's buffer, goes first.
+            let _ = std::io::stdout().flush();
+            // A reader that went away (`| head`) is not an error of ours: that stream is
+            // dropped, the other still written.
+            let (mut stdout_open, mut stderr_open) = (true, true);
+            while let Some((stream, bytes)) = queue.blocking_recv() {
+                match stream {
+                    Stream::Stdout if stdout_open => {
+                        stdout_open = write_all(std::io::stdout(), &bytes).is_ok();
+                    }
+                    Stream::Stderr if stderr_open => {
+                        stderr_open = write_all(std::io::stderr(), &bytes).is_ok();
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Terminal { pieces, writer }
     }
+
+    async fn write(&self, stream: Stream, bytes: Bytes) {
+        let _ = self.pieces.send((stream, bytes)).await;
+    }
+
+    async fn finish(self) {
+        drop(self.pieces);
+        let _ = self.writer.await;
+    }
+}
+
+/// Writes all of `bytes` to `out` with plain `write` calls, waiting out a descriptor that
+/// someone left non-blocking.
+fn write_all(out: impl AsFd, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::write(&out, bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => {
+                let mut ready = [rustix::event::PollFd::new(&out, rustix::event::PollFlags::OUT)];
+                rustix::event::poll(&mut ready, None)?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Forwards stdin and Ctrl-C to the command until `done`.

@@ -12,16 +12,18 @@ use tokio::sync::Semaphore;
 
 use super::{Client, ClientError};
 use crate::proto::exec::{
-    ExecRequest, ExitReport, MAX_STDIN_CHUNK, Reply, SignalRequest, Started, StdinRequest, Stream,
+    ExecRequest, ExitReport, MAX_STDIN_CHUNK, Reply, STDERR, STDOUT, SignalRequest, Started, StdinRequest,
+    Stream,
 };
-use crate::wire::{FrameReader, FrameWriter, RemoteError};
+use crate::wire::{Frame, FrameReader, FrameWriter, RemoteError};
 
 /// Something a running command did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExecEvent {
-    /// Bytes the command wrote to its stdout.
+    /// Bytes the command wrote to its stdout: a piece of an output frame, handed on as it
+    /// is decrypted (pieces come in order, never copied into one buffer per frame).
     Stdout(Bytes),
-    /// Bytes the command wrote to its stderr.
+    /// Bytes the command wrote to its stderr, likewise.
     Stderr(Bytes),
     /// How it ended; nothing follows.
     Exit(ExitReport),
@@ -41,6 +43,8 @@ pub struct CommandOutput<'a> {
     reader: &'a mut FrameReader,
     /// Stdin bytes the server has room for, given back as it acknowledges them.
     credit: Arc<Semaphore>,
+    /// The stream whose frame's body is being read, between its header and its last piece.
+    in_body: Option<Stream>,
 }
 
 /// Feeds a command's stdin and sends it signals.
@@ -75,6 +79,7 @@ impl Client {
                 id,
                 reader: &mut conn.reader,
                 credit: credit.clone(),
+                in_body: None,
             },
             input: CommandInput {
                 id,
@@ -116,9 +121,23 @@ impl CommandOutput<'_> {
 
     async fn read_event(&mut self) -> Result<ExecEvent, ClientError> {
         loop {
-            let message = self.reader.read_message().await?.ok_or(ClientError::Closed)?;
-            let header = &message.header;
-            if let Some(error) = RemoteError::from_header(header) {
+            if let Some(stream) = self.in_body {
+                match self.reader.read_body_chunk().await? {
+                    Some(piece) => return Ok(output_event(stream, piece)),
+                    None => self.in_body = None,
+                }
+            }
+            let header = match self.reader.read_frame().await?.ok_or(ClientError::Closed)? {
+                Frame::Header(header) => header,
+                Frame::Body(_) => return Err(ClientError::Protocol("body bytes without a header".into())),
+            };
+            let output = [STDOUT, STDERR].contains(&header.cmd());
+            if !output {
+                // Only output is read a piece at a time; any other body is read past whole,
+                // as `read_message` would, so the connection stays in step.
+                self.reader.read_whole_body().await?;
+            }
+            if let Some(error) = RemoteError::from_header(&header) {
                 return Err(ClientError::Remote(error));
             }
             if header.id() != Some(self.id) {
@@ -127,9 +146,8 @@ impl CommandOutput<'_> {
                     header.cmd()
                 )));
             }
-            match Reply::from_header(header)? {
-                Some(Reply::Output(Stream::Stdout)) => return Ok(ExecEvent::Stdout(message.body)),
-                Some(Reply::Output(Stream::Stderr)) => return Ok(ExecEvent::Stderr(message.body)),
+            match Reply::from_header(&header)? {
+                Some(Reply::Output(stream)) => self.in_body = Some(stream),
                 Some(Reply::Exit(report)) => return Ok(ExecEvent::Exit(report)),
                 Some(Reply::StdinAck(ack)) => {
                     let bytes = ack.bytes as usize;
@@ -142,6 +160,13 @@ impl CommandOutput<'_> {
                 }
             }
         }
+    }
+}
+
+fn output_event(stream: Stream, bytes: Bytes) -> ExecEvent {
+    match stream {
+        Stream::Stdout => ExecEvent::Stdout(bytes),
+        Stream::Stderr => ExecEvent::Stderr(bytes),
     }
 }
 

@@ -162,6 +162,7 @@ impl Client {
             })?;
             writer.send_body(&chunk).await?;
             progress(chunk.len() as u64);
+            disk.recycle(chunk);
         }
         let hasher = disk.finish().await.map_err(|e| local_error(local, e))?;
         let end = PutEnd {

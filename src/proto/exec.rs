@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! client  {"cmd":"exec","id":1,"command":"ls -l; pwd","stdin":true}     ExecRequest
-//! server  {"cmd":"started","id":1,"pid":4242,"stdin_window":262144}     Started
+//! server  {"cmd":"started","id":1,"pid":4242,"stdin_window":2097152}    Started
 //! server  {"cmd":"stdout","id":1,"body_len":N} + N bytes                Stream (any number)
 //! server  {"cmd":"stderr","id":1,"body_len":N} + N bytes
 //! client  {"cmd":"stdin","id":1,"body_len":N} + N bytes                 StdinRequest
@@ -50,7 +50,13 @@ pub const MAX_STDIN_CHUNK: u64 = 64 * 1024;
 /// bytes, and the server acknowledges (`stdin_ack`) what the command has consumed. So stdin
 /// never blocks the connection, and a signal is never stuck behind input the command is not
 /// reading.
-pub const STDIN_WINDOW: u64 = 256 * 1024;
+///
+/// Its size is the bandwidth-delay product it is to cover: input flows at most one window per
+/// round trip, so 256 KiB held a 50 ms path to 5 MB/s. 2 MiB (OpenSSH's session window)
+/// covers 1 Gbit/s up to 16 ms and 100 Mbit/s up to 160 ms. It is also what a command that
+/// does not read its input lets its client queue on the server: 2 MiB per command, 16 MiB per
+/// connection, 128 MiB for the 64 commands a server runs at once by default.
+pub const STDIN_WINDOW: u64 = 2 * 1024 * 1024;
 
 /// A request the exec service cannot act on; it is answered with `bad_request`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -455,7 +461,7 @@ mod tests {
         };
         assert_eq!(
             json(&started.to_header(1)),
-            r#"{"cmd":"started","id":1,"pid":4242,"stdin_window":262144}"#
+            r#"{"cmd":"started","id":1,"pid":4242,"stdin_window":2097152}"#
         );
         assert_eq!(Started::from_header(&started.to_header(1)), Some(started));
         assert_eq!(Started::from_header(&Header::new(EXIT)), None);

@@ -8,6 +8,7 @@
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use bytes::BufMut;
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Child;
@@ -22,8 +23,17 @@ use crate::metrics::{ExecOutcome, Tracked, metrics};
 use crate::proto::exec::Stream;
 use crate::services::Busy;
 
-/// Output is read from the pipes in chunks of at most this size.
-const OUTPUT_CHUNK: usize = 64 * 1024;
+/// The first read of a pipe takes at most this much (a command that prints a line costs no
+/// more than a small buffer)...
+const MIN_OUTPUT_READ: usize = 64 * 1024;
+/// ...and each read that fills its buffer doubles the next, up to this: a command that streams
+/// is read a large piece at a time, one frame each, while its pipe (enlarged to the same size,
+/// see `process::enlarge_pipe`) lets it run ahead of the supervisor by as much. A stream holds
+/// at most this much in the supervisor's buffer.
+pub(super) const MAX_OUTPUT_READ: usize = 1024 * 1024;
+/// How many turns of the scheduler a short read may wait for more (each a few microseconds;
+/// it stops at the first turn that finds the pipe empty).
+const TOP_UP_TURNS: usize = 16;
 
 /// Watches one running command: passes its output to its sink, applies signals and the
 /// timeout, and cleans up its process group whatever happens.
@@ -153,6 +163,7 @@ impl<S: Sink> Supervisor<S> {
             output.pipe = None;
             return true;
         }
+        output.top_up().await;
         let send = self.sink.output(output.stream, &output.buf);
         tokio::pin!(send);
         loop {
@@ -218,6 +229,8 @@ struct Output {
     stream: Stream,
     pipe: Option<Box<dyn AsyncRead + Send + Unpin>>,
     buf: Vec<u8>,
+    /// How much the next read may take: grows while reads fill it.
+    read_size: usize,
 }
 
 impl Output {
@@ -226,6 +239,7 @@ impl Output {
             stream,
             pipe: pipe.map(|pipe| Box::new(pipe) as Box<dyn AsyncRead + Send + Unpin>),
             buf: Vec::new(),
+            read_size: MIN_OUTPUT_READ,
         }
     }
 
@@ -234,11 +248,36 @@ impl Output {
     }
 
     /// Reads what the command wrote next into `buf`, which then holds exactly that
-    /// (cancel-safe: nothing is lost if not awaited).
+    /// (cancel-safe: nothing is lost if not awaited). The buffer is reused and never
+    /// zero-filled: `read_buf` reads into its spare capacity.
     async fn read(&mut self) -> std::io::Result<usize> {
         let Some(pipe) = &mut self.pipe else { return Ok(0) };
         self.buf.clear();
-        self.buf.reserve(OUTPUT_CHUNK);
-        pipe.read_buf(&mut self.buf).await
+        self.buf.reserve_exact(self.read_size);
+        let mut room = (&mut self.buf).limit(self.read_size);
+        let n = pipe.read_buf(&mut room).await?;
+        if n == self.read_size {
+            self.read_size = (self.read_size * 2).min(MAX_OUTPUT_READ);
+        }
+        Ok(n)
+    }
+
+    /// After a short read, lets the command write on for a few turns of the scheduler and
+    /// takes what it wrote, without waiting for more: a command writing 4 KiB at a time
+    /// otherwise costs a frame, a wake-up and a write to the socket per 4 KiB.
+    async fn top_up(&mut self) {
+        let Some(pipe) = &mut self.pipe else { return };
+        for _ in 0..TOP_UP_TURNS {
+            if self.buf.len() >= MIN_OUTPUT_READ || self.buf.len() >= self.read_size {
+                return;
+            }
+            tokio::task::yield_now().await;
+            let wanted = self.read_size - self.buf.len();
+            let mut room = (&mut self.buf).limit(wanted);
+            match tokio::time::timeout(Duration::ZERO, pipe.read_buf(&mut room)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
     }
 }

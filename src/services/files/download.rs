@@ -70,6 +70,7 @@ impl Files {
             let chunk = chunk.map_err(FrameError::Io)?;
             writer.send_body(&chunk).await?;
             sent.inc_by(chunk.len() as u64);
+            disk.recycle(chunk);
         }
         let hasher = disk.finish().await.map_err(FrameError::Io)?;
         let end = GetEnd {
