@@ -75,13 +75,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     file.apply(&mut config);
     flags.apply(&mut config);
 
-    // Connections run on one single-threaded runtime per core (see `Workers`); this runtime
-    // accepts them and runs the datagram services, the metrics endpoint and the timers.
+    // Native sessions run on one single-threaded runtime per core (see `Workers`); this
+    // runtime accepts connections (and does nothing else for a native one) and runs the
+    // classic and datagram services, the metrics endpoint and the timers, on every core: an
+    // attack on those must not delay the accepting.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let workers = Arc::new(Workers::start(cores)?);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         let server = Server::bind(config).await?.on_workers(workers.clone());
