@@ -3,12 +3,11 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use sockit::auth::{SecretSource, check_server_secret, resolve_secret};
-use sockit::server::{Settings, Workers};
+use sockit::server::Settings;
 use sockit::{Server, ServerConfig};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -75,16 +74,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     file.apply(&mut config);
     flags.apply(&mut config);
 
-    // Native sessions run on one single-threaded runtime per core (see `Workers`); this
-    // runtime accepts connections (and does nothing else for a native one) and runs the
-    // classic and datagram services, the metrics endpoint and the timers, on every core: an
-    // attack on those must not delay the accepting.
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let workers = Arc::new(Workers::start(cores)?);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        let server = Server::bind(config).await?.on_workers(workers.clone());
+        let server = Server::bind(config).await?;
         if let Some(path) = &args.ready_file {
             write_ready_file(path, &server)?;
         }
@@ -95,7 +88,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(())
     })?;
-    drop(workers);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,8 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error_span, warn};
 
-use super::workers::Workers;
-
 use super::listener::{Listener, Stream};
 use crate::services::Peer;
 
@@ -112,9 +110,6 @@ pub(crate) struct AcceptLoop<L> {
     pub(crate) service: Option<&'static str>,
     pub(crate) slots: Slots,
     pub(crate) shutdown: Shutdown,
-    /// Where connections run: on the least busy of these runtimes, or else on the accept
-    /// loop's own. A connection's `serve` must then register its socket where it runs.
-    pub(crate) workers: Option<Arc<Workers>>,
 }
 
 impl<L: Accept> AcceptLoop<L> {
@@ -149,20 +144,14 @@ impl<L: Accept> AcceptLoop<L> {
             let span = error_span!("connection", service = self.service, %peer);
             let work = span.in_scope(|| serve(connection, peer));
             let abort = self.shutdown.abort.clone();
-            let place = self.workers.as_deref().and_then(Workers::place);
-            let (runtime, placed) = place.unzip();
             let connection = async move {
                 tokio::select! {
                     () = work => {}
                     () = crate::stop::cancelled(&abort) => {}
                 }
-                drop((slot, placed));
+                drop(slot);
             };
-            let connection = connection.instrument(span);
-            match runtime {
-                Some(runtime) => self.shutdown.tasks.spawn_on(connection, runtime),
-                None => self.shutdown.tasks.spawn(connection),
-            };
+            self.shutdown.tasks.spawn(connection.instrument(span));
         }
     }
 }

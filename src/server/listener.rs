@@ -62,32 +62,6 @@ pub(crate) enum Stream {
     Unix(UnixStream),
 }
 
-/// An accepted connection between runtimes: taken off the accepting runtime's reactor, to be
-/// registered with the reactor of the runtime that serves it (see `workers`).
-pub(crate) enum StdStream {
-    Tcp(std::net::TcpStream),
-    Unix(std::os::unix::net::UnixStream),
-}
-
-impl Stream {
-    pub(crate) fn into_std(self) -> io::Result<StdStream> {
-        Ok(match self {
-            Stream::Tcp(stream) => StdStream::Tcp(stream.into_std()?),
-            Stream::Unix(stream) => StdStream::Unix(stream.into_std()?),
-        })
-    }
-}
-
-impl StdStream {
-    /// Registers the socket with the reactor of the runtime this is called on.
-    pub(crate) fn into_tokio(self) -> io::Result<Stream> {
-        Ok(match self {
-            StdStream::Tcp(stream) => Stream::Tcp(TcpStream::from_std(stream)?),
-            StdStream::Unix(stream) => Stream::Unix(UnixStream::from_std(stream)?),
-        })
-    }
-}
-
 impl Listener {
     /// Binds with SO_REUSEADDR, so a restarted server never meets "address already in use"
     /// from its predecessor's connections in TIME_WAIT. IPv6 sockets are IPv6-only so that

@@ -1,9 +1,7 @@
 //! The server runtime: listeners, the accept loop, connection limits and graceful shutdown.
 //!
 //! Each connection runs in its own task (`session`), accepted by the one accept loop
-//! (`accept`) every listener uses, on the runtime that runs the server or, given
-//! [`Server::on_workers`] (as `sockit serve` does), on one of a single-threaded runtime per
-//! core, where it stays (`workers`). A semaphore caps how many are served at once; beyond it
+//! (`accept`) every listener uses. A semaphore caps how many are served at once; beyond it
 //! the server stops accepting and clients wait in the kernel's backlog, which costs the server
 //! nothing. Shutdown is two-stage: first stop accepting and let every connection finish the
 //! request it is serving, then, past the deadline, drop the rest.
@@ -25,7 +23,6 @@ mod session;
 mod settings;
 mod stream;
 pub mod udp;
-mod workers;
 
 use std::future::Future;
 use std::io;
@@ -41,9 +38,8 @@ use tracing::{info, warn};
 pub use config::ServerConfig;
 pub use endpoints::ServiceAddr;
 pub use listener::ListenAddr;
-pub(crate) use listener::{Listener, StdStream, Stream};
+pub(crate) use listener::{Listener, Stream};
 pub use settings::{ServiceListen, Settings, parse_duration};
-pub use workers::Workers;
 
 use self::accept::{AcceptLoop, Shutdown, Slots};
 use self::endpoints::Endpoint;
@@ -84,8 +80,6 @@ pub struct Server {
     /// Where `/metrics` is served, if anywhere.
     metrics: Option<TcpListener>,
     shared: Arc<Shared>,
-    /// Where the native protocol's connections run; `None`: on the runtime that runs the server.
-    workers: Option<Arc<Workers>>,
 }
 
 impl Server {
@@ -137,15 +131,7 @@ impl Server {
             endpoints,
             metrics,
             shared: Arc::new(shared),
-            workers: None,
         })
-    }
-
-    /// Serves the native protocol's connections on `workers` (one single-threaded runtime
-    /// per core) rather than on the runtime that runs the server: see [`Workers`].
-    pub fn on_workers(mut self, workers: Arc<Workers>) -> Server {
-        self.workers = Some(workers);
-        self
     }
 
     /// The addresses actually bound (ports chosen for port 0 filled in).
@@ -188,12 +174,8 @@ impl Server {
         // One cap for every native listener.
         let connections = Arc::new(Semaphore::new(max_connections));
         for listener in self.listeners {
-            let native = Native {
-                shared: self.shared.clone(),
-                connections: connections.clone(),
-                workers: self.workers.clone(),
-            };
-            tasks.spawn(native.serve(listener, stop.clone()));
+            let native = serve_native(listener, self.shared.clone(), connections.clone(), stop.clone());
+            tasks.spawn(native);
         }
         let own_ports = endpoints::own_ports(&self.endpoints);
         for endpoint in self.endpoints {
@@ -216,45 +198,27 @@ impl Server {
     }
 }
 
-/// What serving the native protocol on one listener needs.
-struct Native {
-    shared: Arc<Shared>,
-    /// Slots of every native listener together.
-    connections: Arc<Semaphore>,
-    workers: Option<Arc<Workers>>,
-}
-
-impl Native {
-    /// Serves the native protocol on `listener`, a session per connection, at most as many
-    /// at once as `connections` has slots.
-    async fn serve(self, listener: Listener, stop: Shutdown) {
-        let full = metrics().connections_limit_reached.clone();
-        let accept = AcceptLoop {
-            listener,
-            service: None,
-            slots: Slots::new(self.connections).counting_full(full),
-            shutdown: stop,
-            workers: self.workers,
-        };
-        let shared = self.shared;
-        accept
-            .run(|stream, peer| {
-                metrics().connections_accepted.inc();
-                let open = Tracked::new(&metrics().connections_open);
-                let shared = shared.clone();
-                // The socket leaves this runtime's reactor here and joins the reactor of the
-                // runtime the session runs on, inside the task.
-                let stream = stream.into_std();
-                async move {
-                    let _open = open;
-                    match stream.and_then(StdStream::into_tokio) {
-                        Ok(stream) => session::serve(stream, peer, &shared).await,
-                        Err(error) => warn!(%error, "cannot serve an accepted connection"),
-                    }
-                }
-            })
-            .await;
-    }
+/// Serves the native protocol on `listener`, a session per connection, at most as many at
+/// once as `connections` has slots.
+async fn serve_native(listener: Listener, shared: Arc<Shared>, connections: Arc<Semaphore>, stop: Shutdown) {
+    let full = metrics().connections_limit_reached.clone();
+    let accept = AcceptLoop {
+        listener,
+        service: None,
+        slots: Slots::new(connections).counting_full(full),
+        shutdown: stop,
+    };
+    accept
+        .run(|stream, peer| {
+            metrics().connections_accepted.inc();
+            let open = Tracked::new(&metrics().connections_open);
+            let shared = shared.clone();
+            async move {
+                let _open = open;
+                session::serve(stream, peer, &shared).await;
+            }
+        })
+        .await;
 }
 
 /// Serves `/metrics` on `listener`, each scrape bounded by the endpoint itself. A scrape has
@@ -269,7 +233,6 @@ async fn serve_metrics(listener: TcpListener, stop: Shutdown) {
             abort: stop.stopping.clone(),
             ..stop
         },
-        workers: None,
     };
     accept.run(|stream, peer| scrapers.serve(stream, peer)).await;
 }

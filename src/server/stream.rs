@@ -29,7 +29,6 @@ pub(super) async fn serve_streams(
         service: Some(name),
         slots: Slots::new(Arc::new(Semaphore::new(limits.max_connections))),
         shutdown,
-        workers: None,
     };
     accept
         .run(|stream, peer| {
