@@ -248,12 +248,20 @@ fn processes_that_leave_their_group_are_stopped_and_every_orphan_is_reaped() {
     // Each escapes the group kill its own way, with its output detached so the command ends at
     // once: `setsid` in the background, a double fork through a subshell, `setsid` from a
     // child shell, and one that exits by itself soon after (a zombie, unless it is reaped).
-    let line = "setsid sleep 2001.5 </dev/null >/dev/null 2>&1 & \
-                (setsid sh -c 'sleep 2002.5; true' </dev/null >/dev/null 2>&1 &); \
-                sh -c 'setsid sleep 2003.5 </dev/null >/dev/null 2>&1 &'; \
-                setsid sh -c 'sleep 0.2; exit 3' </dev/null >/dev/null 2>&1 & \
-                echo started";
-    let output = server.cli(&["exec", "-n", &server.addr, line]);
+    // Each marks a file once it is in its own session, and the command ends only when all
+    // four are: otherwise, on a loaded machine, the group kill at the command's end could
+    // catch one still in the group, and nothing would be left for the reaper to find.
+    let escaped = tempfile::tempdir().unwrap();
+    let d = escaped.path().display();
+    let line = format!(
+        "setsid sh -c 'touch {d}/1; exec sleep 2001.5' </dev/null >/dev/null 2>&1 & \
+         (setsid sh -c 'touch {d}/2; sleep 2002.5; true' </dev/null >/dev/null 2>&1 &); \
+         sh -c 'setsid sh -c \"touch {d}/3; exec sleep 2003.5\" </dev/null >/dev/null 2>&1 &'; \
+         setsid sh -c 'touch {d}/4; sleep 0.2; exit 3' </dev/null >/dev/null 2>&1 & \
+         while [ ! -e {d}/1 ] || [ ! -e {d}/2 ] || [ ! -e {d}/3 ] || [ ! -e {d}/4 ]; do sleep 0.01; done; \
+         echo started"
+    );
+    let output = server.cli(&["exec", "-n", &server.addr, &line]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output), "started\n");
     wait_until_gone("sleep 200");
