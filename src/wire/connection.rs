@@ -333,7 +333,8 @@ pub struct FrameWriter {
 impl FrameWriter {
     /// Sends a whole message in one write; `body_len` is set from `body`.
     pub async fn send(&mut self, header: Header, body: &[u8]) -> Result<(), FrameError> {
-        self.queue(header, body)?;
+        self.queue_header(&header.with_body_len(body.len() as u64))?;
+        self.send_body(body).await?;
         self.flush().await
     }
 
@@ -398,10 +399,15 @@ impl FrameWriter {
         queued
     }
 
-    /// Queues body bytes, writing out once enough has gathered.
-    pub async fn send_body(&mut self, chunk: &[u8]) -> Result<(), FrameError> {
-        self.append(chunk)?;
-        self.flush_if_full().await
+    /// Queues body bytes, writing out once enough has gathered. A large body goes in pieces
+    /// below the high-water mark, so the queue keeps the size it is released at rather than
+    /// growing to the body's size and being dropped after every write.
+    pub async fn send_body(&mut self, body: &[u8]) -> Result<(), FrameError> {
+        for piece in body.chunks(WRITE_HIGH_WATER / 2) {
+            self.append(piece)?;
+            self.flush_if_full().await?;
+        }
+        Ok(())
     }
 
     /// Queues bytes: into the records being filled once encrypted, each sealed as it fills.

@@ -15,7 +15,7 @@ use tracing::info;
 use super::Collected;
 use super::process::signal_name;
 use crate::proto::exec::{ExitReport, STDIN_WINDOW, Started, Stream};
-use crate::wire::{FrameError, Header, SharedWriter};
+use crate::wire::SharedWriter;
 
 /// What a supervisor tells about its command, in the order it happens.
 #[async_trait]
@@ -46,9 +46,8 @@ impl Sink for Frames {
     }
 
     async fn output(&mut self, stream: Stream, bytes: &[u8]) -> bool {
-        send_large(&self.writer, stream.to_header(self.id), bytes)
-            .await
-            .is_ok()
+        // One frame per read of the pipe, however large: the writer sends it in pieces.
+        self.writer.send(stream.to_header(self.id), bytes).await.is_ok()
     }
 
     async fn exited(&mut self, status: ExitStatus, elapsed: Duration, timed_out: bool) {
@@ -56,22 +55,6 @@ impl Sink for Frames {
         let exit = exit_report(status, elapsed, timed_out).to_header(self.id);
         let _ = self.writer.send(exit, b"").await;
     }
-}
-
-/// Body bytes handed to the writer at a time: below its high-water mark, so a large body goes
-/// out in writes of that size through buffers that keep their size, never copied whole.
-const BODY_PIECE: usize = 64 * 1024;
-
-/// Sends one frame whose body may be large (a whole read of a pipe, up to
-/// [`super::supervisor::MAX_OUTPUT_READ`]): a frame per read rather than per 64 KiB, holding
-/// the writer for that frame only.
-async fn send_large(writer: &SharedWriter, header: Header, body: &[u8]) -> Result<(), FrameError> {
-    let mut writer = writer.lock().await;
-    writer.queue_header(&header.with_body_len(body.len() as u64))?;
-    for piece in body.chunks(BODY_PIECE) {
-        writer.send_body(piece).await?;
-    }
-    writer.flush().await
 }
 
 /// How the command ended, as the `exit` frame tells it: the duration in milliseconds to the
