@@ -264,7 +264,10 @@ fn processes_that_leave_their_group_are_stopped_and_every_orphan_is_reaped() {
     let output = server.cli(&["exec", "-n", &server.addr, &line]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output), "started\n");
-    wait_until_gone("sleep 200");
+    // This test's own sleeps only: another "sleep 200..." on the machine is not ours to wait for.
+    for marker in ["sleep 2001.5", "sleep 2002.5", "sleep 2003.5"] {
+        wait_until_gone(marker);
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     while !children_of(server.pid()).is_empty() {
         assert!(
